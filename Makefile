@@ -1,0 +1,43 @@
+# The two commands a newcomer needs (as root): `make run` and `make test`.
+SHELL := /bin/bash
+PY := .venv/bin/python
+ARGS ?= opensnoop
+CMD ?= .venv/bin/bpfprobes doctor
+
+.PHONY: setup setup-test run test test-unit test-host test-vm vm-run bench soak clean
+
+setup:
+	@bash .ci/setup
+
+setup-test:
+	@WITH_TEST_PKGS=1 bash .ci/setup
+
+# The main job: a tool on the live system until Ctrl-C (make run ARGS="execsnoop -x").
+run: setup
+	.venv/bin/bpfprobes $(ARGS)
+
+# Every tier: unit (no root), host (real BPF here), vm (real kprobes in a VM).
+test: setup-test
+	$(PY) -m pytest tests/unit tests/host tests/vm
+
+test-unit: setup
+	$(PY) -m pytest tests/unit
+
+test-host: setup-test
+	$(PY) -m pytest tests/host
+
+test-vm: setup-test
+	$(PY) -m pytest tests/vm
+
+# Boot the test VM and run CMD as root in it (the checkout is at the same path).
+vm-run: setup-test
+	$(PY) tests/vm/boot.py -- '$(CMD)'
+
+bench: setup-test
+	$(PY) bench/run.py
+
+soak: setup-test
+	$(PY) bench/soak.py
+
+clean:
+	rm -rf .venv build *.egg-info .pytest_cache

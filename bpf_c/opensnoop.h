@@ -1,0 +1,25 @@
+/* The opensnoop event: defined here once, mirrored once in decode.py.
+ * Only the used part of path[] leaves the kernel (variable-size sample). */
+#ifndef BPFPROBES_OPENSNOOP_H
+#define BPFPROBES_OPENSNOOP_H
+
+#define OPEN_PATH_MAX 4096
+
+enum open_syscall { SC_OPEN = 0, SC_OPENAT = 1, SC_OPENAT2 = 2 };
+
+struct open_event {
+    u64 ts_ns;          /* bpf_ktime_get_ns() at return */
+    u32 pid;            /* tgid */
+    u32 tid;
+    u32 uid;
+    s32 ret;            /* fd, or -errno */
+    u64 flags;          /* open flags (u64: openat2's open_how.flags) */
+    u32 mode;
+    u16 syscall;        /* enum open_syscall */
+    u16 truncated;      /* 1 when path[] holds a prefix of a longer string */
+    u32 path_len;       /* bytes of path[] sent, NUL included */
+    char comm[16];
+    char path[OPEN_PATH_MAX];
+};
+
+#endif

@@ -1,0 +1,3 @@
+"""bpfprobes: kprobes, kretprobes, uprobes and tracepoints from Python, through BCC."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Command-line tools: one module per tool, each argparse -> spec -> pipeline."""

@@ -1,0 +1,158 @@
+"""What every tool shares: argument types, error printing, the run pipeline."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .. import loader, stream
+from ..codegen import Program
+from ..errors import BpfprobesError, KernelError, UsageError
+from ..kernel import Kernel
+from ..output import JsonOutput, TextOutput
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports bad input as one line (`TOOL: error: ...`), exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(message, f"see {self.prog} --help")
+
+
+def parser(prog: str, description: str, examples: str) -> Parser:
+    return Parser(prog=prog, description=description, epilog="examples:\n" + examples,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _int_type(minimum: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number, not {text!r}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}, not {value}")
+        return value
+    return parse
+
+
+pid_arg = _int_type(1, "a PID")
+count_arg = _int_type(1, "a count")
+uid_arg = _int_type(0, "a UID")
+
+
+def seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a duration must be a number of seconds, not {text!r}")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"a duration must be positive, not {text}")
+    return value
+
+
+def pages_arg(text: str) -> int:
+    value = _int_type(1, "--buffer-pages")(text)
+    if value & (value - 1):
+        raise argparse.ArgumentTypeError(f"--buffer-pages must be a power of two, not {value}")
+    return value
+
+
+def add_session_options(p: argparse.ArgumentParser) -> None:
+    """Options every tracing tool has: bounds, output, transport, verbosity."""
+    p.add_argument("-d", "--duration", type=seconds_arg, metavar="SECONDS",
+                   help="stop after this many seconds")
+    p.add_argument("--max-events", type=count_arg, metavar="N", help="stop after N events")
+    p.add_argument("--json", action="store_true", help="print JSON lines (meta, event, lost, summary)")
+    p.add_argument("--buffer-pages", type=pages_arg, default=stream.DEFAULT_PAGES, metavar="N",
+                   help=f"perf buffer pages per CPU, a power of two (default {stream.DEFAULT_PAGES})")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="say which mechanism is used and why, and what is attached")
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise KernelError("must be run as root: loading BPF programs needs CAP_BPF and "
+                          "CAP_PERFMON (or CAP_SYS_ADMIN)", "run with sudo")
+
+
+class Clock:
+    """bpf_ktime_get_ns() is CLOCK_MONOTONIC: map it to wall-clock seconds."""
+
+    def __init__(self) -> None:
+        self.offset = time.time() - time.clock_gettime(time.CLOCK_MONOTONIC)
+
+    def wall(self, ts_ns: int) -> float:
+        return round(self.offset + ts_ns / 1e9, 6)
+
+
+def main(tool: str, body: Callable[[Sequence[str]], int], argv: Sequence[str] | None) -> int:
+    """Run a tool's body; expected failures become one line and an exit status."""
+    try:
+        return body(sys.argv[1:] if argv is None else argv)
+    except BpfprobesError as e:
+        sys.stdout.flush()
+        print(f"{tool}: error: {e.what}", file=sys.stderr)
+        if e.hint:
+            print(f"{tool}: hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except BrokenPipeError:
+        # stdout went away (| head); do not let Python complain on exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+@dataclass
+class Pipeline:
+    """compile -> open perf buffer -> attach -> meta -> loop -> summary -> detach."""
+
+    tool: str
+    kernel: Kernel
+    program: Program
+    attaches: list[loader.Attach]
+    decode: Callable[[bytes], dict | None]       # None: filtered out in userspace
+    sink: TextOutput | JsonOutput
+    limits: stream.Limits
+    meta: dict
+    pages: int = stream.DEFAULT_PAGES
+    wakeup_events: int = stream.DEFAULT_WAKEUP
+    verbose: bool = False
+
+    def run(self) -> stream.Summary:
+        started = time.monotonic()
+        loaded = loader.compile_program(self.program, self.kernel.headers)
+        with loaded:
+            sink_event = self.sink.event
+            decode = self.decode
+
+            def on_event(raw: bytes) -> bool:
+                e = decode(raw)
+                if e is None:
+                    return False
+                sink_event(e)
+                return True
+
+            gate = stream.Gate(on_event, self.limits.max_events)
+            transport = stream.PerfBuffer(loaded, pages=self.pages,
+                                          wakeup_events=self.wakeup_events)
+            transport.open(gate)
+            for how in self.attaches:
+                loaded.attach(how)
+            self.meta["probes"] = [a.describe() for a in loaded.attached]
+            self.meta["startup_s"] = round(time.monotonic() - started, 3)
+            if self.verbose:
+                for a in loaded.attached:
+                    print(f"{self.tool}: attached {a.describe()}", file=sys.stderr)
+                print(f"{self.tool}: live after {self.meta['startup_s']} s", file=sys.stderr)
+            self.sink.meta(self.meta)
+            self.sink.flush()
+            summary = stream.run(transport, gate, self.limits, self.sink.lost,
+                                 on_tick=self.sink.flush)
+        self.sink.summary({"events": summary.events, "lost": summary.lost,
+                           "reason": summary.reason, "elapsed": round(summary.elapsed, 3)})
+        return summary

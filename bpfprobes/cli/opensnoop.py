@@ -1,0 +1,178 @@
+"""opensnoop: trace open(), openat() and openat2() system-wide, with their result."""
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from typing import Sequence
+
+from .. import __version__, codegen, openflags, policy, stream
+from ..decode import open_event
+from ..errors import UsageError
+from ..kernel import current
+from ..loader import Attach
+from ..output import Column, JsonOutput, TextOutput
+from . import common
+
+SYSCALLS = ("open", "openat", "openat2")
+ENTRY_FN = {"open": "open", "openat": "openat", "openat2": "openat2"}
+INFLIGHT_MAX = 16384
+
+EXAMPLES = """\
+    opensnoop                    # trace all open() syscalls
+    opensnoop -T -U              # with a timestamp and the UID
+    opensnoop -x                 # only failed opens
+    opensnoop -p 181             # only PID 181
+    opensnoop -n nginx           # only processes whose name contains "nginx"
+    opensnoop -e -f O_WRONLY     # writers only, with flags and mode
+    opensnoop --cgroup /sys/fs/cgroup/system.slice/ssh.service
+    opensnoop --json -d 10       # JSON lines for 10 seconds
+    opensnoop -v --attach tracepoint
+"""
+
+
+def build_parser() -> common.Parser:
+    p = common.parser("opensnoop", "Trace open(), openat() and openat2() syscalls.", EXAMPLES)
+    p.add_argument("-T", "--timestamp", action="store_true", help="include a timestamp column")
+    p.add_argument("-U", "--print-uid", action="store_true", help="include a UID column")
+    p.add_argument("-x", "--failed", action="store_true", help="only show failed opens")
+    p.add_argument("-p", "--pid", type=common.pid_arg, help="trace this PID only")
+    p.add_argument("-t", "--tid", type=common.pid_arg, help="trace this TID only")
+    p.add_argument("-u", "--uid", type=common.uid_arg, help="trace this UID only")
+    p.add_argument("-n", "--name", help="only processes whose name contains NAME")
+    p.add_argument("-e", "--extended-fields", action="store_true", help="show flags and mode")
+    p.add_argument("-f", "--flag-filter", action="append", default=[], metavar="FLAG",
+                   help="only opens with this flag (e.g. O_WRONLY); repeatable, any matches")
+    p.add_argument("--cgroup", metavar="PATH", help="trace this cgroup v2 only (in the kernel)")
+    p.add_argument("--attach", choices=policy.CHOICES,
+                   help="force kprobes or tracepoints (default: kprobes where available)")
+    common.add_session_options(p)
+    return p
+
+
+def _cgroup_id(path: str) -> int:
+    """A cgroup v2 directory's id is its inode number (bpf_get_current_cgroup_id)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UsageError(f"--cgroup {path}: {e.strerror}", "give a directory under /sys/fs/cgroup")
+    if not os.path.isdir(path):
+        raise UsageError(f"--cgroup {path} is not a cgroup directory")
+    return st.st_ino
+
+
+def _flag_filter(names: list[str]) -> tuple[int | None, bool]:
+    mask, rdonly = 0, False
+    for name in names:
+        try:
+            value = openflags.parse(name)
+        except KeyError:
+            raise UsageError(f"unknown open flag {name!r}",
+                             "known: " + ", ".join(openflags.FLAGS)) from None
+        rdonly |= value == 0
+        mask |= value
+    return (mask or None) if names else None, rdonly
+
+
+def _plan(args, k):
+    symbols = {sc: k.syscall_symbol(sc) for sc in SYSCALLS}
+    symbols = {sc: s for sc, s in symbols.items() if s is not None}
+    tps = [f"syscalls:sys_{d}_{sc}" for sc in SYSCALLS for d in ("enter", "exit")
+           if k.tracepoint_exists("syscalls", f"sys_enter_{sc}")]
+    choice = policy.choose(k, args.attach, [s for s, _ in symbols.values()], tps)
+    if choice.mechanism == policy.KPROBE:
+        wrapped = all(w for _, w in symbols.values())
+        attaches = [a for sc, (sym, _) in symbols.items()
+                    for a in (Attach("kprobe", sym, f"kp_{ENTRY_FN[sc]}"),
+                              Attach("kretprobe", sym, "kr_open"))]
+        defs = {"ATTACH_KPROBE": True, **codegen.abi_defines(k.abi, wrapped)}
+    else:
+        attaches = [Attach("tracepoint", tp, f"tp_{tp.split(':')[1].replace('sys_', '')}"
+                           if "enter" in tp else "tp_exit_open") for tp in tps]
+        defs = {"ATTACH_TRACEPOINT": True}
+    return choice, attaches, defs
+
+
+def _columns(args) -> list[Column]:
+    first = {"ts": None}
+
+    def rel_time(e):
+        if first["ts"] is None:
+            first["ts"] = e["ts_ns"]
+        return f"{(e['ts_ns'] - first['ts']) / 1e9:.9f}"
+
+    def path(e):
+        return e["path"] + (" [truncated]" if e["truncated"] else "")
+
+    cols = [Column("TIME(s)", -14, rel_time)] if args.timestamp else []
+    cols += [Column("UID", 6, lambda e: e["uid"])] if args.print_uid else []
+    cols += [Column("PID", 7, lambda e: e["pid"]),
+             Column("COMM", -16, lambda e: e["comm"]),
+             Column("FD", 4, lambda e: e["ret"] if e["ret"] >= 0 else -1),
+             Column("ERR", 3, lambda e: -e["ret"] if e["ret"] < 0 else 0)]
+    if args.extended_fields:
+        cols += [Column("FLAGS", 8, lambda e: f"{e['flags']:08o}"),
+                 Column("MODE", 5, lambda e: f"{e['mode']:04o}")]
+    return cols + [Column("PATH", 0, path)]
+
+
+def _decoder(args, clock: common.Clock):
+    name = args.name
+
+    def decode(raw: bytes) -> dict | None:
+        e = open_event(raw)
+        if name is not None and name not in e["comm"]:
+            return None
+        return e
+
+    if not args.json:
+        return decode
+
+    def decode_json(raw: bytes) -> dict | None:
+        e = decode(raw)
+        if e is None:
+            return None
+        ret = e["ret"]
+        return {"pid": e["pid"], "tid": e["tid"], "uid": e["uid"], "comm": e["comm"],
+                "fd": ret if ret >= 0 else -1, "err": -ret if ret < 0 else 0,
+                "errno": errno.errorcode.get(-ret) if ret < 0 else None,
+                "flags": e["flags"], "flags_names": openflags.describe(e["flags"]),
+                "mode": e["mode"], "syscall": e["syscall"], "path": e["path"],
+                "truncated": e["truncated"], "ts": clock.wall(e["ts_ns"])}
+    return decode_json
+
+
+def run(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    flags_mask, rdonly = _flag_filter(args.flag_filter)
+    cgroup = _cgroup_id(args.cgroup) if args.cgroup else None
+    common.require_root()
+    k = current()
+    choice, attaches, defs = _plan(args, k)
+    defs.update({"INFLIGHT_MAX": INFLIGHT_MAX, "FILTER_PID": args.pid, "FILTER_TID": args.tid,
+                 "FILTER_UID": args.uid, "FILTER_FAILED": args.failed,
+                 "FILTER_FLAGS": flags_mask, "FILTER_RDONLY": rdonly, "FILTER_CGROUP": cgroup,
+                 "SKIP_PID": os.getpid()})
+    if args.verbose:
+        print(f"opensnoop: attach {choice.mechanism}: {choice.why}", file=sys.stderr)
+    sink = JsonOutput("opensnoop") if args.json else TextOutput("opensnoop", _columns(args))
+    meta = {"version": __version__, "kernel": k.release, "arch": k.abi.name,
+            "attach": choice.mechanism, "why": choice.why, "transport": "perf_buffer",
+            "filters": {key: v for key, v in (("pid", args.pid), ("tid", args.tid),
+                                              ("uid", args.uid), ("failed", args.failed or None),
+                                              ("flags", args.flag_filter or None),
+                                              ("cgroup", args.cgroup), ("name", args.name))
+                        if v is not None}}
+    common.Pipeline("opensnoop", k, codegen.ready_tool("opensnoop", defs), attaches,
+                    _decoder(args, common.Clock()), sink,
+                    stream.Limits(args.duration, args.max_events), meta,
+                    pages=args.buffer_pages, verbose=args.verbose).run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return common.main("opensnoop", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

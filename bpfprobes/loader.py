@@ -1,0 +1,151 @@
+"""BCC: compile, attach, detach. The only module that imports bcc.
+
+`Loaded` is a context manager: whatever happens (an attach that fails half
+way, a signal, an exception in output), leaving the block detaches every
+probe and closes every perf buffer, so nothing of ours stays in the kernel.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from .codegen import Program
+from .errors import CompileError, KernelError
+from .headers import Headers
+
+
+@dataclass(frozen=True)
+class Attach:
+    kind: str                   # kprobe | kretprobe | tracepoint | uprobe | uretprobe
+    target: str                 # symbol, "category:event", or uprobe symbol
+    fn: str                     # BPF function in the program
+    path: str | None = None     # uprobe binary
+    offset: int = 0             # kprobe +OFFS, or uprobe address when symbol is empty
+    maxactive: int = 0
+    pid: int = -1               # uprobe: only this process
+
+    def describe(self) -> str:
+        where = f"{self.path}:" if self.path else ""
+        off = f"+{self.offset}" if self.offset and self.target else ""
+        return f"{self.kind} {where}{self.target or hex(self.offset)}{off}"
+
+
+def _import_bcc():
+    try:
+        import bcc  # noqa: PLC0415 - imported lazily so --help and unit tests need no BCC
+    except ImportError as e:
+        raise KernelError("BCC's Python module is not importable",
+                          "install python3-bpfcc and run with /usr/bin/python3 or the "
+                          "project's .venv (make setup)") from e
+    return bcc
+
+
+@contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """Collect what BCC/clang write to fd 2, to turn it into one clear line."""
+    lines: list[str] = []
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode(errors="replace").splitlines())
+
+
+def _first_error(lines: list[str]) -> str:
+    for line in lines:
+        if re.search(r"error:", line):
+            return re.sub(r"^.*?error:\s*", "", line).strip()
+    return next((ln.strip() for ln in lines if ln.strip()), "no compiler output")
+
+
+class Loaded:
+    """A compiled program and the probes attached from it."""
+
+    def __init__(self, bpf, program: Program) -> None:
+        self.bpf = bpf
+        self.program = program
+        self.attached: list[Attach] = []
+
+    def __getitem__(self, name: str):
+        return self.bpf[name]
+
+    def attach(self, how: Attach) -> None:
+        b = self.bpf
+        calls = {
+            "kprobe": lambda: b.attach_kprobe(event=how.target, fn_name=how.fn,
+                                              event_off=how.offset),
+            "kretprobe": lambda: b.attach_kretprobe(event=how.target, fn_name=how.fn,
+                                                    maxactive=how.maxactive),
+            "tracepoint": lambda: b.attach_tracepoint(tp=how.target, fn_name=how.fn),
+            "uprobe": lambda: b.attach_uprobe(name=how.path, sym=how.target, fn_name=how.fn,
+                                              pid=how.pid, **_uaddr(how)),
+            "uretprobe": lambda: b.attach_uretprobe(name=how.path, sym=how.target,
+                                                    fn_name=how.fn, pid=how.pid, **_uaddr(how)),
+        }
+        failure = None
+        with _stderr_captured() as noise:
+            try:
+                calls[how.kind]()
+            except Exception as e:  # BCC raises bare Exception for every attach failure
+                failure = e
+        if failure is not None:
+            raise KernelError(f"cannot attach {how.describe()}: {failure}",
+                              _first_error(noise) if noise else "") from failure
+        self.attached.append(how)
+
+    def close(self) -> None:
+        """Detach everything and free the program (idempotent)."""
+        if self.bpf is not None:
+            with _stderr_captured():
+                self.bpf.cleanup()
+            self.bpf = None
+
+    def __enter__(self) -> "Loaded":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _uaddr(how: Attach) -> dict:
+    return {"addr": how.offset} if not how.target else {"sym_off": how.offset} \
+        if how.offset else {}
+
+
+def compile_program(program: Program, headers: Headers) -> Loaded:
+    """Compile and load (not attach). Failures become one-line CompileErrors."""
+    bcc = _import_bcc()
+    if headers.status == "none":
+        raise CompileError("no kernel headers found for BCC to compile against",
+                           "install linux-headers-$(dpkg --print-architecture) or enable "
+                           "CONFIG_IKHEADERS (make setup does this)")
+    env = headers.bcc_env()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        failure = None
+        with _stderr_captured() as noise:
+            try:
+                bpf = bcc.BPF(text=program.text.encode(), cflags=list(program.cflags),
+                              allow_rlimit=False)
+            except Exception as e:  # BCC raises bare Exception for compile and load errors
+                failure = e
+        if failure is not None:
+            raise CompileError(f"BCC could not compile {program.name}: {_first_error(noise)}",
+                               f"headers: {headers.path} ({headers.status})") from failure
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return Loaded(bpf, program)

@@ -1,0 +1,85 @@
+"""Event sinks: aligned columns (BCC's look), or JSON lines for log pipelines.
+
+Both take the same calls — meta, event, lost, summary — so a tool never
+branches on the output format.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Callable, TextIO
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    width: int                         # negative: left-aligned; 0: last column, unpadded
+    render: Callable[[dict], object]
+
+
+class TextOutput:
+    def __init__(self, tool: str, columns: list[Column], out: TextIO = sys.stdout,
+                 err: TextIO = sys.stderr, header: bool = True) -> None:
+        self.tool = tool
+        self.columns = columns
+        self.out = out
+        self.err = err
+        self._fmt = " ".join(self._cell(c.width) for c in columns)
+        self._renders = [c.render for c in columns]
+        self._header = header
+
+    @staticmethod
+    def _cell(width: int) -> str:
+        return "{}" if width == 0 else "{:<%d}" % -width if width < 0 else "{:>%d}" % width
+
+    def meta(self, meta: dict) -> None:
+        if self._header:
+            self.out.write(self._fmt.format(*(c.header for c in self.columns)).rstrip() + "\n")
+
+    def event(self, e: dict) -> None:
+        self.out.write(self._fmt.format(*(r(e) for r in self._renders)) + "\n")
+
+    def lost(self, count: int, total: int) -> None:
+        self.out.flush()
+        self.err.write(f"{self.tool}: lost {count} events ({total} in all)\n")
+        self.err.flush()
+
+    def summary(self, s: dict) -> None:
+        self.out.flush()
+        extra = "".join(f", {k} {v}" for k, v in s.items()
+                        if k not in ("events", "lost", "reason", "elapsed"))
+        self.err.write(f"{self.tool}: {s['events']} events, {s['lost']} lost, "
+                       f"{s['elapsed']:.1f} s, stopped by {s['reason']}{extra}\n")
+        self.err.flush()
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+class JsonOutput:
+    """One JSON object per line: meta first, then event/lost lines, summary last."""
+
+    def __init__(self, tool: str, out: TextIO = sys.stdout) -> None:
+        self.tool = tool
+        self.out = out
+        self._dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+    def _line(self, obj: dict) -> None:
+        self.out.write(self._dumps(obj) + "\n")
+
+    def meta(self, meta: dict) -> None:
+        self._line({"type": "meta", "tool": self.tool, **meta})
+
+    def event(self, e: dict) -> None:
+        self._line({"type": "event", **e})
+
+    def lost(self, count: int, total: int) -> None:
+        self._line({"type": "lost", "count": count, "total": total})
+
+    def summary(self, s: dict) -> None:
+        self._line({"type": "summary", **s})
+        self.out.flush()
+
+    def flush(self) -> None:
+        self.out.flush()

@@ -1,0 +1,121 @@
+"""Helpers for tests that drive the real tools as a user would: a subprocess
+running `bpfprobes TOOL ...`, waiting until it is live, stopping it cleanly."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+IN_VM = os.environ.get("BPFPROBES_IN_VM") == "1"
+
+
+def unique(prefix: str = "bpfp") -> str:
+    """A name no other process on the machine will use."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class Tool:
+    """A running tool. JSON mode is used by most tests: the meta line says 'live'."""
+
+    def __init__(self, *args: str, live_timeout: float = 120.0) -> None:
+        self.argv = [PYTHON, "-m", "bpfprobes.cli.main", *args]
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, errors="replace")
+        self.lines: list[str] = []
+        self.err: list[str] = []
+        self._live = threading.Event()
+        self._threads = [threading.Thread(target=self._read_out, daemon=True),
+                         threading.Thread(target=self._read_err, daemon=True)]
+        for t in self._threads:
+            t.start()
+        self.live_timeout = live_timeout
+
+    def _read_out(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if line.startswith('{"type":"meta"') or not line.startswith("{"):
+                self._live.set()
+        self._live.set()
+
+    def _read_err(self) -> None:
+        for line in self.proc.stderr:
+            self.err.append(line.rstrip("\n"))
+            if ": live after" in line:
+                self._live.set()
+
+    def wait_live(self) -> "Tool":
+        if not self._live.wait(self.live_timeout) or self.proc.poll() is not None \
+                and not self.lines:
+            self.stop()
+            raise AssertionError(f"{self.argv[3:]} did not start: {self.stderr}")
+        return self
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        for t in self._threads:
+            t.join(5)
+        return rc
+
+    def wait(self, timeout: float = 60.0) -> int:
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return self.stop()
+        for t in self._threads:
+            t.join(5)
+        return rc
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.err)
+
+    def json(self, kind: str | None = "event") -> list[dict]:
+        out = []
+        for line in self.lines:
+            if line.startswith("{"):
+                obj = json.loads(line)
+                if kind is None or obj.get("type") == kind:
+                    out.append(obj)
+        return out
+
+    def __enter__(self) -> "Tool":
+        return self.wait_live()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def run_tool(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Run a tool to completion (for bad input, --help, -d, --max-events)."""
+    return subprocess.run([PYTHON, "-m", "bpfprobes.cli.main", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, errors="replace")
+
+
+def settle(seconds: float = 0.3) -> None:
+    """Let batched samples reach the reader (the tools drain every 100 ms)."""
+    time.sleep(seconds)
+
+
+def our_bpf_programs() -> list[str]:
+    """Names of loaded BPF programs that look like ours (bpftool-free: /proc fdinfo
+    of our processes is gone once they exit, so ask the kernel via bpf_prog ids)."""
+    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True) \
+        if Path("/usr/sbin/bpftool").exists() else None
+    if out is None or out.returncode != 0:
+        return []
+    names = ("kp_", "kr_", "tp_", "up_", "ur_", "probe_")
+    return [ln for ln in out.stdout.splitlines() if any(f" name {n}" in ln for n in names)]

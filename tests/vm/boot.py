@@ -1,0 +1,82 @@
+"""Boot the test VM (a distro kernel with kprobes) and run one command in it.
+
+virtme-ng boots the newest installed /boot/vmlinuz-* on a read-only view of
+this machine's own root filesystem, so the checkout and its .venv are visible
+at the same paths. No KVM here (QEMU's KVM fails on this host): emulation.
+Usage: python tests/vm/boot.py [--rwdir DIR]... -- CMD
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+RC_MARK = "__BPFPROBES_VM_RC="
+
+
+def kernel_image() -> Path:
+    """Newest /boot/vmlinuz-X that has /lib/modules/X (so modules and headers match)."""
+    images = [p for p in Path("/boot").glob("vmlinuz-*")
+              if (Path("/lib/modules") / p.name.removeprefix("vmlinuz-")).is_dir()]
+    if not images:
+        raise SystemExit("no /boot/vmlinuz-* with /lib/modules: install linux-image-amd64 "
+                         "(make setup)")
+    return max(images, key=lambda p: [int(x) for x in re.findall(r"\d+", p.name)])
+
+
+def vng() -> str:
+    here = Path(sys.executable).parent / "vng"
+    found = str(here) if here.exists() else shutil.which("vng")
+    if not found:
+        raise SystemExit("vng (virtme-ng) not found: make setup installs it into .venv")
+    return found
+
+
+def run_in_vm(cmd: str, rwdirs: list[str] = (), timeout: float = 3000,
+              echo: bool = True) -> tuple[int, str]:
+    """Run `cmd` as root in the VM from the current directory; (its status, its output)."""
+    script = f"cd {os.getcwd()} && {{ {cmd} ; }}; echo {RC_MARK}$?"
+    argv = [vng(), "--run", str(kernel_image()), "--disable-kvm", "--force-9p",
+            "--cpus", "2", "--memory", "3G"]
+    for d in rwdirs:
+        argv += ["--rwdir", d]
+    argv += ["--exec", script]
+    env = dict(os.environ, PATH=f"{Path(vng()).parent}:{os.environ.get('PATH', '')}")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, errors="replace")
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if echo and not line.startswith(RC_MARK):
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return 124, "".join(lines) + "\nVM timed out\n"
+    out = "".join(lines)
+    m = re.search(RC_MARK + r"(\d+)", out)
+    if m is None:
+        return proc.returncode or 125, out + "\nVM ended without reporting the command's status\n"
+    return int(m.group(1)), out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rwdir", action="append", default=[])
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    a = p.parse_args()
+    cmd = " ".join(a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd)
+    if not cmd:
+        p.error("no command")
+    rc, _ = run_in_vm(cmd, a.rwdir)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
