@@ -187,4 +187,4 @@ def _unknown_register_message(abi: Abi, reg: str) -> tuple[str, str]:
 
 
 def _article(word: str) -> str:
-    return "an" if word[0] in "aeiox" else "a"
+    return "an" if word[0] in "aeiosx" else "a"   # an x86_64, an s390x, a ppc64le

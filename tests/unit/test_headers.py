@@ -1,0 +1,45 @@
+"""Header discovery on fake trees: matching, nearest (merged -common + -arch), none."""
+from pathlib import Path
+
+from bpfprobes import headers
+
+
+def make(p: Path, files: dict) -> None:
+    for rel, text in files.items():
+        f = p / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+
+
+def test_matching_build_dir_wins(tmp_path):
+    make(tmp_path / "lib/modules/6.1.0-9-amd64/build", {"include/linux/x.h": "", "Makefile": ""})
+    h = headers.find("6.1.0-9-amd64", lib_modules=tmp_path / "lib/modules",
+                     usr_src=tmp_path / "src", cache=tmp_path / "cache")
+    assert h.status == "matching" and h.bcc_env() == {}
+
+
+def test_nearest_distro_headers_are_merged_without_touching_lib_modules(tmp_path):
+    src = tmp_path / "src"
+    make(src / "linux-headers-6.1.0-9-common", {"include/linux/sched.h": "common",
+                                                "Makefile": "common"})
+    make(src / "linux-headers-6.1.0-9-amd64", {"include/generated/autoconf.h": "amd64",
+                                               "Makefile": "amd64"})
+    make(src / "linux-headers-5.10.0-1-amd64", {"Makefile": "old"})
+    (src / "kbuild").mkdir()
+    (src / "linux-headers-6.1.0-9-amd64" / "scripts").symlink_to("../kbuild")
+    h = headers.find("6.18.44-custom", lib_modules=tmp_path / "none",
+                     usr_src=src, cache=tmp_path / "cache")
+    assert h.status == "nearest" and h.release == "6.1.0-9-amd64"
+    merged = Path(h.path)
+    assert (merged / "include/linux/sched.h").read_text() == "common"
+    assert (merged / "include/generated/autoconf.h").read_text() == "amd64"
+    assert (merged / "Makefile").read_text() == "amd64"          # the arch tree wins
+    assert (merged / "scripts").resolve() == (src / "kbuild").resolve()   # no dangling links
+    assert h.bcc_env() == {"BCC_KERNEL_SOURCE": str(merged)}
+    assert not (tmp_path / "none").exists()
+
+
+def test_none(tmp_path):
+    h = headers.find("6.18", lib_modules=tmp_path / "a", usr_src=tmp_path / "b",
+                     cache=tmp_path / "c")
+    assert h.status == "none" and h.path is None

@@ -1,0 +1,74 @@
+"""A process that does exactly the file opens a test asks for, under a comm the
+test chose, after the test says go (so a tracer can attach to its pid first).
+
+    python workload.py COMM [--wait] OP...
+OP: open:PATH:FLAGS:MODE  (FLAGS like O_WRONLY|O_CREAT; MODE octal)
+    openat2:PATH:FLAGS:MODE   (the raw openat2 syscall, which glibc does not wrap)
+    storm:PREFIX:N            (N opens+closes of PREFIX-i that fail with ENOENT)
+Prints its pid first, then one line per op: the fd or -errno it got.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+
+SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "riscv64": 437, "ppc64le": 437, "s390x": 437}
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def set_comm(name: str) -> None:
+    libc.prctl(15, name.encode()[:15], 0, 0, 0)     # PR_SET_NAME
+
+
+def flags_of(text: str) -> int:
+    return sum(getattr(os, f) for f in text.split("|") if f) if text else 0
+
+
+def do_open(path: str, flags: str, mode: str) -> int:
+    try:
+        fd = os.open(path, flags_of(flags), int(mode or "0", 8))
+    except OSError as e:
+        return -e.errno
+    os.close(fd)
+    return fd
+
+
+def do_openat2(path: str, flags: str, mode: str) -> int:
+    how = (ctypes.c_uint64 * 3)(flags_of(flags), int(mode or "0", 8), 0)
+    fd = libc.syscall(SYS_OPENAT2[platform.machine()], -100, path.encode(), ctypes.byref(how),
+                      ctypes.sizeof(how))
+    if fd < 0:
+        return -ctypes.get_errno()
+    os.close(fd)
+    return fd
+
+
+def do_storm(prefix: str, n: str) -> int:
+    o = os.open
+    for i in range(int(n)):
+        try:
+            os.close(o(f"{prefix}-{i}", os.O_RDONLY))
+        except FileNotFoundError:
+            pass
+    return int(n)
+
+
+OPS = {"open": do_open, "openat2": do_openat2, "storm": do_storm}
+
+
+def main() -> None:
+    comm, *rest = sys.argv[1:]
+    set_comm(comm)
+    print(os.getpid(), flush=True)
+    if rest and rest[0] == "--wait":
+        rest = rest[1:]
+        sys.stdin.readline()
+    for op in rest:
+        kind, *params = op.split(":")
+        print(OPS[kind](*params), flush=True)
+
+
+if __name__ == "__main__":
+    main()
