@@ -33,8 +33,11 @@ test-vm: setup-test
 vm-run: setup-test
 	$(PY) tests/vm/boot.py -- '$(CMD)'
 
+# bpfprobes opensnoop against its peers, side by side (~10 min; BENCH_ARGS=--quick: ~1 min,
+# BENCH_ARGS=--vm: also the kprobe path in the test VM, ~15 min more); writes bench/RESULTS.md
+BENCH_ARGS ?=
 bench: setup-test
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 soak: setup-test
 	$(PY) bench/soak.py

@@ -8,9 +8,10 @@
 #ifndef BPFPROBES_COMMON_H
 #define BPFPROBES_COMMON_H
 
-/* Samples the kernel could not hand to the perf buffer for a reason other
- * than a full buffer (which perf itself counts and reports): a full in-flight
- * map, a missing per-CPU buffer. Reported as lost, never dropped silently. */
+/* Every sample that did not reach the perf buffer, whatever the reason (a full
+ * buffer, a full in-flight map). Counted here rather than from perf's LOST
+ * records, which the kernel emits only once the buffer has room again: after
+ * the last overflow of a storm they may never come, and loss would go unsaid. */
 BPF_PERCPU_ARRAY(drops, u64, 1);
 
 static __always_inline void count_drop(void)
@@ -21,11 +22,10 @@ static __always_inline void count_drop(void)
         (*n)++;
 }
 
-/* Wraps a perf_submit: one that failed with anything but -ENOSPC (a full
- * buffer, which perf counts itself) was lost without trace, so count it. */
+/* Wraps a perf_submit: a sample that failed to go out is counted. */
 static __always_inline void submitted(int rc)
 {
-    if (rc < 0 && rc != -28)
+    if (rc < 0)
         count_drop();
 }
 

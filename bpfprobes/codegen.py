@@ -75,3 +75,272 @@ def ready_tool(name: str, defs: Mapping[str, object]) -> Program:
     src = c_dir() / f"{name}.bpf.c"
     return Program(src.name, expand_includes(src.read_text(), c_dir()),
                    tuple(["-w", *define_flags(defs)]))
+
+
+# ---------------------------------------------------------------- bpfprobes probe: one function per spec
+#
+# The fixed parts (event header, maps, read/submit helpers) are C in
+# bpf_c/probe.h; what is generated here is one short function per spec that
+# calls them, reading each fetcharg through the arch table (Abi.member), so
+# the same spec compiles to the right pt_regs access on every architecture.
+
+from .probefilter import glob_prefix as _glob_prefix  # noqa: E402 - both are left of codegen
+from .spec import TYPES as _TYPES  # noqa: E402
+
+_FILTER_BUILTINS = {"pid": ("e->pid", _TYPES["u32"]), "tid": ("e->tid", _TYPES["u32"]),
+                    "cpu": ("e->cpu", _TYPES["u32"]),
+                    "latency_ns": ("e->latency_ns", _TYPES["u64"])}
+_PROBE_INCLUDES = ("#include <uapi/linux/ptrace.h>", '#include "common.h"', '#include "probe.h"')
+# Read modes of probe_read/probe_str (bpf_c/probe.h): kernel memory, user memory,
+# or "by address" through the legacy helpers, as the kernel's own kprobe fetchargs
+# read. Those helpers exist only where the arch keeps user and kernel addresses
+# apart (ARCH_HAS_NON_OVERLAPPING_ADDRESS_SPACE); elsewhere kernel memory it is.
+MEM_KERNEL, MEM_USER, MEM_EITHER = 0, 1, 2
+_NON_OVERLAPPING = {"x86_64", "aarch64", "arm", "riscv64", "s390x"}
+# Where a function's return address is at its first instruction: a register,
+# or (None) the word at the stack pointer.
+_LINK_REGISTER = {"x86_64": None, "aarch64": "lr", "arm": "lr", "riscv64": "ra",
+                  "ppc64le": "lr", "s390x": "r14"}
+
+
+def _pc_register(abi: Abi) -> str:
+    return abi.canonical("pc") or abi.canonical("ip") or "ip"
+
+
+class _ProbeFn:
+    """C statements of one probe function; the value being fetched lives in `v`."""
+
+    def __init__(self, probe, abi: Abi, symbols) -> None:
+        self.p = probe
+        self.abi = abi
+        self.symbols = symbols
+        self.lines: list[str] = []
+        self.ptr = abi.pointer_size
+
+    def reg(self, name: str) -> str:
+        return f"(u64)ctx->{self.abi.member(name)}"
+
+    def mem_mode(self, user: bool) -> int:
+        if user or self.p.spec.is_uprobe:
+            return MEM_USER
+        return self.either
+
+    @property
+    def either(self) -> int:
+        return MEM_EITHER if self.abi.name in _NON_OVERLAPPING else MEM_KERNEL
+
+    def read(self, addr: str, size: int, mode: int, bit: int) -> str:
+        self.lines.append(f"v = probe_read({addr}, {size}, {mode}, &e->faults, BIT({bit}));")
+        return "v"
+
+    def value(self, node, bit: int) -> str:
+        """C expression of a fetcharg's value (a register, or memory read into v)."""
+        kind = type(node).__name__
+        if kind == "Reg":
+            return self.reg(node.name)
+        if kind == "Arg":
+            return self.reg(self.abi.arg_register(node.index))
+        if kind == "Retval":
+            return self.reg(self.abi.retval)
+        if kind == "StackPtr":
+            return self.reg(self.abi.stack_pointer)
+        if kind == "Stack":
+            sp = self.reg(self.abi.stack_pointer)
+            return self.read(f"{sp} + {node.index * self.ptr}", self.ptr,
+                             self.mem_mode(False), bit)
+        if kind in ("Sym", "Deref"):
+            return self.read(self.address(node, bit), self.ptr, self.memory(node), bit)
+        raise ValueError(f"cannot fetch {node!r} as a value")
+
+    def address(self, node, bit: int) -> str:
+        """Address a Deref or @SYM reads from."""
+        if type(node).__name__ == "Sym":
+            return f"{self.symbols[node.name] + node.offset:#x}ULL"
+        inner = self.value(node.inner, bit)
+        if not node.offset:
+            return inner
+        return f"{inner} + {node.offset}" if node.offset > 0 else f"{inner} - {-node.offset}"
+
+    def memory(self, node) -> int:
+        if type(node).__name__ == "Sym":
+            return MEM_KERNEL
+        return self.mem_mode(node.user)
+
+    def scalar(self, a, slot) -> None:
+        node = a.fetch
+        kind = type(node).__name__
+        size = self.ptr if a.type.kind == "symbol" else a.type.bits // 8
+        if kind in ("Sym", "Deref"):
+            val = self.read(self.address(node, slot.index), size, self.memory(node), slot.index)
+        elif kind == "Field":      # the whole field: the type's width applies when decoding
+            f = self.p.fields[a.name]
+            width = f.size if f.size in (1, 2, 4, 8) else size
+            val = self.read(f"(u64)ctx + {f.offset}", width, MEM_KERNEL, slot.index)
+        else:
+            val = self.value(node, slot.index)
+        self.lines.append(f"SLOT(e, {slot.offset}) = {val};")
+
+    def string(self, a, slot) -> str:
+        """Fill a string slot; returns the C expression of the bytes used."""
+        node = a.fetch
+        kind = type(node).__name__
+        used = f"n{slot.index}"
+        if kind == "Comm":
+            self.lines.append(f"bpf_get_current_comm(e->payload + {slot.offset}, {slot.size});")
+            self.lines.append(f"u32 {used} = {slot.size};")
+            return used
+        user = a.type.kind == "ustring"
+        if kind in ("Sym", "Deref"):
+            addr, mode = self.address(node, slot.index), self.memory(node)
+            mode = MEM_USER if user else mode
+        elif kind == "Field":
+            addr, mode = self.field_string(a, slot)
+            mode = MEM_USER if user else mode
+        else:
+            addr = self.value(node, slot.index)
+            mode = MEM_USER if user or self.p.spec.is_uprobe else self.either
+        self.lines.append(f"u32 {used} = probe_str(e, {slot.offset}, {slot.size}, {addr}, "
+                          f"{mode}, BIT({slot.index}));")
+        return used
+
+    def field_string(self, a, slot) -> tuple[str, int]:
+        f = self.p.fields[a.name]
+        if f.dynamic:        # u32: offset (low 16 bits) and length of bytes later in the record
+            loc = self.read(f"(u64)ctx + {f.offset}", 4, MEM_KERNEL, slot.index)
+            base = f"(u64)ctx + {f.offset + 4} + " if f.dynamic == "__rel_loc" else "(u64)ctx + "
+            return f"{base}({loc} & 0xffff)", MEM_KERNEL
+        if f.is_char_array:
+            return f"(u64)ctx + {f.offset}", MEM_KERNEL
+        ptr = self.read(f"(u64)ctx + {f.offset}", min(f.size, 8), MEM_KERNEL, slot.index)
+        return ptr, self.either
+
+
+def _c_bytes(base: str, text: str, with_nul: bool) -> list[str]:
+    data = text.encode() + (b"\0" if with_nul else b"")
+    return [f"(u8){base}[{i}] == {b}" for i, b in enumerate(data)]
+
+
+def _c_compare(expr: str, t, op: str, lit: int) -> str:
+    """Compare a typed value with a literal as integers do in math (not as C would)."""
+    bits = t.bits or 64
+    if t.kind == "s":
+        value = f"(s64)(s{bits}){expr}"
+        return f"({value} & {lit}LL) != 0" if op == "&" else f"{value} {op} {lit}LL"
+    value = f"(u64)(u{bits}){expr}"
+    if op == "&":
+        return f"({value} & {lit & (2**64 - 1):#x}ULL) != 0"
+    if lit < 0:                                   # unsigned against negative: constant
+        return "1" if op in ("!=", ">", ">=") else "0"
+    return f"{value} {op} {lit:#x}ULL"
+
+
+def _filter_c(e, probe) -> str:
+    """C for the kernel part of a filter (probefilter.split made it exact for C)."""
+    kind = type(e).__name__
+    if kind == "Not":
+        return f"!({_filter_c(e.inner, probe)})"
+    if kind in ("And", "Or"):
+        joiner = " && " if kind == "And" else " || "
+        return "(" + joiner.join(_filter_c(i, probe) for i in e.items) + ")"
+    if e.name in _FILTER_BUILTINS:
+        expr, t = _FILTER_BUILTINS[e.name]
+        return _c_compare(expr, t, e.op, e.value)
+    if e.name == "comm":
+        return _c_string_test("e->comm", e)
+    slot = next(s for s in probe.layout.slots if s.name == e.name)
+    guard = f"!(e->faults & BIT({slot.index}))"
+    if slot.is_string:
+        test = _c_string_test(f"(e->payload + {slot.offset})", e)
+    else:
+        test = _c_compare(f"SLOT(e, {slot.offset})", slot.type, e.op, e.value)
+    return f"({guard} && {test})"
+
+
+def _c_string_test(base: str, e) -> str:
+    text = str(e.value)
+    prefix = _glob_prefix(text) if e.op in ("~", "!~") else None
+    if prefix is not None:
+        test = " && ".join(_c_bytes(base, prefix, False)) or "1"
+    else:
+        test = " && ".join(_c_bytes(base, text, True))
+    return f"({test})" if e.op in ("==", "~") else f"!({test})"
+
+
+def _probe_function(probe, plan, abi: Abi) -> str:
+    g = _ProbeFn(probe, abi, plan.symbols)
+    spec = probe.spec
+    ctx_type = "void" if spec.kind == "tracepoint" else "struct pt_regs"
+    out = [f"/* {spec.text} */", f"int {probe.fn}({ctx_type} *ctx)", "{",
+           "    u64 id = bpf_get_current_pid_tgid();",
+           f"    struct probe_event *e = probe_begin(id, {probe.index});",
+           "    u64 v = 0;", "    if (!e)", "        return 0;"]
+    if plan.options.comm is not None:
+        out.append(f"    if (!({' && '.join(_c_bytes('e->comm', plan.options.comm, True))}))")
+        out.append("        return 0;")
+    if probe.stash is not None:
+        out.append(f"    pair_enter(id, {probe.stash});")
+    if probe.pair is not None:
+        out.append(f"    e->latency_ns = pair_leave(id, {probe.pair}, e->ts_ns);")
+    if spec.is_return:
+        out.append(f"    e->ret_ip = {g.reg(_pc_register(abi))};")
+    elif spec.kind != "tracepoint" and spec.offset == 0 and spec.symbol:
+        link = _LINK_REGISTER.get(abi.name)
+        if link:
+            g.lines.append(f"e->ret_ip = {g.reg(link)};")
+        else:       # read it from the stack; a failure is no argument's fault: clear the bit
+            ret = g.read(g.reg(abi.stack_pointer), abi.pointer_size, g.mem_mode(False), 63)
+            g.lines += [f"e->ret_ip = {ret};", "e->faults = 0;"]
+    used = {}
+    for a, slot in zip(spec.args, probe.layout.slots):
+        g.lines.append(f"/* {a.name} */")
+        if slot.is_string:
+            used[slot.index] = g.string(a, slot)
+        else:
+            g.scalar(a, slot)
+    out += [f"    {line}" for line in g.lines]
+    if probe.kernel_filter is not None:
+        out += [f"    if (!{_filter_c(probe.kernel_filter, probe)})", "        return 0;"]
+    # a uprobe fires in user mode: there is no kernel stack to take
+    k, u = int(plan.options.kstack and not spec.is_uprobe), int(plan.options.ustack)
+    if k or u:
+        out.append(f"    probe_stacks(ctx, e, {k}, {u});")
+    last = probe.layout.trimmed
+    size = (f"{last.offset} + {used[last.index]}" if last is not None and last.offset else
+            used[last.index] if last is not None else str(probe.layout.size))
+    out += [f"    probe_submit(ctx, e, offsetof(struct probe_event, payload) + {size});",
+            "    return 0;", "}"]
+    return "\n".join(out)
+
+
+def _stash_function(stash, comm: str | None) -> str:
+    out = [f"/* entry of {stash.spec.text}: its time, for the latency */",
+           f"int {stash.fn}(struct pt_regs *ctx)", "{",
+           "    u64 id = bpf_get_current_pid_tgid();",
+           "    if (task_filtered(id))", "        return 0;"]
+    if comm is not None:        # as the return probe filters: no entry it would never collect
+        out += ["    char c[PROBE_COMM_LEN] = {};", "    bpf_get_current_comm(&c, sizeof(c));",
+                f"    if (!({' && '.join(_c_bytes('c', comm, True))}))", "        return 0;"]
+    return "\n".join(out + [f"    pair_enter(id, {stash.pair});", "    return 0;", "}"])
+
+
+def probe_defines(plan) -> dict[str, object]:
+    o = plan.options
+    payload = max((p.layout.size for p in plan.probes), default=0)
+    return {"PROBE_PAYLOAD_MAX": max(payload, 8),
+            "PROBE_STACKS": 2048 if (o.kstack or o.ustack) else None,
+            "PROBE_PAIRS": 10240 if plan.pairs else None,
+            "FILTER_PID": o.pid, "FILTER_TID": o.tid, "SKIP_PID": o.skip_pid}
+
+
+def probe_source(plan, abi: Abi) -> str:
+    """The generated C (before bpf_c/ includes are inlined): what --dry-run shows."""
+    parts = ["\n".join(_PROBE_INCLUDES)]
+    parts += [_probe_function(p, plan, abi) for p in plan.probes]
+    parts += [_stash_function(s, plan.options.comm) for s in plan.stashes]
+    return "\n\n".join(parts) + "\n"
+
+
+def probe_program(plan, abi: Abi) -> Program:
+    """The program for a probeplan.Plan on architecture `abi`."""
+    return Program("probe.bpf.c", expand_includes(probe_source(plan, abi), c_dir()),
+                   tuple(["-w", *define_flags(probe_defines(plan))]))

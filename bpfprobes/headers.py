@@ -1,6 +1,6 @@
 """Find kernel headers for BCC without touching /lib/modules.
 
-Order: /lib/modules/RELEASE/build (matching), /sys/kernel/kheaders.tar.xz
+Order: $BPFPROBES_KERNEL_HEADERS (the user's word), /lib/modules/RELEASE/build (matching), /sys/kernel/kheaders.tar.xz
 (matching, unpacked to our cache), then the nearest installed distro headers
 (Debian splits them into -common and -ARCH; we merge both into one symlink tree
 under our cache, because BCC_KERNEL_SOURCE takes one directory).
@@ -88,6 +88,11 @@ def find(release: str | None = None, lib_modules: Path = Path("/lib/modules"),
          usr_src: Path = USR_SRC, cache: Path = CACHE) -> Headers:
     """The best headers this machine has for the running kernel."""
     release = release or os.uname().release
+    override = os.environ.get("BPFPROBES_KERNEL_HEADERS")
+    if override is not None:
+        if (Path(override) / "include").is_dir():
+            return Headers(MATCHING, override, "BPFPROBES_KERNEL_HEADERS", release)
+        return Headers(NONE, None, f"BPFPROBES_KERNEL_HEADERS={override} has no include/", None)
     build = lib_modules / release / "build"
     if (build / "include").exists() or (build / "Makefile").exists():
         return Headers(MATCHING, str(build.resolve()), "lib/modules", release)

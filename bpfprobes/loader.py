@@ -6,6 +6,7 @@ probe and closes every perf buffer, so nothing of ours stays in the kernel.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import tempfile
@@ -21,7 +22,7 @@ from .headers import Headers
 
 @dataclass(frozen=True)
 class Attach:
-    kind: str                   # kprobe | kretprobe | tracepoint | uprobe | uretprobe
+    kind: str                   # kprobe | kretprobe | tracepoint | raw_tracepoint | uprobe | uretprobe
     target: str                 # symbol, "category:event", or uprobe symbol
     fn: str                     # BPF function in the program
     path: str | None = None     # uprobe binary
@@ -87,6 +88,8 @@ class Loaded:
             "kretprobe": lambda: b.attach_kretprobe(event=how.target, fn_name=how.fn,
                                                     maxactive=how.maxactive),
             "tracepoint": lambda: b.attach_tracepoint(tp=how.target, fn_name=how.fn),
+            "raw_tracepoint": lambda: b.attach_raw_tracepoint(tp=how.target.encode(),
+                                                              fn_name=how.fn.encode()),
             "uprobe": lambda: b.attach_uprobe(name=how.path, sym=how.target, fn_name=how.fn,
                                               pid=how.pid, **_uaddr(how)),
             "uretprobe": lambda: b.attach_uretprobe(name=how.path, sym=how.target,
@@ -144,11 +147,41 @@ def _uaddr(how: Attach) -> dict:
         if how.offset else {}
 
 
+_BCC_EVENT = re.compile(r"^[pr]:(\S+/\S*_bcc_(\d+))\s", re.M)
+
+
+def reap_stale_events(tracefs) -> list[str]:
+    """Remove kprobe/uprobe events that BCC created for a process that is gone.
+
+    Where the kernel has no kprobe/uprobe PMU, BCC registers dynamic events in
+    tracefs named ..._bcc_PID; a run killed by SIGKILL cannot remove its own.
+    Only events whose PID no longer exists are touched, never other users'.
+    """
+    removed = []
+    if tracefs is None:
+        return removed
+    for name in ("kprobe_events", "uprobe_events"):
+        path = tracefs / name
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for m in _BCC_EVENT.finditer(text):
+            if not os.path.exists(f"/proc/{m.group(2)}"):
+                try:
+                    with open(path, "a") as f:
+                        f.write(f"-:{m.group(1)}\n")
+                    removed.append(m.group(1))
+                except OSError:
+                    pass            # still enabled by someone: leave it
+    return removed
+
+
 def compile_program(program: Program, headers: Headers) -> Loaded:
     """Compile and load (not attach). Failures become one-line CompileErrors."""
     bcc = _import_bcc()
     if headers.status == "none":
-        raise CompileError("no kernel headers found for BCC to compile against",
+        raise CompileError(f"no kernel headers for BCC to compile against ({headers.source})",
                            "install linux-headers-$(dpkg --print-architecture) or enable "
                            "CONFIG_IKHEADERS (make setup does this)")
     env = headers.bcc_env()
@@ -172,3 +205,23 @@ def compile_program(program: Program, headers: Headers) -> Loaded:
             else:
                 os.environ[k] = v
     return Loaded(bpf, program)
+
+
+def export_object(loaded: Loaded, functions: list[str]) -> dict:
+    """What BCC compiled, for progcache.py to load later without BCC: each
+    function's instructions (their ld_imm64 already hold this process's map
+    fds), the map fd of each table by name, the license and kernel version."""
+    lib = _import_bcc().lib
+    module = loaded.bpf.module
+    lib.bpf_table_name.restype = ctypes.c_char_p
+    tables = {lib.bpf_table_name(module, i).decode(): lib.bpf_table_fd_id(module, i)
+              for i in range(lib.bpf_num_tables(module))}
+    code = {}
+    for fn in functions:
+        start, size = lib.bpf_function_start(module, fn.encode()), \
+            lib.bpf_function_size(module, fn.encode())
+        if not start:
+            raise KeyError(f"no function {fn} in {loaded.program.name}")
+        code[fn] = ctypes.string_at(start, size)
+    return {"code": code, "tables": tables, "license": lib.bpf_module_license(module).decode(),
+            "kern_version": lib.bpf_module_kern_version(module)}

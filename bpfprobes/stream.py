@@ -1,23 +1,28 @@
 """Event transport and the run loop.
 
-The perf buffer is opened with batched wakeups: waking the reader on every
+The perf buffer is read with batched wakeups: waking the reader on every
 sample is what throttles a traced program (peers run 5x slower under an open
-storm), so the kernel wakes us every `wakeup_events` samples and the loop
-drains whatever is left on every poll timeout. Loss is counted from both
-places it can happen: perf's own lost records, and the BPF program's `drops`
-counter for samples that never reached the buffer.
+storm), so the kernel wakes us only when a ring is a quarter full (BCC's
+reader: every `wakeup_events` samples) and the loop drains whatever is left on
+every poll timeout. perfring.py's direct reader (x86-64) keeps up with a storm
+where BCC's per-sample ctypes callback cannot. Loss is the BPF program's
+`drops` counter (every failed submit), or perf's LOST records without one.
 """
 from __future__ import annotations
 
 import ctypes
 import signal
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import perfring
+
 POLL_MS = 100          # also the longest a batched sample waits before it is read
-DEFAULT_PAGES = 256    # per CPU: 1 MiB, rides out a storm between drains
-DEFAULT_WAKEUP = 64
+DEFAULT_PAGES = 1024   # per CPU: 4 MiB, ~40k opensnoop events, ~150 ms of a storm
+DEFAULT_WAKEUP = 0     # 0: wake the reader when a ring is a quarter full (a watermark)
+BCC_WAKEUP = 64        # BCC's reader wakes by sample count only
 
 
 @dataclass
@@ -35,11 +40,24 @@ class Summary:
     extra: dict = field(default_factory=dict)
 
 
+def output_defines(pages: int) -> dict[str, object]:
+    """-D defines that choose a program's output map (bpf_c/common.h OUTPUT_*):
+    a BPF ring buffer of `pages` per CPU in all where the kernel has it and the
+    direct reader runs, else a perf buffer (read with `pages` per CPU)."""
+    if not perfring.ringbuf_supported():
+        return {}
+    total = pages * len(perfring.cpus("possible"))
+    return {"OUTPUT_RINGBUF": True, "RINGBUF_PAGES": 1 << (total - 1).bit_length()}
+
+
 class PerfBuffer:
-    """One BPF_PERF_OUTPUT map read through BCC's perf reader."""
+    """The events map, read by perfring's direct reader where it is safe (x86-64),
+    else by BCC's perf reader. A BPF ring buffer map (OUTPUT_RINGBUF) or a perf
+    event array, found from the map itself. Same calls: open, poll, drain, lost."""
 
     def __init__(self, loaded, map_name: str = "events", pages: int = DEFAULT_PAGES,
-                 wakeup_events: int = DEFAULT_WAKEUP, drops_map: str | None = "drops") -> None:
+                 wakeup_events: int = DEFAULT_WAKEUP, drops_map: str | None = "drops",
+                 direct: bool | None = None) -> None:
         if pages <= 0 or pages & (pages - 1):
             raise ValueError("buffer pages must be a power of two")
         self._loaded = loaded
@@ -47,37 +65,77 @@ class PerfBuffer:
         self._pages = pages
         self._wakeup = wakeup_events
         self._drops_map = drops_map
-        self.perf_lost = 0
+        self.direct = perfring.supported() if direct is None else direct
+        self.kind = "perf_buffer"              # or ring_buffer, seen at open()
+        self._rings: perfring.PerfRings | perfring.RingBuffer | None = None
+        self._bcc_lost = 0
+
+    @property
+    def perf_lost(self) -> int:
+        """Samples perf dropped because a ring was full (PERF_RECORD_LOST)."""
+        return self._rings.lost if self._rings is not None else self._bcc_lost
 
     def open(self, on_sample: Callable[[bytes], None]) -> None:
+        if self.direct:
+            fd = self._loaded[self._map].map_fd
+            if perfring.map_info(fd)["type"] == perfring.MAP_RINGBUF:
+                self._rings = perfring.RingBuffer(fd)
+                self.kind = "ring_buffer"
+            else:
+                self._rings = perfring.PerfRings(fd, self._pages, wakeup_events=self._wakeup)
+
+            def each(samples: list[bytes]) -> None:
+                for raw in samples:
+                    on_sample(raw)
+            self._rings.on_samples = getattr(on_sample, "feed", None) or each  # a Gate: batches
+            return
         string_at = ctypes.string_at
 
         def sample(_cpu, data, size):
             on_sample(string_at(data, size))
 
         def lost(count):
-            self.perf_lost += count
+            self._bcc_lost += count
 
         self._loaded[self._map].open_perf_buffer(sample, page_cnt=self._pages, lost_cb=lost,
-                                                 wakeup_events=self._wakeup)
+                                                 wakeup_events=self._wakeup or BCC_WAKEUP)
 
     def poll(self, timeout_ms: int) -> None:
-        self._loaded.bpf.perf_buffer_poll(timeout_ms)
+        if self._rings is not None:
+            self._rings.poll(timeout_ms)
+        else:
+            self._loaded.bpf.perf_buffer_poll(timeout_ms)
 
     def drain(self) -> None:
         """Read what batched wakeups left in the buffers."""
-        self._loaded.bpf.perf_buffer_consume()
+        if self._rings is not None:
+            self._rings.drain()
+        else:
+            self._loaded.bpf.perf_buffer_consume()
 
     def kernel_drops(self) -> int:
+        """The BPF program's count of samples that did not reach a ring (common.h)."""
         if not self._drops_map:
             return 0
         table = self._loaded[self._drops_map]
-        per_cpu = table[table.Key(0)]
-        return sum(per_cpu[i] for i in range(len(per_cpu)))
+        if not self.direct:
+            per_cpu = table[table.Key(0)]
+            return sum(per_cpu[i] for i in range(len(per_cpu)))
+        ncpu = len(perfring.cpus("possible"))
+        raw = perfring.map_lookup(table.map_fd, b"\0" * 4, 8 * ncpu)
+        return sum(struct.unpack(f"<{ncpu}Q", raw)) if raw else 0
 
     @property
     def lost(self) -> int:
-        return self.perf_lost + self.kernel_drops()
+        """Every failed submit is in the program's drops counter, full rings
+        included; perf's LOST records count those same samples again (and only
+        once a ring has room), so they are the figure only without a counter."""
+        return self.kernel_drops() if self._drops_map else self.perf_lost
+
+    def close(self) -> None:
+        """Unmap the rings (BCC's own reader is freed with the program)."""
+        if self._rings is not None:
+            self._rings.close()
 
 
 class _Signals:
@@ -114,6 +172,23 @@ class Gate:
         self.max_events = max_events
         self.events = 0
         self.stop: str | None = None
+
+    def feed(self, samples: list[bytes]) -> None:
+        """Samples in a batch, as calling the gate on each but one call less per
+        sample (the storm path); a limit to count down goes one by one."""
+        if self.stop is not None or self.max_events is not None:
+            for raw in samples:
+                self(raw)
+            return
+        on_event, shown = self.on_event, 0
+        try:
+            for raw in samples:
+                if on_event(raw):
+                    shown += 1
+        except BrokenPipeError:
+            self.stop = "output-closed"
+        finally:
+            self.events += shown
 
     def __call__(self, raw: bytes) -> None:
         # after a signal or the duration, samples already in the buffer still

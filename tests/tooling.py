@@ -110,12 +110,33 @@ def settle(seconds: float = 0.3) -> None:
     time.sleep(seconds)
 
 
-def our_bpf_programs() -> list[str]:
-    """Names of loaded BPF programs that look like ours (bpftool-free: /proc fdinfo
-    of our processes is gone once they exit, so ask the kernel via bpf_prog ids)."""
-    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True) \
-        if Path("/usr/sbin/bpftool").exists() else None
-    if out is None or out.returncode != 0:
-        return []
-    names = ("kp_", "kr_", "tp_", "up_", "ur_", "probe_")
-    return [ln for ln in out.stdout.splitlines() if any(f" name {n}" in ln for n in names)]
+def loaded_bpf_programs() -> list[str]:
+    """Names of every BPF program loaded in the kernel now (bpftool)."""
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True,
+                         check=True)
+    return [p.get("name", "") for p in json.loads(out.stdout or "[]")]
+
+
+def dynamic_events() -> str:
+    """kprobe_events + uprobe_events as text ('' where the file is absent)."""
+    text = ""
+    for name in ("kprobe_events", "uprobe_events"):
+        p = Path("/sys/kernel/tracing") / name
+        if p.exists():
+            text += p.read_text()
+    return text
+
+
+class Workload:
+    """tests/workload.py in a child: its pid is known before it opens anything."""
+
+    def __init__(self, comm: str, *ops: str) -> None:
+        self.comm = comm
+        self.proc = subprocess.Popen([PYTHON, str(ROOT / "tests" / "workload.py"), comm, "--wait",
+                                      *ops], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        self.pid = int(self.proc.stdout.readline())
+
+    def go(self) -> list[int]:
+        out, _ = self.proc.communicate("go\n", timeout=120)
+        return [int(x) for x in out.split()]

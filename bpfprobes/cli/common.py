@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .. import loader, stream
+from .. import loader, progcache, stream
 from ..codegen import Program
 from ..errors import BpfprobesError, KernelError, UsageError
 from ..kernel import Kernel
@@ -125,7 +125,11 @@ class Pipeline:
 
     def run(self) -> stream.Summary:
         started = time.monotonic()
-        loaded = loader.compile_program(self.program, self.kernel.headers)
+        for stale in loader.reap_stale_events(self.kernel.tracefs):
+            if self.verbose:
+                print(f"{self.tool}: removed {stale}, left by a killed run", file=sys.stderr)
+        # from the program cache when it holds this program: no BCC compile, no LLVM
+        loaded = progcache.load(self.program, self.kernel.headers, self.attaches)
         with loaded:
             sink_event = self.sink.event
             decode = self.decode
@@ -141,18 +145,22 @@ class Pipeline:
             transport = stream.PerfBuffer(loaded, pages=self.pages,
                                           wakeup_events=self.wakeup_events)
             transport.open(gate)
+            self.meta["transport"] = transport.kind
             for how in self.attaches:
                 loaded.attach(how)
             self.meta["probes"] = [a.describe() for a in loaded.attached]
+            self.meta["program"] = getattr(loaded, "origin", "compiled")
             self.meta["startup_s"] = round(time.monotonic() - started, 3)
             if self.verbose:
                 for a in loaded.attached:
                     print(f"{self.tool}: attached {a.describe()}", file=sys.stderr)
-                print(f"{self.tool}: live after {self.meta['startup_s']} s", file=sys.stderr)
+                print(f"{self.tool}: live after {self.meta['startup_s']} s "
+                      f"(program {self.meta['program']})", file=sys.stderr)
             self.sink.meta(self.meta)
             self.sink.flush()
             summary = stream.run(transport, gate, self.limits, self.sink.lost,
                                  on_tick=self.sink.flush)
+        transport.close()
         self.sink.summary({"events": summary.events, "lost": summary.lost,
                            "reason": summary.reason, "elapsed": round(summary.elapsed, 3)})
         return summary

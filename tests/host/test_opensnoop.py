@@ -12,24 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tooling import ROOT, Tool, run_tool, settle, unique
-
-WORKLOAD = str(ROOT / "tests" / "workload.py")
-
-
-class Workload:
-    """tests/workload.py in a child: its pid is known before it opens anything."""
-
-    def __init__(self, comm: str, *ops: str) -> None:
-        self.comm = comm
-        self.proc = subprocess.Popen([sys.executable, WORKLOAD, comm, "--wait", *ops],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.pid = int(self.proc.stdout.readline())
-
-    def go(self) -> list[int]:
-        out, _ = self.proc.communicate("go\n", timeout=120)
-        return [int(x) for x in out.split()]
-
+from tooling import Tool, Workload, run_tool, settle, unique
 
 def run_ops(tool_args: list[str], comm: str, *ops: str) -> tuple[list[dict], list[int], Tool]:
     w = Workload(comm, *ops)
@@ -76,7 +59,7 @@ def test_meta_line_says_tracepoint_and_why(events):
     [meta] = events["tool"].json("meta")
     assert meta["attach"] == "tracepoint"
     assert "kprobes unavailable" in meta["why"] or "forced" in meta["why"]
-    assert meta["transport"] == "perf_buffer"
+    assert meta["transport"] in ("perf_buffer", "ring_buffer")
     [summary] = events["tool"].json("summary")
     assert summary["lost"] == 0 and summary["events"] >= 5
 

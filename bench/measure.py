@@ -1,0 +1,233 @@
+"""One measured run: a tracer (or none) and the open storm, and what it cost.
+
+Live time: from launch, the bench opens a fresh marker path every 2 ms (each
+one numbered, its time noted) until the tracer's output names one; live is
+the time of the earliest marker the output holds. Tracers that buffer their
+output (a file is not a tty) are still timed right: the markers keep coming
+until the buffer is written out, and the earliest one seen says when tracing
+began, not when the buffer happened to be flushed.
+
+After the storm, the bench waits until the output stops growing (the tracer
+has caught up), then reads the tracer's peak RSS (VmHWM) and CPU time from
+/proc, stops it with SIGINT, and counts the workload's path in its output.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracers import Tracer
+
+TICK = os.sysconf("SC_CLK_TCK")
+MARKER_EVERY = 0.002      # s between marker opens while waiting for live
+SETTLE = 1.0              # s the output must stay unchanged to count as caught up
+CATCH_UP_MAX = 120.0      # s to wait for a tracer to catch up after the storm
+STOP_TIMEOUT = 15.0       # s between the first SIGINT and SIGKILL
+STOP_TRIES = 3            # SIGINTs sent in that time
+
+
+@dataclass
+class Run:
+    tracer: str
+    n: int
+    ns_per_op: float | None = None
+    captured: int | None = None       # workload events in the tracer's output
+    lost: int | None = None           # as the tracer reported it (None: no report)
+    live_s: float | None = None
+    rss_mb: float | None = None
+    cpu_s: float | None = None        # tracer CPU from live to caught-up
+    events_total: int | None = None   # every event it output (other processes too)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Context:
+    workload: str                     # the built workload binary
+    python: str
+    root: str
+    work: Path                        # scratch directory for paths and outputs
+    pin: int | None = None            # CPU to pin the workload to
+    live_timeout: float = 60.0
+
+
+def clean_env() -> dict[str, str]:
+    """Every tracer gets the same environment. PYTHONUNBUFFERED (set on this
+    machine) would make Python peers write once per line, so it goes; BCC
+    peers get the kernel headers bpfprobes found (none match this kernel)."""
+    env = dict(os.environ)
+    env.pop("PYTHONUNBUFFERED", None)
+    if "BCC_KERNEL_SOURCE" not in env:
+        env.update(_headers_env())
+    return env
+
+
+@functools.cache
+def _headers_env() -> dict[str, str]:
+    from bpfprobes import headers  # noqa: PLC0415 - the checkout is on sys.path
+    return headers.find().bcc_env()
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICK    # utime + stime
+
+
+def _hwm_mb(pid: int) -> float | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^VmHWM:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) / 1024 if m else None
+
+
+def storm(ctx: Context, n: int, path: str) -> float:
+    """Run the workload; ns per open+close."""
+    argv = [ctx.workload, str(n), path]
+    if ctx.pin is not None:
+        argv = ["taskset", "-c", str(ctx.pin), *argv]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1]) / n
+
+
+def untraced(ctx: Context, n: int) -> Run:
+    path = _target(ctx)
+    try:
+        return Run("untraced", n, ns_per_op=storm(ctx, n, path), captured=None)
+    finally:
+        os.unlink(path)
+
+
+def _target(ctx: Context) -> str:
+    """A path no other process opens: the workload's file (it exists: open succeeds)."""
+    path = ctx.work / f"w-{uuid.uuid4().hex[:10]}"
+    path.touch()
+    return str(path)
+
+
+class _Markers:
+    """Numbered marker opens, and the search for them in the tracer's output."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.prefix = str(ctx.work / f"m-{uuid.uuid4().hex[:8]}-")
+        self.times: list[float] = []
+        self._rx = re.compile(re.escape(self.prefix) + r"(\d+)")
+
+    def open_next(self) -> None:
+        path = f"{self.prefix}{len(self.times)}"
+        self.times.append(time.monotonic())
+        try:
+            os.close(os.open(path, os.O_RDONLY))
+        except FileNotFoundError:
+            pass                          # a failed open is traced all the same
+
+    def first_seen(self, text: str) -> float | None:
+        seen = [int(m) for m in self._rx.findall(text)]
+        return self.times[min(seen)] if seen else None
+
+
+def _wait_live(proc: subprocess.Popen, tracer: Tracer, out: Path, ctx: Context,
+               t0: float) -> float:
+    markers = _Markers(ctx)
+    deadline = t0 + ctx.live_timeout
+    last_read = 0.0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before going live")
+        if tracer.live_by == "begin":
+            if re.search(r"^live$", out.read_text(errors="replace"), re.M):
+                return time.monotonic() - t0
+            time.sleep(0.005)
+            continue
+        markers.open_next()
+        now = time.monotonic()
+        if now - last_read > 0.02:
+            last_read = now
+            seen = markers.first_seen(out.read_text(errors="replace"))
+            if seen is not None:
+                return seen - t0
+        time.sleep(MARKER_EVERY)
+    raise RuntimeError(f"not live after {ctx.live_timeout:.0f} s")
+
+
+def _wait_caught_up(out: Path) -> None:
+    """Until the output file has not grown for SETTLE seconds."""
+    size, since, start = -1, time.monotonic(), time.monotonic()
+    while time.monotonic() - start < CATCH_UP_MAX:
+        now_size = out.stat().st_size
+        if now_size != size:
+            size, since = now_size, time.monotonic()
+        elif time.monotonic() - since >= SETTLE:
+            return
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen) -> str | None:
+    """SIGINT, as a user's Ctrl-C; again if it was swallowed (a Python tracer
+    interrupted inside a ctypes callback only prints the KeyboardInterrupt)."""
+    for _ in range(STOP_TRIES):
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(STOP_TIMEOUT / STOP_TRIES)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+    proc.wait()
+    return f"did not stop within {STOP_TIMEOUT:.0f} s of SIGINT (killed)"
+
+
+def traced(tracer: Tracer, ctx: Context, n: int) -> Run:
+    run = Run(tracer.name, n)
+    target = _target(ctx)
+    out, err = ctx.work / "tracer.out", ctx.work / "tracer.err"
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        t0 = time.monotonic()
+        env = {**clean_env(), **tracer.environment(str(ctx.work))}
+        proc = subprocess.Popen(tracer.command(ctx.python, ctx.root), stdout=fo, stderr=fe,
+                                stdin=subprocess.DEVNULL, env=env, cwd=ctx.root)
+    try:
+        run.live_s = _wait_live(proc, tracer, out, ctx, t0)
+        cpu_live = _cpu_seconds(proc.pid)
+        run.ns_per_op = storm(ctx, n, target)
+        _wait_caught_up(out)
+        run.rss_mb = _hwm_mb(proc.pid)
+        cpu_end = _cpu_seconds(proc.pid)
+        if cpu_live is not None and cpu_end is not None:
+            run.cpu_s = cpu_end - cpu_live
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        run.error = str(e)
+    finally:
+        stopped = _stop(proc)
+        run.error = run.error or stopped
+    _count(run, tracer, out, err, target)
+    for p in (out, err, Path(target)):
+        p.unlink(missing_ok=True)
+    return run
+
+
+def _count(run: Run, tracer: Tracer, out: Path, err: Path, target: str) -> None:
+    data = out.read_bytes()
+    text_err = err.read_text(errors="replace")
+    if tracer.events == "count":
+        m = re.search(rb"^@opens: (\d+)", data, re.M)
+        run.events_total = int(m.group(1)) if m else None
+        run.captured = run.events_total      # every openat on the machine: >= the storm
+    else:
+        run.captured = data.count(target.encode())
+        run.events_total = data.count(b"\n")
+    run.lost = tracer.lost(data.decode(errors="replace") + "\n" + text_err)
+    if run.lost == 0 and run.error:
+        run.lost = None       # killed: its report at exit never came
+    if run.error and not run.error.endswith("(killed)"):
+        run.error += f"; stderr: {text_err.strip()[-300:]}"

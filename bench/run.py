@@ -1,0 +1,315 @@
+"""`make bench`: bpfprobes opensnoop against its peers on one open() storm, side by side.
+
+Every round runs the untraced workload and each tracer in turn (the order
+rotates between rounds) for each storm size, so slow drifts of a shared, noisy
+machine fall on every tracer alike; ratios are taken within a round, then the
+median over rounds is shown. It prints a table and writes bench/RESULTS.md.
+
+    .venv/bin/python bench/run.py            # 3 rounds, N = 200,000 and 1,000,000 (~8 min)
+    .venv/bin/python bench/run.py --quick    # 1 round, N = 200,000 (~1 min)
+    .venv/bin/python bench/run.py --vm       # the kprobe path in the test VM, ratios only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+OUT = HERE / "out"
+sys.path[:0] = [str(HERE), str(ROOT)]
+
+import measure  # noqa: E402
+import tracers  # noqa: E402
+from measure import Context, Run  # noqa: E402
+
+SIZES = (200_000, 1_000_000)
+
+
+def build_workload() -> str:
+    """gcc bench/workload.c -> bench/out/workload (when missing or stale)."""
+    src, exe = HERE / "workload.c", OUT / "workload"
+    OUT.mkdir(exist_ok=True)
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(exe), str(src)], check=True)
+    return str(exe)
+
+
+def available(ts: tuple[tracers.Tracer, ...]) -> tuple[list[tracers.Tracer], list[str]]:
+    """Tracers whose program exists here; the others are named, not run."""
+    ok, missing = [], []
+    for t in ts:
+        prog = t.command(sys.executable, str(ROOT))[0]
+        (ok if shutil.which(prog) or Path(prog).exists() else missing).append(t)
+    return ok, [t.name for t in missing]
+
+
+def rounds(ctx: Context, ts: list[tracers.Tracer], sizes: tuple[int, ...], n_rounds: int,
+           log=print) -> list[tuple[int, Run]]:
+    """(round, run) for every run; untraced opens and closes each round and size."""
+    runs: list[tuple[int, Run]] = []
+    for t in ts:
+        if t.warm_up:
+            log(f"warm-up: {t.name}: {_progress(-1, measure.traced(t, ctx, 1000))}")
+    for r in range(n_rounds):
+        order = ts[r % len(ts):] + ts[:r % len(ts)]
+        for n in sizes:
+            batch = [measure.untraced(ctx, n)]
+            for t in order:
+                if n == min(sizes) or not t.smallest_only:
+                    batch.append(measure.traced(t, ctx, n))
+            batch.append(measure.untraced(ctx, n))
+            for run in batch:
+                log(_progress(r, run))
+                runs.append((r, run))
+    return runs
+
+
+def _progress(r: int, run: Run) -> str:
+    bits = [f"round {r + 1}", f"N={run.n:,}", run.tracer,
+            f"{run.ns_per_op:.0f} ns/open" if run.ns_per_op else "-"]
+    if run.captured is not None:
+        bits.append(f"captured {run.captured:,} lost {run.lost}")
+    if run.live_s is not None:
+        bits.append(f"live {run.live_s:.2f} s")
+    if run.error:
+        bits.append(f"ERROR {run.error}")
+    return "  ".join(bits)
+
+
+def _median(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(runs: list[tuple[int, Run]], names: list[str],
+              sizes: tuple[int, ...]) -> list[dict]:
+    """One row per (size, tracer): medians over rounds; ratios within each round."""
+    rows = []
+    for n in sizes:
+        base = {}
+        for r, run in runs:
+            if run.tracer == "untraced" and run.n == n and run.ns_per_op:
+                base.setdefault(r, []).append(run.ns_per_op)
+        for name in ["untraced", *names]:
+            mine = [(r, x) for r, x in runs if x.tracer == name and x.n == n]
+            if not mine:
+                continue
+            ok = [(r, x) for r, x in mine if not x.error]
+            ratios = [x.ns_per_op / statistics.mean(base[r]) for r, x in ok
+                      if x.ns_per_op and r in base]
+            row = {"tracer": name, "N": n, "runs": len(ok),
+                   "ns_per_open": _median([x.ns_per_op for _, x in ok]),
+                   "ratio": _median(ratios),
+                   "capture": _median([x.captured / n for _, x in ok
+                                       if x.captured is not None]),
+                   "lost": _median([x.lost for _, x in ok if x.lost is not None]),
+                   "lost_max": max([x.lost for _, x in ok if x.lost is not None], default=None),
+                   "live_s": _median([x.live_s for _, x in ok]),
+                   "rss_mb": _median([x.rss_mb for _, x in ok]),
+                   "cpu_per_m": _median([x.cpu_s / x.events_total * 1e6 for _, x in ok
+                                         if x.cpu_s is not None and x.events_total]),
+                   "errors": [x.error for _, x in mine if x.error]}
+            rows.append(row)
+    return rows
+
+
+def _fmt(value, spec: str, empty: str = "") -> str:
+    return empty if value is None else format(value, spec)
+
+
+def table(rows: list[dict], ratios_only: bool = False) -> str:
+    from tabulate import tabulate  # noqa: PLC0415 - installed by make setup-test
+    head = ["tracer", "N", "ns/open", "x untraced", "capture", "lost", "live s",
+            "peak RSS MB", "CPU s / M events"]
+    body = []
+    for r in rows:
+        lost = _fmt(r["lost"], ".0f")
+        if r["lost_max"] is not None and r["lost_max"] != r["lost"]:
+            lost += f" (max {r['lost_max']})"
+        capture = _fmt(r["capture"], ".2%") if r["tracer"] != "untraced" else ""
+        if r["capture"] is not None and "count" in r["tracer"]:
+            capture = f">= {r['capture']:.0%}*"
+        body.append([r["tracer"], f"{r['N']:,}",
+                     "" if ratios_only else _fmt(r["ns_per_open"], ".0f"),
+                     _fmt(r["ratio"], ".2f"), capture, lost, _fmt(r["live_s"], ".2f"),
+                     _fmt(r["rss_mb"], ".0f"), _fmt(r["cpu_per_m"], ".2f")])
+    if ratios_only:
+        head.pop(2)
+        for b in body:
+            b.pop(2)
+    return tabulate(body, head, tablefmt="github", disable_numparse=True)
+
+
+def machine() -> dict:
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                if ln.startswith("model name")), platform.processor())
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "kernel": platform.release(), "commit": commit + (" (+ uncommitted changes)" if dirty
+                                                              else ""),
+            "cpu": f"{cpu}, {os.cpu_count()} CPUs", "load": os.getloadavg()[0]}
+
+
+def run_host(args) -> tuple[list[dict], dict]:
+    exe = build_workload()
+    ts, missing = available(tracers.HOST if not args.tracers else
+                            tuple(t for t in tracers.HOST if any(s in t.name for s in args.tracers)))
+    for name in missing:
+        print(f"bench: {name} is not installed here: skipped", file=sys.stderr)
+    work = Path(tempfile.mkdtemp(prefix="bpfbench-", dir="/tmp"))
+    ctx = Context(exe, sys.executable, str(ROOT), work, pin=args.pin)
+    info = machine()
+    t0 = time.monotonic()
+    try:
+        runs = rounds(ctx, ts, args.sizes, args.rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    info.update(minutes=round((time.monotonic() - t0) / 60, 1), load_end=os.getloadavg()[0],
+                rounds=args.rounds, skipped=missing)
+    return summarize(runs, [t.name for t in ts], args.sizes), info
+
+
+def run_in_vm(args) -> tuple[list[dict], dict]:
+    """Boot the test VM once and run this script inside it (--in-vm)."""
+    sys.path.insert(0, str(ROOT / "tests" / "vm"))
+    from boot import run_in_vm as boot_and_run  # noqa: PLC0415
+
+    build_workload()
+    rw = tempfile.mkdtemp(prefix="bpfbench-vm-")
+    os.chmod(rw, 0o777)
+    result = Path(rw) / "vm.json"
+    sizes = ",".join(str(n) for n in args.vm_sizes)
+    cmd = ("mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null; "
+           "mount -t debugfs nodev /sys/kernel/debug 2>/dev/null; "
+           f"BPFPROBES_CACHE={rw}/cache {sys.executable} {HERE / 'run.py'} --in-vm {result} "
+           f"--rounds {args.vm_rounds} --sizes {sizes}")
+    t0 = time.monotonic()
+    rc, out = boot_and_run(cmd, rwdirs=[rw], echo=True)
+    if rc != 0 or not result.exists():
+        raise SystemExit(f"bench: the VM run failed (status {rc}); its output is above")
+    data = json.loads(result.read_text())
+    data["info"]["minutes"] = round((time.monotonic() - t0) / 60, 1)
+    shutil.rmtree(rw, ignore_errors=True)
+    return data["rows"], data["info"]
+
+
+def inside_vm(args) -> None:
+    exe = str(OUT / "workload")
+    ts, _ = available(tracers.VM)
+    work = Path(tempfile.mkdtemp(prefix="bpfbench-", dir=str(Path(args.in_vm).parent)))
+    ctx = Context(exe, sys.executable, str(ROOT), work, live_timeout=300.0)
+    info = machine()
+    runs = rounds(ctx, ts, args.sizes, args.rounds)
+    rows = summarize(runs, [t.name for t in ts], args.sizes)
+    Path(args.in_vm).write_text(json.dumps({"rows": rows, "info": info,
+                                            "runs": [asdict(r) for _, r in runs]}))
+
+
+def results_md(host: tuple[list[dict], dict] | None, vm: tuple[list[dict], dict] | None) -> str:
+    parts = ["# bench results", "",
+             "Written by `make bench` (bench/run.py); see bench/README.md for the method.", ""]
+    if host:
+        rows, info = host
+        parts += [f"## This machine: {info['date']}", "",
+                  f"- kernel {info['kernel']}, commit {info['commit']}",
+                  f"- {info['cpu']}; load average {info['load']:.2f} at the start, "
+                  f"{info['load_end']:.2f} at the end (a shared machine: others compile and "
+                  f"boot VMs on it)",
+                  f"- {info['rounds']} round(s), medians; x untraced is the ratio to the "
+                  f"untraced runs of the same round; {info['minutes']} min in all", ""]
+        if info.get("skipped"):
+            parts += [f"- not installed, skipped: {', '.join(info['skipped'])}", ""]
+        parts += [table(rows), "", "\\* the floor counts every openat on the machine, "
+                  "so its capture is at least the storm's.", ""]
+        parts += _errors(rows)
+    if vm:
+        rows, info = vm
+        parts += [f"{VM_TITLE} (emulated CPU: ratios only): {info['date']}",
+                  "", f"- kernel {info['kernel']} under QEMU without KVM, commit "
+                  f"{info['commit']}; {info['minutes']} min with the boot", "",
+                  table(rows, ratios_only=True), ""]
+        parts += _errors(rows)
+    return "\n".join(parts)
+
+
+VM_TITLE = "## Kprobe path in the test VM"
+
+
+def merge_results(path: Path, host, vm) -> str:
+    """RESULTS.md with the sections this run measured; a section it did not
+    measure (the VM's, on a host-only run) is kept from the previous file."""
+    text = results_md(host, vm)
+    old = path.read_text() if path.exists() else ""
+    if vm is None and VM_TITLE in old:
+        text = text.rstrip("\n") + "\n\n" + old[old.index(VM_TITLE):]
+    elif host is None and "## This machine" in old:
+        kept = old[old.index("## This machine"):]
+        kept = kept[:kept.index(VM_TITLE)] if VM_TITLE in kept else kept
+        head, _, tail = text.partition(VM_TITLE)
+        text = head.rstrip("\n") + "\n\n" + kept.rstrip("\n") + "\n\n" + VM_TITLE + tail
+    return text
+
+
+def _errors(rows: list[dict]) -> list[str]:
+    errs = [f"- {r['tracer']} N={r['N']:,}: {e}" for r in rows for e in r["errors"]]
+    return (["Runs that failed (left out of the medians):", "", *errs, ""]) if errs else []
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="1 round, N = 200,000 only")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--sizes", type=lambda s: tuple(int(x) for x in s.split(",")), default=SIZES)
+    p.add_argument("--tracers", nargs="*", help="only tracers whose name contains one of these")
+    p.add_argument("--pin", type=int, help="pin the workload to this CPU")
+    p.add_argument("--vm", action="store_true", help="also run the kprobe table in the test VM")
+    p.add_argument("--vm-only", action="store_true", help="only the VM table")
+    p.add_argument("--vm-rounds", type=int, default=3)
+    p.add_argument("--vm-sizes", type=lambda s: tuple(int(x) for x in s.split(",")),
+                   default=(50_000,))
+    p.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
+    p.add_argument("--in-vm", metavar="JSON", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.quick:
+        a.rounds, a.sizes = 1, (200_000,)
+    return a
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: error: run as root (the tracers load BPF programs)", file=sys.stderr)
+        return 1
+    if args.in_vm:
+        inside_vm(args)
+        return 0
+    host = None if args.vm_only else run_host(args)
+    if host:
+        print("\n" + table(host[0]))
+    vm = run_in_vm(args) if args.vm or args.vm_only else None
+    if vm:
+        print("\n" + table(vm[0], ratios_only=True))
+    if not args.no_write:
+        Path(args.results).write_text(merge_results(Path(args.results), host, vm))
+        print(f"\nbench: wrote {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The tracers the bench compares, as data: how to start each one, how to read
+what it reported. Every tracer writes to a file; none is given special care.
+
+A tracer's `argv` is a template: {python} is this interpreter (the project's
+.venv), {root} the checkout. `lost` reads the tracer's own loss report from
+its stdout+stderr text; `events` says how captured events are counted:
+"lines" counts output lines naming the workload's path, "count" reads a
+bpftrace count() map printed at exit (the kernel-side floor prints no lines).
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+
+def _sum(pattern: str) -> Callable[[str], int]:
+    """Loss as the sum of every match of `pattern`'s group 1. The peers report
+    loss only when it happens (libbpf-tools once per lost batch), so no
+    report means none."""
+    rx = re.compile(pattern, re.M)
+
+    def parse(text: str) -> int:
+        return sum(int(n) for n in rx.findall(text))
+    return parse
+
+
+@dataclass(frozen=True)
+class Tracer:
+    name: str
+    argv: tuple[str, ...]
+    lost: Callable[[str], int | None]
+    events: str = "lines"              # lines | count
+    live_by: str = "marker"            # marker: first marker open in output; begin: BEGIN line
+    note: str = ""
+    env: tuple[tuple[str, str], ...] = ()   # extra environment ({work}: the run's scratch dir)
+    smallest_only: bool = False        # run at the smallest storm size only
+    warm_up: bool = False              # one unmeasured run first (fills a cache)
+
+    def command(self, python: str, root: str) -> list[str]:
+        return [a.replace("{python}", python).replace("{root}", root) for a in self.argv]
+
+    def environment(self, work: str) -> dict[str, str]:
+        return {k: v.replace("{work}", work).replace("{unique}", uuid.uuid4().hex[:8])
+                for k, v in self.env}
+
+
+# Tracepoint one-liners: the same event every peer traces, printed as text
+BPFTRACE_OPENAT = ('BEGIN { printf("live\\n"); } '
+                   'tracepoint:syscalls:sys_enter_openat '
+                   '{ printf("%d %s %s\\n", pid, comm, str(args->filename)); }')
+BPFTRACE_COUNT = ('BEGIN { printf("live\\n"); } '
+                  'tracepoint:syscalls:sys_enter_openat { @opens = count(); }')
+# In the VM: the kprobe path (do_sys_openat2 serves open, openat and openat2)
+BPFTRACE_KPROBE = ('BEGIN { printf("live\\n"); } '
+                   'kprobe:do_sys_openat2 { printf("%d %s %s\\n", pid, comm, str(arg1)); }')
+BPFTRACE_KPROBE_COUNT = ('BEGIN { printf("live\\n"); } '
+                         'kprobe:do_sys_openat2 { @opens = count(); }')
+
+# bpfprobes keeps compiled programs in a cache (progcache.py): the bench gives
+# it one of its own, warmed by the first run; the "first start" row starts
+# from an empty cache every time (a BCC compile in the process).
+OURS = Tracer("bpfprobes opensnoop", ("{root}/.venv/bin/bpfprobes", "opensnoop"),
+              _sum(r"^opensnoop: \d+ events, (\d+) lost"),
+              note="raw_syscalls:sys_exit, direct perf ring reader, program cache",
+              env=(("BPFPROBES_CACHE", "{work}/cache"),), warm_up=True)
+OURS_COLD = Tracer("bpfprobes opensnoop, first start", OURS.argv, OURS.lost,
+                   note="empty program cache: BCC compiles", smallest_only=True,
+                   env=(("BPFPROBES_CACHE", "{work}/cold-{unique}"),))
+LIBBPF = Tracer("libbpf-tools opensnoop", ("/usr/sbin/opensnoop",),
+                _sum(r"[Ll]ost (\d+) events"),
+                note="C, perf buffer, a wakeup per event")
+BPFTRACE = Tracer("bpftrace one-liner", ("bpftrace", "-e", BPFTRACE_OPENAT),
+                  _sum(r"Lost (\d+) events"), note="tracepoint printf")
+BCC_PY = Tracer("BCC-style Python tool", ("{python}", "{root}/bench/peers/bcc_opensnoop.py"),
+                _sum(r"^lost (\d+) samples"), note="Python callback per event")
+FLOOR = Tracer("kernel floor (count only)", ("bpftrace", "-e", BPFTRACE_COUNT),
+               _sum(r"Lost (\d+) events"), events="count", live_by="begin",
+               note="bpftrace count(), no output per event")
+
+HOST = (OURS, OURS_COLD, LIBBPF, BPFTRACE, BCC_PY, FLOOR)
+
+VM_BPFTRACE = Tracer("bpftrace one-liner (kprobe)", ("bpftrace", "-e", BPFTRACE_KPROBE),
+                     _sum(r"Lost (\d+) events"), note="kprobe printf")
+VM_FLOOR = Tracer("kernel floor (kprobe count)", ("bpftrace", "-e", BPFTRACE_KPROBE_COUNT),
+                  _sum(r"Lost (\d+) events"), events="count", live_by="begin",
+                  note="bpftrace count() on do_sys_openat2")
+# BCC's Python peer compiles for ~25 s in the emulated VM: left out there
+VM = (OURS, LIBBPF, VM_BPFTRACE, VM_FLOOR)

@@ -1,0 +1,169 @@
+/* bpfprobes probe: the event every generated probe function sends, and the
+ * helpers those functions are made of (codegen.py writes one short function
+ * per spec that calls these; it never writes anything else).
+ *
+ * The event (probe_event.h) is a fixed header, mirrored once in decode.py
+ * (PROBE_EVENT), then the probe's payload: one 8-byte slot per
+ * scalar argument, then one fixed-size slot per string, laid out by
+ * probelayout.py from the spec. The decoder computes the same layout, so no
+ * per-spec struct exists. Only the used bytes of the last string are sent.
+ *
+ * Defines from codegen: PROBE_PAYLOAD_MAX (largest payload of any probe),
+ * PROBE_STACKS (stack map size, when -s or -U), PROBE_PAIRS (entry
+ * timestamps kept for latency), FILTER_* / SKIP_PID (common.h).
+ */
+#ifndef BPFPROBES_PROBE_H
+#define BPFPROBES_PROBE_H
+
+#include "probe_event.h"
+
+BPF_PERCPU_ARRAY(probe_scratch, struct probe_event, 1);
+BPF_PERF_OUTPUT(events);
+
+#ifdef PROBE_STACKS
+BPF_STACK_TRACE(stacks, PROBE_STACKS);
+#endif
+
+#ifdef PROBE_PAIRS
+/* entry timestamp per (thread, function): a return probe's latency. LRU: an
+ * entry whose return never comes (a missed kretprobe, a thread that exited)
+ * must not fill the map for good. */
+struct pair_key {
+    u32 tid;
+    u32 pair;
+};
+BPF_TABLE("lru_hash", struct pair_key, u64, entry_ts, PROBE_PAIRS);
+
+static __always_inline void pair_enter(u64 id, u32 pair)
+{
+    struct pair_key k = {.tid = (u32)id, .pair = pair};
+    u64 now = bpf_ktime_get_ns();
+    entry_ts.update(&k, &now);
+}
+
+static __always_inline u64 pair_leave(u64 id, u32 pair, u64 now)
+{
+    struct pair_key k = {.tid = (u32)id, .pair = pair};
+    u64 *start = entry_ts.lookup(&k);
+    if (!start)
+        return 0;
+    u64 lat = now - *start;
+    entry_ts.delete(&k);
+    return lat;
+}
+#endif
+
+#define SLOT(e, off) (*(u64 *)((e)->payload + (off)))
+#define BIT(i) (1ULL << (i))
+
+/* The scratch event with its header filled, or NULL when this task is not
+ * wanted (-p, -L, our own pid). */
+static __always_inline struct probe_event *probe_begin(u64 id, u32 probe)
+{
+    u32 zero = 0;
+    if (task_filtered(id))
+        return 0;
+    struct probe_event *e = probe_scratch.lookup(&zero);
+    if (!e) {
+        count_drop();
+        return 0;
+    }
+    e->ts_ns = bpf_ktime_get_ns();
+    e->latency_ns = 0;
+    e->ret_ip = 0;
+    e->faults = 0;
+    e->truncated = 0;
+    e->pid = id >> 32;
+    e->tid = (u32)id;
+    e->probe = probe;
+    e->cpu = bpf_get_smp_processor_id();
+    e->kstack = -1;
+    e->ustack = -1;
+    bpf_get_current_comm(&e->comm, sizeof(e->comm));
+    return e;
+}
+
+/* Memory a fetcharg reads: kernel, user, or either by address (the legacy
+ * helpers, where the architecture keeps the two apart: what the kernel's own
+ * kprobe fetchargs do, so `+0(%si):string` reads a user path in a kprobe). */
+#define MEM_KERNEL 0
+#define MEM_USER 1
+#define MEM_EITHER 2
+
+static __always_inline long probe_copy(void *dst, u32 size, u64 addr, int mode)
+{
+    if (mode == MEM_USER)
+        return bpf_probe_read_user(dst, size, (void *)addr);
+    if (mode == MEM_EITHER)
+        return bpf_probe_read(dst, size, (void *)addr);
+    return bpf_probe_read_kernel(dst, size, (void *)addr);
+}
+
+/* A value of `size` bytes (a constant once inlined); a failed read leaves 0
+ * and sets the argument's fault bit. */
+static __always_inline u64 probe_read(u64 addr, u32 size, int mode, u64 *faults, u64 bit)
+{
+    long rc;
+    u64 v = 0;
+    if (size == 1) {
+        u8 t = 0;
+        rc = probe_copy(&t, 1, addr, mode);
+        v = t;
+    } else if (size == 2) {
+        u16 t = 0;
+        rc = probe_copy(&t, 2, addr, mode);
+        v = t;
+    } else if (size == 4) {
+        u32 t = 0;
+        rc = probe_copy(&t, 4, addr, mode);
+        v = t;
+    } else {
+        rc = probe_copy(&v, 8, addr, mode);
+    }
+    if (rc < 0) {
+        *faults |= bit;
+        v = 0;
+    }
+    return v;
+}
+
+/* A NUL-terminated string into a payload slot; returns the bytes used (NUL
+ * included). A failed read leaves an empty string and sets the fault bit. */
+static __always_inline u32 probe_str(struct probe_event *e, u32 off, u32 size, u64 addr,
+                                     int mode, u64 bit)
+{
+    long n;
+    if (off + size > PROBE_PAYLOAD_MAX)     /* never true: keeps the verifier sure */
+        return 0;
+    if (mode == MEM_USER)
+        n = bpf_probe_read_user_str(e->payload + off, size, (void *)addr);
+    else if (mode == MEM_EITHER)
+        n = bpf_probe_read_str(e->payload + off, size, (void *)addr);
+    else
+        n = bpf_probe_read_kernel_str(e->payload + off, size, (void *)addr);
+    if (n <= 0) {
+        e->faults |= bit;
+        e->payload[off] = 0;
+        return 1;
+    }
+    if (n >= size)
+        e->truncated |= bit;
+    return n;
+}
+
+static __always_inline void probe_stacks(void *ctx, struct probe_event *e, int kernel, int user)
+{
+#ifdef PROBE_STACKS
+    if (kernel)
+        e->kstack = stacks.get_stackid(ctx, BPF_F_REUSE_STACKID);
+    if (user)
+        e->ustack = stacks.get_stackid(ctx, BPF_F_USER_STACK | BPF_F_REUSE_STACKID);
+#endif
+}
+
+static __always_inline void probe_submit(void *ctx, struct probe_event *e, u64 size)
+{
+    submitted(events.perf_submit(ctx, e, bounded(size, sizeof(*e))));
+}
+
+#endif

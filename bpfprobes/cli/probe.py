@@ -1,0 +1,354 @@
+"""probe (also installed as `kprobe`): kprobes, kretprobes, uprobes and
+tracepoints on any function, with arguments in the kernel's fetcharg syntax."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import replace
+from typing import Sequence
+
+from .. import __version__, codegen, features, loader, probefilter, probefmt, probelayout, \
+    probeplan, spec, stream
+from ..errors import KernelError, UsageError
+from ..kernel import Kernel, current
+from ..output import Column, JsonOutput, TextOutput
+from . import common
+
+EXAMPLES = """\
+  bpfprobes probe 'p:do_sys_openat2 file=+0(%si):string'       # kernel function, arg by register
+  bpfprobes probe 'p:do_sys_openat2 filename:string'           # the same, by its BTF name
+  bpfprobes probe 'r:do_sys_openat2 ret=$retval' --filter 'ret < 0'     # failed opens only
+  bpfprobes probe 'p:do_sys_openat2' 'r:do_sys_openat2 ret=$retval' --summary   # + latency
+  bpfprobes probe -s 'p:vfs_read count=$arg3:u64' -n 5         # with kernel stacks, 5 events
+  bpfprobes probe 'p:9pnet_virtio:p9_virtio_request'           # a function in a module
+  bpfprobes probe 'p:/lib/x86_64-linux-gnu/libc.so.6:malloc size=$arg1:u64' -p 1234
+  bpfprobes probe -U 'r:/usr/bin/bash:readline line=+0($retval):string'
+  bpfprobes probe 't:syscalls:sys_enter_openat filename:string' --filter 'filename ~ "/etc/*"'
+  bpfprobes probe --json 't:sched:sched_process_exec filename pid'
+  bpfprobes probe --dry-run 'p:do_sys_openat2 file=+0(%si):string'   # show C, attach nothing
+  kprobe 'p:myopen do_sys_openat2 file=+0(%si):string' 'file ~ "/etc/*"'  # perf-tools style
+
+specs: p[:[GRP/]EVENT] [MOD:]SYM[+OFFS] [ARGS]   kprobe     r[N][:EVENT] [MOD:]SYM [ARGS]  kretprobe
+       p[:EVENT] /PATH:SYM[+OFFS] [ARGS]         uprobe     r[:EVENT] /PATH:SYM [ARGS]     uretprobe
+       t:SUBSYS:EVENT [FIELD[:TYPE] ...]         tracepoint (fields from its format file)
+ARGS:  [NAME=]FETCHARG[:TYPE]; FETCHARG: %REG $argN $retval $comm $stackN @SYM[+OFFS]
+       +|-[u]OFFS(FETCHARG) or a BTF parameter name; TYPE: u8..u64 s8..s64 x8..x64 string
+       ustring symbol. --filter: NAME OP VALUE joined by && || ! ( ), OP one of
+       == != < <= > >= & ~ (glob); names: captured args, pid tid cpu comm latency_ns.
+       A probe that lacks a field the filter names is not filtered.
+"""
+
+
+def _options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", "--duration", type=common.seconds_arg, metavar="SECONDS",
+                   help="stop after this many seconds")
+    p.add_argument("-n", "--max-events", type=common.count_arg, metavar="COUNT",
+                   help="stop after COUNT events")
+    p.add_argument("-p", "--pid", type=common.pid_arg, help="only this process (tgid)")
+    p.add_argument("-L", "--tid", type=common.pid_arg, help="only this thread")
+    p.add_argument("--comm", metavar="NAME", help="only tasks with this exact name")
+    p.add_argument("-H", "--header", action="store_true", help="print a header line first")
+    p.add_argument("-s", "--stack", action="store_true", help="kernel stack trace per event")
+    p.add_argument("-U", "--user-stack", action="store_true", help="user stack trace per event")
+    p.add_argument("--latency", action="store_true",
+                   help="time return probes from their function's entry (added automatically "
+                        "when p: and r: on one function are both given)")
+    p.add_argument("--summary", action="store_true",
+                   help="at exit, a table per probe: count, latency p50/p90/p99/max")
+    p.add_argument("-q", "--quiet", action="store_true", help="print no events (use with --summary)")
+    p.add_argument("--string-size", type=common.count_arg, metavar="BYTES",
+                   default=probelayout.DEFAULT_STRING_SIZE,
+                   help=f"bytes kept of each string (default {probelayout.DEFAULT_STRING_SIZE})")
+    p.add_argument("--json", action="store_true", help="JSON lines (meta, event, lost, summary)")
+    p.add_argument("--buffer-pages", type=common.pages_arg, default=stream.DEFAULT_PAGES,
+                   metavar="N", help=f"perf buffer pages per CPU (default {stream.DEFAULT_PAGES})")
+    p.add_argument("-v", "--dry-run", action="store_true",
+                   help="print the generated program and kprobe_events lines; attach nothing")
+    p.add_argument("--verbose", action="store_true",
+                   help="say what is attached and where the filter runs, then trace")
+
+
+def build_parser(prog: str = "bpfprobes probe") -> common.Parser:
+    p = common.parser(prog, "Trace kernel and user functions and tracepoints with their "
+                      "arguments (kprobe_events syntax, run through BPF).", EXAMPLES)
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="probe specs (see below)")
+    p.add_argument("--filter", metavar="EXPR", help="only events where EXPR holds, e.g. 'ret < 0'")
+    _options(p)
+    return p
+
+
+def build_kprobe_parser() -> common.Parser:
+    """perf-tools' `kprobe [options] definition [filter]`."""
+    p = common.parser("kprobe", "Trace a kernel or user function, or a tracepoint "
+                      "(perf-tools' kprobe, through BPF).", EXAMPLES)
+    p.add_argument("definition", help="one probe spec")
+    p.add_argument("filter", nargs="?", help="a filter expression, e.g. 'ret < 0'")
+    _options(p)
+    return p
+
+
+# ---------------------------------------------------------------- plan -> attachments
+
+def default_maxactive() -> int:
+    """The kernel's own default for kretprobes (kernel/kprobes.c), stated explicitly so
+    BCC registers through kprobe_events, where kprobe_profile counts misses."""
+    return max(10, 2 * (os.cpu_count() or 1))
+
+
+def _kernel_target(k: Kernel, s: spec.ProbeSpec) -> str:
+    # BCC names kprobe_events entries after the target: keep MOD: only when ambiguous
+    if s.module and len(k.kallsyms.find(s.symbol)) > 1:
+        return f"{s.module}:{s.symbol}"
+    return s.symbol
+
+
+def _attach_for(k: Kernel, s: spec.ProbeSpec, fn: str, up: probeplan.Uprobe | None,
+                pid: int | None, kind: str | None = None) -> loader.Attach:
+    kind = kind or s.kind
+    if s.kind == "tracepoint":
+        return loader.Attach("tracepoint", f"{s.group}:{s.event}", fn)
+    if up is not None:
+        return loader.Attach(kind, s.symbol, fn, path=up.path,
+                             offset=s.offset if s.symbol else up.vaddr, pid=pid or -1)
+    maxactive = (s.maxactive or default_maxactive()) if kind == "kretprobe" else 0
+    return loader.Attach(kind, _kernel_target(k, s), fn, offset=s.offset, maxactive=maxactive)
+
+
+def attachments(k: Kernel, plan: probeplan.Plan) -> list[loader.Attach]:
+    pid = plan.options.pid
+    out = []
+    for st in plan.stashes:            # entries first: a return then finds its start
+        entry = {"kretprobe": "kprobe", "uretprobe": "uprobe"}[st.spec.kind]
+        out.append(_attach_for(k, st.spec, st.fn, st.uprobe, pid, entry))
+    out += [_attach_for(k, p.spec, p.fn, p.uprobe, pid) for p in plan.probes]
+    return out
+
+
+def _attach(loaded: loader.Loaded, how: loader.Attach, notes: list[str]) -> None:
+    try:
+        loaded.attach(how)
+    except KernelError:
+        if how.kind != "kretprobe" or not how.maxactive:
+            raise
+        # kprobe_events may be out of reach (no debugfs): the kprobe PMU has no maxactive
+        notes.append(f"{how.describe()}: attached without maxactive (misses not counted)")
+        loaded.attach(loader.Attach(how.kind, how.target, how.fn, offset=how.offset))
+
+
+def kretprobe_misses(k: Kernel, attached: list[loader.Attach]) -> dict[str, int]:
+    """Returns missed by each kretprobe BCC registered through kprobe_events
+    (kprobe_profile: EVENT HITS MISSES); the kprobe PMU exposes no such count."""
+    if k.tracefs is None:
+        return {}
+    try:
+        lines = (k.tracefs / "kprobe_profile").read_text().splitlines()
+    except OSError:
+        return {}
+    suffix = f"_bcc_{os.getpid()}"
+    out = {}
+    for a in attached:
+        if a.kind != "kretprobe":
+            continue
+        name = "r_" + a.target.replace("+", "_").replace(".", "_") + suffix
+        for line in lines:
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == name:
+                out[a.target] = int(parts[2])
+    return out
+
+
+# ---------------------------------------------------------------- dry run / verbose
+
+def describe(k: Kernel, plan: probeplan.Plan) -> list[str]:
+    """What each probe is: mechanism, kprobe_events line, payload, filter split."""
+    lines = []
+    for p in plan.probes:
+        s = p.spec
+        lines.append(f"probe {p.index} {p.event}: {s.text}")
+        up = p.uprobe.file_offset if p.uprobe else None
+        line = spec.to_kprobe_events(replace(s, event=p.event), k.abi, uprobe_offset=up)
+        if line:
+            which = "uprobe_events" if s.is_uprobe else "kprobe_events"
+            lines.append(f"  {which}: {line}")
+        slots = ", ".join(f"{sl.name}:{sl.type}@{sl.offset}" + (f"[{sl.size}]" if sl.is_string
+                                                                else "") for sl in p.layout.slots)
+        lines.append(f"  function {p.fn}, payload {p.layout.size} bytes" +
+                     (f": {slots}" if slots else ""))
+        if p.pair is not None:
+            lines.append(f"  latency: from its entry (pair {p.pair})")
+        if plan.options.filter is not None:
+            if p.kernel_filter is None and p.user_filter is None:
+                lines.append("  filter: not applied (the probe lacks a field it names)")
+            else:
+                kernel = probefilter.text(p.kernel_filter) if p.kernel_filter else "(none)"
+                user = "; userspace checks the rest" if p.user_filter else ""
+                lines.append(f"  filter: in kernel: {kernel}{user}")
+    for st in plan.stashes:
+        lines.append(f"entry of {st.spec.text}: {st.fn} records the time for the latency")
+    return lines + list(plan.notes)
+
+
+def dry_run(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach]) -> int:
+    out = sys.stdout
+    for line in describe(k, plan):
+        out.write(f"# {line}\n")
+    for a in attaches:
+        out.write(f"# attach: {a.describe()} -> {a.fn}\n")
+    defs = codegen.define_flags(codegen.probe_defines(plan))
+    out.write(f"# cflags: {' '.join(defs)}\n")
+    out.write(codegen.probe_source(plan, k.abi))
+    return 0
+
+
+# ---------------------------------------------------------------- the run
+
+def _mechanisms(k: Kernel, plan: probeplan.Plan) -> list[dict]:
+    need = {"kprobe": "kprobes", "kretprobe": "kretprobes", "uprobe": "uprobes",
+            "uretprobe": "uprobes", "tracepoint": "tracepoints"}
+    return [{"event": p.event, "spec": p.spec.text, "mechanism": p.spec.kind,
+             "why": f"asked for by the spec; {features.check(k, need[p.spec.kind]).why}"}
+            for p in plan.probes]
+
+
+class _Quiet:
+    """A sink that shows no events (--quiet) but keeps meta, loss and summary."""
+
+    def __init__(self, sink) -> None:
+        self._sink = sink
+
+    def event(self, e) -> None:
+        pass
+
+    def __getattr__(self, name):
+        return getattr(self._sink, name)
+
+
+def _usym(loaded: loader.Loaded, module: bool = True):
+    def usym(addr: int, pid: int) -> str:
+        name = loaded.bpf.sym(addr, pid, show_module=module, show_offset=True)
+        text = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+        return f"0x{addr:x}" + text[len("[unknown]"):] if text.startswith("[unknown]") else text
+    return usym
+
+
+def trace(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach], args,
+          prog: str) -> stream.Summary:
+    clock = common.Clock()
+    sink = JsonOutput(prog) if args.json else \
+        TextOutput(prog, [Column(probefmt.FTRACE_HEADER, 0, lambda text: text)],
+                   header=args.header)
+    shown = _Quiet(sink) if args.quiet else sink
+    stats = probefmt.Stats(plan)
+    notes: list[str] = []
+    started = time.monotonic()
+    reap = getattr(loader, "reap_stale_events", None)      # BCC events of killed runs
+    for stale in (reap(k.tracefs) if reap else []):
+        notes.append(f"removed {stale}, left by a killed run")
+    program = codegen.probe_program(plan, k.abi)
+    loaded = loader.compile_program(program, k.headers)
+    with loaded:
+        stacks = plan.options.kstack or plan.options.ustack
+        decoder = probefmt.Decoder(plan, k.kallsyms,
+                                   (lambda sid: loaded["stacks"].walk(sid)) if stacks else None,
+                                   _usym(loaded), _usym(loaded, module=False))
+        render = (lambda ev: probefmt.json_event(ev, clock.wall)) if args.json else \
+            probefmt.ftrace_text
+
+        def on_event(raw: bytes) -> bool:
+            ev = decoder(raw)
+            if ev is None:
+                return False
+            stats.add(ev)
+            shown.event(render(ev))
+            return True
+
+        gate = stream.Gate(on_event, args.max_events)
+        transport = stream.PerfBuffer(loaded, pages=args.buffer_pages)
+        transport.open(gate)
+        for how in attaches:
+            _attach(loaded, how, notes)
+        meta = {"version": __version__, "kernel": k.release, "arch": k.abi.name,
+                "transport": "perf_buffer", "attach": [a.describe() for a in loaded.attached],
+                "probes": _mechanisms(k, plan),
+                "filter": probefilter.text(plan.options.filter) if plan.options.filter else None,
+                "startup_s": round(time.monotonic() - started, 3)}
+        if args.verbose:
+            for line in describe(k, plan) + notes:
+                print(f"{prog}: {line}", file=sys.stderr)
+            for a in loaded.attached:
+                print(f"{prog}: attached {a.describe()}", file=sys.stderr)
+            print(f"{prog}: live after {meta['startup_s']} s", file=sys.stderr)
+        sink.meta(meta)
+        sink.flush()
+        try:
+            summary = stream.run(transport, gate, stream.Limits(args.duration, args.max_events),
+                                 sink.lost, on_tick=sink.flush)
+            misses = kretprobe_misses(k, loaded.attached)     # readable only while attached
+        finally:
+            close = getattr(transport, "close", None)
+            if close is not None:
+                close()
+    extra: dict = {}
+    if misses:
+        extra["kretprobe_misses"] = sum(misses.values())
+        for target, n in misses.items():
+            if n:
+                sink.flush()
+                print(f"{prog}: kretprobe on {target} missed {n} returns (maxactive too "
+                      f"small: raise it, e.g. r64:{target})", file=sys.stderr)
+    if args.summary:
+        if args.json:
+            extra["probes"] = stats.rows()
+        else:
+            sink.flush()
+            print(stats.table(), flush=True)
+    sink.summary({"events": summary.events, "lost": summary.lost, "reason": summary.reason,
+                  "elapsed": round(summary.elapsed, 3), **extra})
+    return summary
+
+
+def _plan(k: Kernel, texts: list[str], filter_text: str | None, args) -> tuple:
+    specs = spec.parse_all(texts, k.abi)
+    expr = probefilter.parse(filter_text) if filter_text else None
+    if args.latency and not any(s.is_return for s in specs):
+        raise UsageError("--latency times return probes, and no spec is one",
+                         "add an r: spec, e.g. 'r:do_sys_openat2 ret=$retval'")
+    if args.comm is not None and not 0 < len(args.comm.encode()) < probelayout.COMM_SIZE:
+        raise UsageError(f"--comm {args.comm!r}: task names have 1 to 15 bytes")
+    facts = probeplan.resolve(specs, k, dry_run=args.dry_run)
+    options = probeplan.Options(string_size=args.string_size, kstack=args.stack,
+                                ustack=args.user_stack, latency=args.latency, pid=args.pid,
+                                tid=args.tid, comm=args.comm, skip_pid=os.getpid(), filter=expr)
+    plan = probeplan.assemble(facts, options, k.abi)
+    return plan, attachments(k, plan)
+
+
+def run(argv: Sequence[str], prog: str = "bpfprobes probe", kprobe_style: bool = False) -> int:
+    if kprobe_style:
+        args = build_kprobe_parser().parse_args(argv)
+        texts, filter_text = [args.definition], args.filter
+    else:
+        args = build_parser().parse_args(argv)
+        texts, filter_text = args.specs, args.filter
+    k = current()
+    plan, attaches = _plan(k, texts, filter_text, args)
+    if args.dry_run:
+        return dry_run(k, plan, attaches)
+    common.require_root()
+    trace(k, plan, attaches, args, prog.split()[-1])
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return common.main("bpfprobes probe", run, argv)
+
+
+def kprobe_main(argv: Sequence[str] | None = None) -> int:
+    """The `kprobe` command: perf-tools' argument order, one spec and a filter."""
+    return common.main("kprobe", lambda a: run(a, "kprobe", kprobe_style=True), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""`bpfprobes probe` events: raw sample -> typed values -> ftrace line or JSON.
+
+Text is what perf-tools' kprobe prints from trace_pipe:
+
+    TASK-TID [CPU] TIMESTAMP: EVENT: (func+0x0) name=value ...
+    TASK-TID [CPU] TIMESTAMP: EVENT: (caller+0x1c <- func) ret=-2 (ENOENT) latency_ns=1530
+
+with `(fault)` for an argument that could not be read, `..."` for a string
+that filled its slot, and stacks as ` => frame` lines. JSON carries the same
+facts typed: ints as ints, strings as strings.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tabulate import tabulate
+
+from . import errnos, probefilter
+from .decode import PROBE_EVENT, cstr, probe_event
+from .kallsyms import Kallsyms
+from .probelayout import Slot, typed
+from .probeplan import Plan, Probe
+from .spec import Field, Retval
+
+HEADER = PROBE_EVENT.head.size
+# Addresses a kernel return probe may see instead of the real caller
+_TRAMPOLINES = ("trampoline", "rethook")
+RESERVOIR = 100_000          # latencies kept per probe for percentiles
+
+
+@dataclass
+class Event:
+    probe: Probe
+    head: dict
+    values: dict             # argument name -> int | str | None (None: fault)
+    truncated: set
+    caller: str | None = None
+    kstack: list[str] | None = None
+    ustack: list[str] | None = None
+    stack_errors: dict = field(default_factory=dict)
+
+    @property
+    def latency_ns(self) -> int | None:
+        if self.probe.pair is None or not self.head["latency_ns"]:
+            return None
+        return self.head["latency_ns"]
+
+
+def _is_return_value(probe: Probe, slot: Slot) -> bool:
+    a = probe.spec.args[slot.index]
+    return isinstance(a.fetch, Retval) or (
+        isinstance(a.fetch, Field) and a.fetch.name == "ret" and probe.spec.event.startswith("sys_exit"))
+
+
+def errno_of(probe: Probe, slot: Slot, value) -> str | None:
+    """ENOENT for a return value of -2 (signed), or an ERR_PTR (pointer-sized hex)."""
+    if not isinstance(value, int) or not _is_return_value(probe, slot):
+        return None
+    if slot.type.kind == "x" and slot.type.bits >= 32:
+        value -= (1 << slot.type.bits) if value >> (slot.type.bits - 1) else 0
+    elif slot.type.kind != "s":
+        return None
+    if value == -1 and probe.spec.is_uprobe:
+        return None         # user code's -1 means "see errno", not EPERM
+    return errnos.name(value)
+
+
+class Stats:
+    """Per-probe counts and latency percentiles for --summary."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.counts = {p.index: 0 for p in plan.probes}
+        self.latencies: dict[int, list[int]] = {p.index: [] for p in plan.probes}
+        self.seen: dict[int, int] = {p.index: 0 for p in plan.probes}
+        self.max: dict[int, int] = {}
+        self._rng = random.Random(0)
+
+    def add(self, ev: Event) -> None:
+        i = ev.probe.index
+        self.counts[i] += 1
+        lat = ev.latency_ns
+        if lat is None:
+            return
+        self.seen[i] += 1
+        self.max[i] = max(self.max.get(i, 0), lat)
+        kept = self.latencies[i]
+        if len(kept) < RESERVOIR:
+            kept.append(lat)
+        else:                                   # reservoir sampling keeps percentiles honest
+            j = self._rng.randrange(self.seen[i])
+            if j < RESERVOIR:
+                kept[j] = lat
+
+    def rows(self) -> list[dict]:
+        out = []
+        for p in self.plan.probes:
+            row = {"probe": p.event, "spec": p.spec.text, "count": self.counts[p.index]}
+            lats = sorted(self.latencies[p.index])
+            if p.pair is not None:
+                row["latency_ns"] = None if not lats else {
+                    "count": self.seen[p.index],
+                    **{f"p{q}": lats[min(len(lats) - 1, (len(lats) * q) // 100)] for q in (50, 90, 99)},
+                    "max": self.max[p.index]}
+            out.append(row)
+        return out
+
+    def table(self) -> str:
+        rows = []
+        for r in self.rows():
+            lat = r.get("latency_ns")
+            cells = [_human_ns(lat[k]) for k in ("p50", "p90", "p99", "max")] if lat else \
+                ["-"] * 4
+            rows.append([r["probe"], r["count"], *cells])
+        return tabulate(rows, headers=["PROBE", "COUNT", "P50", "P90", "P99", "MAX"],
+                        colalign=("left", "right", "right", "right", "right", "right"))
+
+
+def _human_ns(ns: int) -> str:
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        if ns >= scale:
+            return f"{ns / scale:.3f} {unit}"
+    return f"{ns} ns"
+
+
+class Decoder:
+    """Raw samples -> Events (None when the userspace part of --filter says no).
+
+    `stack_walk(id)` lists a stack's addresses, `usym(addr, pid)` names a user
+    address; both come from the loaded program (BCC), so this module needs none.
+    """
+
+    def __init__(self, plan: Plan, kallsyms: Kallsyms,
+                 stack_walk: Callable[[int], list[int]] | None = None,
+                 usym: Callable[[int, int], str] | None = None,
+                 ucaller: Callable[[int, int], str] | None = None) -> None:
+        self.plan = plan
+        self.kallsyms = kallsyms
+        self.stack_walk = stack_walk
+        self.usym = usym or (lambda addr, pid: f"0x{addr:x}")
+        self.ucaller = ucaller or self.usym          # the same without [module]
+
+    def values(self, probe: Probe, head: dict, payload: bytes) -> tuple[dict, set, dict]:
+        """(shown values, truncated names, values as the filter compares them)"""
+        values, truncated, numbers = {}, set(), {}
+        for slot, raw in zip(probe.layout.slots, probe.layout.unpack(payload)):
+            bit = 1 << slot.index
+            if head["faults"] & bit:
+                values[slot.name] = None
+            elif slot.is_string:
+                values[slot.name] = cstr(raw)              # type: ignore[arg-type]
+                if head["truncated"] & bit:
+                    truncated.add(slot.name)
+            elif slot.type.kind == "symbol":
+                values[slot.name] = self.kallsyms.format(raw)   # type: ignore[arg-type]
+                numbers[slot.name] = raw                   # a filter compares the address
+            else:
+                values[slot.name] = typed(slot.type, raw)       # type: ignore[arg-type]
+        return values, truncated, numbers
+
+    def __call__(self, raw: bytes) -> Event | None:
+        head = probe_event(raw)
+        if head["probe"] >= len(self.plan.probes):
+            return None
+        probe = self.plan.probes[head["probe"]]
+        values, truncated, numbers = self.values(probe, head, raw[HEADER:])
+        ev = Event(probe, head, values, truncated)
+        if probe.user_filter is not None:
+            env = {**values, **numbers, "pid": head["pid"], "tid": head["tid"], "cpu": head["cpu"],
+                   "comm": head["comm"], "latency_ns": ev.latency_ns}
+            if not probefilter.evaluate(probe.user_filter, env):
+                return None
+        ev.caller = self._caller(probe, head)
+        self._stacks(ev)
+        return ev
+
+    def _caller(self, probe: Probe, head: dict) -> str | None:
+        ip = head["ret_ip"]
+        if not ip:
+            return None
+        if probe.spec.is_uprobe:
+            return self.ucaller(ip, head["pid"])
+        name = self.kallsyms.format(ip)
+        return None if any(t in name for t in _TRAMPOLINES) else name
+
+    def _stacks(self, ev: Event) -> None:
+        if self.stack_walk is None:
+            return
+        for key, kernel in (("kstack", True), ("ustack", False)):
+            sid = ev.head[key]
+            if sid == -1:
+                continue                               # not asked for
+            if sid < 0:
+                ev.stack_errors[key] = errnos.name(sid) or str(sid)
+                continue
+            addrs = list(self.stack_walk(sid))
+            ret_ip = ev.head["ret_ip"]
+            # at a function's first instruction a frame-pointer unwinder has not yet
+            # seen the caller: put back the return address read at entry
+            if (ret_ip and not ev.probe.spec.is_return and kernel == ev.probe.spec.is_kernel
+                    and ret_ip not in addrs[:3]):
+                addrs.insert(1, ret_ip)
+            if kernel:      # a kretprobe on the same function shows up as its trampoline
+                frames = [self.kallsyms.format(a) for a in addrs]
+                ev.kstack = [f for f in frames if not any(t in f for t in _TRAMPOLINES)]
+            else:
+                ev.ustack = [self.usym(a, ev.head["pid"]) for a in addrs]
+
+
+# ---------------------------------------------------------------- rendering
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+
+
+def value_text(probe: Probe, slot: Slot, value, truncated: bool) -> str:
+    if value is None:
+        return "(fault)"
+    if slot.is_string:
+        return f'"{_quote(value)}{"..." if truncated else ""}"'
+    if slot.type.kind == "x":
+        return f"0x{value:x}"
+    if slot.type.kind == "symbol":
+        return value
+    name = errno_of(probe, slot, value)
+    return f"{value} ({name})" if name else str(value)
+
+
+def location(ev: Event) -> str | None:
+    p = ev.probe
+    if p.spec.kind == "tracepoint":
+        return None
+    if p.spec.is_return:
+        return f"{ev.caller} <- {p.where}" if ev.caller else f"<- {p.where}"
+    return p.where
+
+
+def ftrace_text(ev: Event) -> str:
+    """One ftrace-style line, then stack lines if any."""
+    h = ev.head
+    where = location(ev)
+    args = [f"{s.name}={value_text(ev.probe, s, ev.values[s.name], s.name in ev.truncated)}"
+            for s in ev.probe.layout.slots]
+    if ev.latency_ns is not None:
+        args.append(f"latency_ns={ev.latency_ns}")
+    body = " ".join(([f"({where})"] if where else []) + args)
+    lines = [f"{h['comm']:>16}-{h['tid']:<7} [{h['cpu']:03d}] {h['ts_ns'] / 1e9:12.6f}: "
+             f"{ev.probe.event}: {body}".rstrip()]
+    for key, title in (("kstack", "<stack trace>"), ("ustack", "<user stack trace>")):
+        frames = getattr(ev, key)
+        if frames is not None:
+            lines.append(f" {title}")
+            lines += [f" => {f}" for f in frames]
+        elif key in ev.stack_errors:
+            lines.append(f" {title} unavailable: {ev.stack_errors[key]}")
+    return "\n".join(lines)
+
+
+FTRACE_HEADER = ("# tracer: bpfprobes\n#\n"
+                 "#             TASK-TID     CPU     TIMESTAMP  FUNCTION\n"
+                 "#                | |        |          |         |")
+
+
+def json_event(ev: Event, wall: Callable[[int], float]) -> dict:
+    h = ev.head
+    out: dict = {"probe": ev.probe.event, "pid": h["pid"], "tid": h["tid"], "comm": h["comm"],
+                 "cpu": h["cpu"], "ts": wall(h["ts_ns"]), "ts_ns": h["ts_ns"],
+                 "args": dict(ev.values)}
+    where = location(ev)
+    if where:
+        out["where"] = where
+    if ev.caller:
+        out["caller"] = ev.caller
+    if ev.probe.pair is not None:
+        out["latency_ns"] = ev.latency_ns
+    names = {s.name: errno_of(ev.probe, s, ev.values[s.name]) for s in ev.probe.layout.slots}
+    names = {k: v for k, v in names.items() if v}
+    if names:
+        out["errno"] = names
+    faults = [k for k, v in ev.values.items() if v is None]
+    if faults:
+        out["faults"] = faults
+    if ev.truncated:
+        out["truncated"] = sorted(ev.truncated)
+    for key in ("kstack", "ustack"):
+        if getattr(ev, key) is not None:
+            out[key] = getattr(ev, key)
+        elif key in ev.stack_errors:
+            out[key + "_error"] = ev.stack_errors[key]
+    return out

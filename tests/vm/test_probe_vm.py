@@ -1,0 +1,127 @@
+"""`bpfprobes probe` with real kprobes and kretprobes, in the VM. Every spec runs in
+ONE tracer (one BCC compile, ~50 s under emulation): a kprobe by register, its
+kretprobe (paired: latency), the BTF-named form with $comm and @SYM, a function in
+a module and its return, kernel stacks. Then what must be refused, and what must
+be gone after exit."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tooling import IN_VM, ROOT, Tool, Workload, dynamic_events, run_tool, settle, unique
+
+COMM = "bpfp-vmprobe"
+SPECS = ("p:do_sys_openat2 file=+0(%si):string",
+         "r:do_sys_openat2 ret=$retval",
+         "p:btf do_sys_openat2 filename:string dfd c=$comm j=@jiffies:u64",
+         "p:9pnet_virtio:p9_virtio_request",
+         "r:9pnet_virtio:p9_virtio_request ret=$retval:s32")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    if not IN_VM:
+        return None
+    d = tmp_path_factory.mktemp("vmprobe")
+    created = str(d / unique("created"))
+    missing = str(ROOT / f".{unique('missing')}")        # on the 9p root: a lookup goes out
+    w = Workload(COMM, f"open:{created}:O_WRONLY|O_CREAT:0640", f"open:{missing}:O_RDONLY:")
+    t = Tool("probe", "--json", "--verbose", "-s", "--summary", "-p", str(w.pid), *SPECS,
+             live_timeout=600).wait_live()
+    during = dynamic_events()
+    results = w.go()
+    settle(1.5)
+    rc = t.stop(timeout=120)
+    events = [e for e in t.json() if e["pid"] == w.pid]
+    return {"tool": t, "rc": rc, "created": created, "missing": missing, "results": results,
+            "events": events, "pid": w.pid, "during": during, "after": dynamic_events()}
+
+
+def of(run, probe: str, **args) -> list[dict]:
+    return [e for e in run["events"] if e["probe"] == probe and
+            all(e["args"].get(k) == v for k, v in args.items())]
+
+
+def returned_after(run, entry: dict) -> dict:
+    rets = [e for e in run["events"] if e["probe"] == "do_sys_openat2__return"
+            and e["tid"] == entry["tid"] and e["ts_ns"] > entry["ts_ns"]]
+    return min(rets, key=lambda e: e["ts_ns"])
+
+
+def test_kprobe_by_register_sees_the_file(run):
+    assert run["rc"] == 0, run["tool"].stderr
+    (entry,) = of(run, "do_sys_openat2", file=run["created"])
+    assert entry["comm"] == COMM and entry["tid"] == run["pid"]
+    assert entry["where"] == "do_sys_openat2+0x0"
+
+
+def test_kretprobe_gives_the_fd_with_latency(run):
+    (entry,) = of(run, "do_sys_openat2", file=run["created"])
+    ret = returned_after(run, entry)
+    assert ret["args"]["ret"] == run["results"][0] >= 3
+    assert 0 < ret["latency_ns"] < 10**10
+    assert re.match(r"__\w+_sys_open", ret["caller"]), ret       # the syscall wrapper called it
+
+
+def test_errno_named_on_failure(run):
+    (entry,) = of(run, "do_sys_openat2", file=run["missing"])
+    ret = returned_after(run, entry)
+    assert ret["args"]["ret"] == run["results"][1] == -2
+    assert ret["errno"] == {"ret": "ENOENT"}
+
+
+def test_btf_named_form_gives_the_same(run):
+    (e,) = of(run, "btf", filename=run["created"])
+    assert e["args"]["dfd"] == -100                               # AT_FDCWD, typed s32 by BTF
+    assert e["args"]["c"] == COMM and e["args"]["j"] > 0          # $comm, @jiffies
+
+
+def test_kernel_stack_has_the_syscall_path(run):
+    (entry,) = of(run, "do_sys_openat2", file=run["created"])
+    frames = " ".join(entry["kstack"])
+    assert "do_syscall_64" in frames and re.search(r"__\w+_sys_open", frames), entry["kstack"]
+    assert "trampoline" not in frames
+
+
+def test_module_function_and_its_return(run):
+    calls = of(run, "p9_virtio_request")
+    assert calls, sorted({e["probe"] for e in run["events"]})
+    assert calls[0]["where"] == "p9_virtio_request+0x0 [9pnet_virtio]"
+    assert any("[9pnet]" in f for f in calls[0]["kstack"]), calls[0]["kstack"]
+    rets = of(run, "p9_virtio_request__return")
+    assert rets and all(isinstance(e["args"]["ret"], int) for e in rets)
+
+
+def test_kretprobes_registered_with_maxactive_and_misses_counted(run):
+    pid = run["tool"].proc.pid
+    assert re.search(rf"^r\d+:kprobes/r_do_sys_openat2_bcc_{pid} do_sys_openat2$",
+                     run["during"], re.M), run["during"]
+    (summary,) = run["tool"].json("summary")
+    assert summary["kretprobe_misses"] == 0 and summary["lost"] == 0
+    rows = {r["probe"]: r for r in summary["probes"]}
+    assert rows["do_sys_openat2__return"]["latency_ns"]["max"] > 0
+
+
+def test_nothing_left_in_kprobe_events(run):
+    assert f"_bcc_{run['tool'].proc.pid}" not in run["after"]
+
+
+def test_blacklisted_function_refused():
+    if not IN_VM:
+        return
+    names = [ln.split()[1] for ln in
+             Path("/sys/kernel/debug/kprobes/blacklist").read_text().splitlines() if ln.split()]
+    kallsyms = Path("/proc/kallsyms").read_text()
+    name = next(n for n in names if re.search(rf" [tT] {re.escape(n)}$", kallsyms, re.M))
+    r = run_tool("probe", f"p:{name}", timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert f"{name} is in the kernel's kprobe blacklist" in r.stderr.splitlines()[0]
+
+
+def test_missing_kernel_function_refused():
+    if not IN_VM:
+        return
+    r = run_tool("probe", "p:do_sys_openat3", timeout=300)
+    assert r.returncode == 1 and "not a kernel function" in r.stderr
