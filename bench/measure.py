@@ -44,7 +44,8 @@ class Run:
     rss_mb: float | None = None
     cpu_s: float | None = None        # tracer CPU from live to caught-up
     events_total: int | None = None   # every event it output (other processes too)
-    error: str | None = None
+    error: str | None = None          # the run failed: left out of the medians
+    note: str | None = None           # it had to be killed: no loss report at exit
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Context:
     work: Path                        # scratch directory for paths and outputs
     pin: int | None = None            # CPU to pin the workload to
     live_timeout: float = 60.0
+    marker_every: float = MARKER_EVERY
 
 
 def clean_env() -> dict[str, str]:
@@ -136,16 +138,34 @@ class _Markers:
         return self.times[min(seen)] if seen else None
 
 
+class _Tail:
+    """The text a growing file gained since the last call (whole lines only):
+    the live check must not re-read megabytes of output every 20 ms."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pos = 0
+
+    def new_text(self) -> str:
+        with open(self.path, "rb") as f:
+            f.seek(self.pos)
+            data = f.read()
+        cut = data.rfind(b"\n") + 1
+        self.pos += cut
+        return data[:cut].decode(errors="replace")
+
+
 def _wait_live(proc: subprocess.Popen, tracer: Tracer, out: Path, ctx: Context,
                t0: float) -> float:
     markers = _Markers(ctx)
+    tail = _Tail(out)
     deadline = t0 + ctx.live_timeout
     last_read = 0.0
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"exited with {proc.returncode} before going live")
         if tracer.live_by == "begin":
-            if re.search(r"^live$", out.read_text(errors="replace"), re.M):
+            if re.search(r"^live$", tail.new_text(), re.M):
                 return time.monotonic() - t0
             time.sleep(0.005)
             continue
@@ -153,10 +173,10 @@ def _wait_live(proc: subprocess.Popen, tracer: Tracer, out: Path, ctx: Context,
         now = time.monotonic()
         if now - last_read > 0.02:
             last_read = now
-            seen = markers.first_seen(out.read_text(errors="replace"))
+            seen = markers.first_seen(tail.new_text())
             if seen is not None:
                 return seen - t0
-        time.sleep(MARKER_EVERY)
+        time.sleep(ctx.marker_every)
     raise RuntimeError(f"not live after {ctx.live_timeout:.0f} s")
 
 
@@ -187,6 +207,13 @@ def _stop(proc: subprocess.Popen) -> str | None:
     return f"did not stop within {STOP_TIMEOUT:.0f} s of SIGINT (killed)"
 
 
+def _default_sigint() -> None:
+    """A tracer starts with SIGINT's default action, as from a shell: a bench run
+    in the background (nohup, CI) has it ignored, and a Python tracer that relies
+    on KeyboardInterrupt would never stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def traced(tracer: Tracer, ctx: Context, n: int) -> Run:
     run = Run(tracer.name, n)
     target = _target(ctx)
@@ -195,7 +222,8 @@ def traced(tracer: Tracer, ctx: Context, n: int) -> Run:
         t0 = time.monotonic()
         env = {**clean_env(), **tracer.environment(str(ctx.work))}
         proc = subprocess.Popen(tracer.command(ctx.python, ctx.root), stdout=fo, stderr=fe,
-                                stdin=subprocess.DEVNULL, env=env, cwd=ctx.root)
+                                stdin=subprocess.DEVNULL, env=env, cwd=ctx.root,
+                                preexec_fn=_default_sigint)
     try:
         run.live_s = _wait_live(proc, tracer, out, ctx, t0)
         cpu_live = _cpu_seconds(proc.pid)
@@ -208,8 +236,7 @@ def traced(tracer: Tracer, ctx: Context, n: int) -> Run:
     except (RuntimeError, subprocess.CalledProcessError) as e:
         run.error = str(e)
     finally:
-        stopped = _stop(proc)
-        run.error = run.error or stopped
+        run.note = _stop(proc)        # its figures stand; only its own loss report is missing
     _count(run, tracer, out, err, target)
     for p in (out, err, Path(target)):
         p.unlink(missing_ok=True)
@@ -227,7 +254,7 @@ def _count(run: Run, tracer: Tracer, out: Path, err: Path, target: str) -> None:
         run.captured = data.count(target.encode())
         run.events_total = data.count(b"\n")
     run.lost = tracer.lost(data.decode(errors="replace") + "\n" + text_err)
-    if run.lost == 0 and run.error:
+    if run.lost == 0 and (run.error or run.note):
         run.lost = None       # killed: its report at exit never came
-    if run.error and not run.error.endswith("(killed)"):
+    if run.error:
         run.error += f"; stderr: {text_err.strip()[-300:]}"

@@ -172,7 +172,7 @@ static __always_inline int compat_syscall(void)
     return (status & TS_COMPAT) != 0;
 }
 
-int rtp_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+int tp_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 {
     struct pt_regs *uregs = (struct pt_regs *)ctx->args[0];
     long nr = -1;

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Mapping
 
 from .arch import Abi
+from .probefilter import glob_prefix as _glob_prefix
+from .spec import TYPES as _TYPES
 
 # Installed wheel: bpfprobes/bpf_c/; source checkout: <root>/bpf_c/
 C_DIRS = (Path(__file__).resolve().parent / "bpf_c",
@@ -84,8 +86,6 @@ def ready_tool(name: str, defs: Mapping[str, object]) -> Program:
 # calls them, reading each fetcharg through the arch table (Abi.member), so
 # the same spec compiles to the right pt_regs access on every architecture.
 
-from .probefilter import glob_prefix as _glob_prefix  # noqa: E402 - both are left of codegen
-from .spec import TYPES as _TYPES  # noqa: E402
 
 _FILTER_BUILTINS = {"pid": ("e->pid", _TYPES["u32"]), "tid": ("e->tid", _TYPES["u32"]),
                     "cpu": ("e->cpu", _TYPES["u32"]),

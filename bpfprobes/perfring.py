@@ -27,6 +27,7 @@ import os
 import platform
 import select
 import struct
+import time
 from typing import Callable, Iterable
 
 PAGE = mmap.PAGESIZE
@@ -58,7 +59,7 @@ _HEADER = struct.Struct("<IHH")
 _RECORD = struct.Struct("<IHHI")
 _LOST = struct.Struct("<8xQQ")
 BATCH = 256 * 1024          # bytes of records handed on per ring per step
-BUDGET = 4 * 1024 * 1024    # bytes of records per drain() before it returns
+BUDGET = 512 * 1024         # bytes of records per drain() before it returns
 
 
 def supported() -> bool:
@@ -212,6 +213,18 @@ class Ring:
         self._tail.value = pos         # the kernel may reuse the space now
         return samples, lost, pos < head
 
+    def finish(self, deadline: float, on_samples: Callable[[list[bytes]], None]) -> tuple[int, int]:
+        """Read up to where the kernel is now, until `deadline`; skip the rest of
+        that, counting it. Returns (LOST records' count, samples skipped)."""
+        end, lost = self._head.value, 0
+        while self._tail.value < end and time.monotonic() < deadline:
+            samples, n, _ = self.read(min(BATCH, end - self._tail.value))
+            lost += n
+            on_samples(samples)
+        samples, n, pos = read_records(self.mm, PAGE, self.size, self._tail.value, end)
+        self._tail.value = max(pos, self._tail.value)
+        return lost + n, len(samples)
+
     def close(self) -> None:
         if self.mm is not None:
             del self._head, self._tail     # ctypes views pin the mmap open
@@ -269,6 +282,17 @@ class PerfRings:
                     self.on_samples(samples)
         self._backlog = more
         return got
+
+    def finish(self, seconds: float) -> int:
+        """The last read, at a stop: everything written up to now, for at most
+        `seconds`. What time leaves unread is skipped and counted (returned):
+        shown + lost still add up, and exit stays prompt in a storm."""
+        deadline, skipped = time.monotonic() + seconds, 0
+        for ring in self.rings:
+            lost, n = ring.finish(deadline, self.on_samples)
+            self.lost += lost
+            skipped += n
+        return skipped
 
     def close(self) -> None:
         for ring in self.rings:
@@ -361,6 +385,21 @@ class RingBuffer:
                 break
         self._backlog = pos < self._producer()
         return got
+
+    def finish(self, seconds: float) -> int:
+        """As PerfRings.finish: read up to the producer's position now, for at
+        most `seconds`; skip the rest of it and return how many samples that was."""
+        deadline, end = time.monotonic() + seconds, self._producer()
+        pos = self._cons.value
+        while pos < end and time.monotonic() < deadline:
+            samples, new = read_ring_records(self.mm, PAGE, self.size, pos, min(end, pos + BATCH))
+            if new == pos:
+                break                       # a record still being written
+            pos = self._cons.value = new
+            self.on_samples(samples)
+        samples, new = read_ring_records(self.mm, PAGE, self.size, pos, end)
+        self._cons.value = new
+        return len(samples)
 
     def close(self) -> None:
         if self.mm is not None:

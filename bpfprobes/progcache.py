@@ -11,7 +11,9 @@ Saved per program (JSON, keyed by a hash of all of the above): each attached
 function's instructions with the places that hold a map fd, each map's
 definition as the kernel reports it, the license and the kernel version.
 Loading creates the maps, writes their new fds into those places and loads
-each function. Attaching without BCC covers tracepoints, raw tracepoints and
+each function. Defines that change from run to run (the tool's own PID, a -p
+filter) are compiled as placeholders and patched in at load (RUNTIME_DEFINES),
+so they do not make every start a miss. Attaching without BCC covers tracepoints, raw tracepoints and
 kprobes/kretprobes through the kprobe PMU; anything else (uprobes, kretprobe
 maxactive) goes through BCC as before, and so does everything where the
 direct ring reader is not offered (perfring.supported()). A cached program
@@ -31,6 +33,8 @@ import importlib.util
 import json
 import os
 import struct
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,13 +79,18 @@ def load(program: Program, headers: Headers, attaches: list[loader.Attach]):
         except (OSError, KeyError, ValueError, TypeError):
             path.unlink(missing_ok=True)        # refused by this kernel: compile afresh
     obj = _compile_in_child(generic, headers, attaches)
-    if obj is None:                             # cannot be cached: BCC as before
-        return loader.compile_program(program, headers)
-    try:
-        _write(path, obj)
-    except OSError:
-        pass                                    # no cache this time; the run goes on
-    return DirectLoaded(obj, program, values, origin="compiled")
+    if obj is not None:
+        try:
+            loaded = DirectLoaded(obj, program, values, origin="compiled")
+        except (OSError, KeyError, ValueError, TypeError):
+            loaded = None                       # BCC loads what we cannot: not cached
+        if loaded is not None:
+            try:
+                _write(path, obj)
+            except OSError:
+                pass                            # no cache this time; the run goes on
+            return loaded
+    return loader.compile_program(program, headers)     # as before the cache
 
 
 def _compile_in_child(program: Program, headers: Headers,
@@ -93,17 +102,19 @@ def _compile_in_child(program: Program, headers: Headers,
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:                                # the child: never returns
-        os.close(read_end)
         try:
-            with loader.compile_program(program, headers) as compiled:
-                msg = {"object": _object(compiled, attaches)}
-        except BpfprobesError as e:
-            msg = {"error": [type(e).__name__, e.what, e.hint]}
-        except BaseException as e:              # noqa: BLE001 - reported, then exit
-            msg = {"uncacheable": repr(e)}
-        with os.fdopen(write_end, "w") as f:
-            json.dump(msg, f)
-        os._exit(0)
+            os.close(read_end)
+            try:
+                with loader.compile_program(program, headers) as compiled:
+                    msg = {"object": _object(compiled, attaches)}
+            except BpfprobesError as e:
+                msg = {"error": [type(e).__name__, e.what, e.hint]}
+            except BaseException as e:          # noqa: BLE001 - reported, then exit
+                msg = {"uncacheable": repr(e)}
+            with os.fdopen(write_end, "w") as f:
+                json.dump(msg, f)
+        finally:
+            os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end) as f:
         text = f.read()
@@ -185,8 +196,8 @@ def _object(loaded, attaches: list[loader.Attach]) -> dict:
     for fn, code in exported["code"].items():
         funcs[fn] = {"prog_type": fns[fn], "insns": base64.b64encode(code).decode(),
                      "maps": _map_sites(code, names_by_fd), "values": _value_sites(code)}
-    used = {name for f in funcs.values() for _, name in f["maps"]}
-    maps = {name: perfring.map_info(fd) for name, fd in exported["tables"].items() if name in used}
+    # every table, used by these functions or not: tools look maps up by name
+    maps = {name: perfring.map_info(fd) for name, fd in exported["tables"].items()}
     return {"format": FORMAT, "license": exported["license"],
             "kern_version": exported["kern_version"], "maps": maps, "functions": funcs}
 
@@ -293,6 +304,41 @@ def _tracepoint_id(target: str) -> int:
     return int((base / "events" / category / event / "id").read_text())
 
 
+BPF_PROG_GET_FD_BY_ID = 13
+GONE_TIMEOUT = 2.0
+
+
+def _prog_id(fd: int) -> int | None:
+    info = ctypes.create_string_buffer(64)
+    try:
+        perfring.bpf(perfring.BPF_OBJ_GET_INFO_BY_FD,
+                     struct.pack("<IIQ", fd, 64, ctypes.addressof(info)))
+    except OSError:
+        return None
+    return struct.unpack_from("<I", info.raw, 4)[0]         # bpf_prog_info.id
+
+
+def _wait_gone(ids: list[int | None]) -> None:
+    """Until the kernel has freed these programs. A raw tracepoint's link lets go
+    of its program only after an RCU grace period, so a program would still be
+    listed (bpftool) for a moment after we exit: wait it out, briefly."""
+    deadline = time.monotonic() + GONE_TIMEOUT
+    for prog_id in ids:
+        while prog_id is not None and time.monotonic() < deadline:
+            try:
+                os.close(perfring.bpf(BPF_PROG_GET_FD_BY_ID, struct.pack("<I", prog_id)))
+            except OSError:
+                break                           # ENOENT: gone
+            time.sleep(0.005)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 class DirectLoaded:
     """A cached program loaded with bpf(2): the same calls as loader.Loaded."""
 
@@ -354,13 +400,19 @@ class DirectLoaded:
         return fd
 
     def close(self) -> None:
-        """Detach (close the events), then free programs and maps; idempotent."""
-        for fd in [*self._events, *self._progs.values(), *self._maps.values()]:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        """Detach (close the events), then free programs and maps; idempotent.
+        Each detach waits for an RCU grace period in the kernel: the events are
+        closed in parallel so that exit stays quick with many probes."""
+        threads = [threading.Thread(target=_close_quietly, args=(fd,)) for fd in self._events]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ids = [_prog_id(fd) for fd in self._progs.values()]
+        for fd in [*self._progs.values(), *self._maps.values()]:
+            _close_quietly(fd)
         self._events, self._progs, self._maps = [], {}, {}
+        _wait_gone(ids)
 
     def __enter__(self) -> "DirectLoaded":
         return self

@@ -1,15 +1,18 @@
 """Event transport and the run loop.
 
-The perf buffer is read with batched wakeups: waking the reader on every
-sample is what throttles a traced program (peers run 5x slower under an open
-storm), so the kernel wakes us only when a ring is a quarter full (BCC's
-reader: every `wakeup_events` samples) and the loop drains whatever is left on
-every poll timeout. perfring.py's direct reader (x86-64) keeps up with a storm
-where BCC's per-sample ctypes callback cannot. Loss is the BPF program's
-`drops` counter (every failed submit), or perf's LOST records without one.
+Waking the reader on every sample is what throttles a traced program (peers
+run 3-6x slower under an open storm), so nothing here does: a BPF ring buffer
+(OUTPUT_RINGBUF, where the kernel has one) is written without wakeups and
+polled, a perf buffer wakes the reader when a ring is a quarter full (BCC's
+reader: every `wakeup_events` samples), and the loop drains whatever is there
+on every poll timeout, at once again while a backlog remains. perfring.py's
+direct reader (x86-64) keeps up with a storm where BCC's per-sample ctypes
+callback cannot. Loss is the BPF program's `drops` counter (every failed
+submit), or perf's LOST records without one.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import signal
 import struct
@@ -20,9 +23,11 @@ from typing import Callable
 from . import perfring
 
 POLL_MS = 100          # also the longest a batched sample waits before it is read
-DEFAULT_PAGES = 1024   # per CPU: 4 MiB, ~40k opensnoop events, ~150 ms of a storm
+DEFAULT_PAGES = 1024   # per CPU: 4 MiB (a ring buffer: that times the CPUs, in one),
+                       # ~40k opensnoop events each, ~150 ms of a storm
 DEFAULT_WAKEUP = 0     # 0: wake the reader when a ring is a quarter full (a watermark)
 BCC_WAKEUP = 64        # BCC's reader wakes by sample count only
+FINISH_S = 0.5         # the last read at a stop: at most this long, the rest counted lost
 
 
 @dataclass
@@ -69,6 +74,7 @@ class PerfBuffer:
         self.kind = "perf_buffer"              # or ring_buffer, seen at open()
         self._rings: perfring.PerfRings | perfring.RingBuffer | None = None
         self._bcc_lost = 0
+        self.skipped = 0                       # left unread at a stop (finish), counted lost
 
     @property
     def perf_lost(self) -> int:
@@ -121,7 +127,7 @@ class PerfBuffer:
         if not self.direct:
             per_cpu = table[table.Key(0)]
             return sum(per_cpu[i] for i in range(len(per_cpu)))
-        ncpu = len(perfring.cpus("possible"))
+        ncpu = self._ncpu = getattr(self, "_ncpu", 0) or len(perfring.cpus("possible"))
         raw = perfring.map_lookup(table.map_fd, b"\0" * 4, 8 * ncpu)
         return sum(struct.unpack(f"<{ncpu}Q", raw)) if raw else 0
 
@@ -129,8 +135,17 @@ class PerfBuffer:
     def lost(self) -> int:
         """Every failed submit is in the program's drops counter, full rings
         included; perf's LOST records count those same samples again (and only
-        once a ring has room), so they are the figure only without a counter."""
-        return self.kernel_drops() if self._drops_map else self.perf_lost
+        once a ring has room), so they are the figure only without a counter.
+        Plus what a stop left unread (finish)."""
+        return (self.kernel_drops() if self._drops_map else self.perf_lost) + self.skipped
+
+    def finish(self) -> None:
+        """The last read, at a stop: what was written up to now, within FINISH_S;
+        the rest is counted lost, not left unsaid."""
+        if self._rings is not None:
+            self.skipped += self._rings.finish(FINISH_S)
+        else:
+            self.drain()
 
     def close(self) -> None:
         """Unmap the rings (BCC's own reader is freed with the program)."""
@@ -206,13 +221,20 @@ class Gate:
                 self.stop = "max-events"
 
 
+def catch_signals() -> _Signals:
+    """SIGINT/SIGTERM/SIGHUP caught from here on (a context manager), for a caller
+    that announces it is live before run() starts: a signal sent at once is not lost."""
+    return _Signals()
+
+
 def run(transport: PerfBuffer, gate: Gate, limits: Limits,
         on_lost: Callable[[int, int], None], on_tick: Callable[[], None] | None = None,
-        poll_ms: int = POLL_MS) -> Summary:
+        poll_ms: int = POLL_MS, signals: _Signals | None = None) -> Summary:
     """Poll an opened transport until a signal, the duration or the event limit.
 
     New loss is reported as it grows (`on_lost(delta, total)`), then once more
-    after the final drain so that nothing counted is left unsaid.
+    after the final drain so that nothing counted is left unsaid. `signals`: an
+    entered catch_signals() to use instead of catching them here.
     """
     start = time.monotonic()
     deadline = start + limits.duration if limits.duration is not None else None
@@ -225,7 +247,7 @@ def run(transport: PerfBuffer, gate: Gate, limits: Limits,
             on_lost(lost - reported, lost)
             reported = lost
 
-    with _Signals() as sig:
+    with contextlib.nullcontext(signals) if signals is not None else _Signals() as sig:
         while not gate.stop:
             wait = poll_ms if deadline is None else \
                 max(0, min(poll_ms, int((deadline - time.monotonic()) * 1000)))
@@ -238,7 +260,7 @@ def run(transport: PerfBuffer, gate: Gate, limits: Limits,
                 gate.stop = gate.stop or f"signal:{signal.Signals(sig.caught).name}"
             elif deadline is not None and time.monotonic() >= deadline:
                 gate.stop = gate.stop or "duration"
-        transport.drain()
+        getattr(transport, "finish", transport.drain)()    # bounded, the rest counted lost
         report_loss()
     return Summary(events=gate.events, lost=reported, reason=gate.stop,
                    elapsed=time.monotonic() - start)

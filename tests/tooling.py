@@ -140,3 +140,18 @@ class Workload:
     def go(self) -> list[int]:
         out, _ = self.proc.communicate("go\n", timeout=120)
         return [int(x) for x in out.split()]
+
+
+# syscall(2) number of execveat, and a script that calls it (Python has no wrapper):
+#   python -c EXECVEAT DIR NR NAME ARGS...  -> execveat(dirfd(DIR), NAME, [NAME, ARGS...])
+SYS_EXECVEAT = {"x86_64": 322, "aarch64": 281, "riscv64": 281, "ppc64le": 362, "s390x": 354,
+                "armv7l": 387}
+EXECVEAT = """\
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def vec(items):
+    return (ctypes.c_char_p * (len(items) + 1))(*[s.encode() for s in items], None)
+dirfd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+libc.syscall(int(sys.argv[2]), dirfd, sys.argv[3].encode(), vec(sys.argv[3:]), vec([]), 0)
+sys.exit(100 + ctypes.get_errno())
+"""

@@ -99,6 +99,11 @@ def main(tool: str, body: Callable[[Sequence[str]], int], argv: Sequence[str] | 
         if e.hint:
             print(f"{tool}: hint: {e.hint}", file=sys.stderr)
         return e.exit_code
+    except PermissionError as e:
+        # a root-only file read before the root check could say so (tracefs, debugfs)
+        print(f"{tool}: error: permission denied: {e.filename or e}", file=sys.stderr)
+        print(f"{tool}: hint: run as root", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # stdout went away (| head); do not let Python complain on exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -151,15 +156,17 @@ class Pipeline:
             self.meta["probes"] = [a.describe() for a in loaded.attached]
             self.meta["program"] = getattr(loaded, "origin", "compiled")
             self.meta["startup_s"] = round(time.monotonic() - started, 3)
-            if self.verbose:
-                for a in loaded.attached:
-                    print(f"{self.tool}: attached {a.describe()}", file=sys.stderr)
-                print(f"{self.tool}: live after {self.meta['startup_s']} s "
-                      f"(program {self.meta['program']})", file=sys.stderr)
-            self.sink.meta(self.meta)
-            self.sink.flush()
-            summary = stream.run(transport, gate, self.limits, self.sink.lost,
-                                 on_tick=self.sink.flush)
+            # caught from before "live" is said: a signal sent on seeing it counts
+            with stream.catch_signals() as signals:
+                if self.verbose:
+                    for a in loaded.attached:
+                        print(f"{self.tool}: attached {a.describe()}", file=sys.stderr)
+                    print(f"{self.tool}: live after {self.meta['startup_s']} s "
+                          f"(program {self.meta['program']})", file=sys.stderr)
+                self.sink.meta(self.meta)
+                self.sink.flush()
+                summary = stream.run(transport, gate, self.limits, self.sink.lost,
+                                     on_tick=self.sink.flush, signals=signals)
         transport.close()
         self.sink.summary({"events": summary.events, "lost": summary.lost,
                            "reason": summary.reason, "elapsed": round(summary.elapsed, 3)})

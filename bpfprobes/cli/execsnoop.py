@@ -41,7 +41,8 @@ EXAMPLES = """\
 def _max_args(text: str) -> int:
     value = common.count_arg(text)
     if value > MAX_ARGS_LIMIT:
-        raise argparse.ArgumentTypeError(f"--max-args must be at most {MAX_ARGS_LIMIT}, not {value}")
+        raise argparse.ArgumentTypeError(
+            f"--max-args must be at most {MAX_ARGS_LIMIT}, not {value}")
     return value
 
 
@@ -76,7 +77,8 @@ def build_parser() -> common.Parser:
     p.add_argument("-l", "--line", type=_regex, metavar="LINE",
                    help="only command lines (arguments joined by spaces) matching this regex")
     p.add_argument("-U", "--print-uid", action="store_true", help="include a UID column")
-    p.add_argument("-u", "--uid", type=_user, metavar="USER", help="trace this user only (name or UID)")
+    p.add_argument("-u", "--uid", type=_user, metavar="USER",
+                   help="trace this user only (name or UID)")
     p.add_argument("-P", "--ppid", type=common.pid_arg, help="trace children of this PID only")
     p.add_argument("--max-args", type=_max_args, default=20, metavar="N",
                    help="arguments to capture and show (default 20)")

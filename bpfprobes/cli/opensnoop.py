@@ -116,7 +116,7 @@ def _plan(args, k):
                               Attach("kretprobe", sym, "kr_open"))]
         defs = {"ATTACH_KPROBE": True, **codegen.abi_defines(k.abi, wrapped)}
     elif raw:
-        attaches = [Attach("raw_tracepoint", RAW_TP.split(":")[1], "rtp_sys_exit")]
+        attaches = [Attach("raw_tracepoint", RAW_TP.split(":")[1], "tp_raw_sys_exit")]
         defs = raw
     else:
         attaches = [Attach("tracepoint", tp, f"tp_{tp.split(':')[1].replace('sys_', '')}"

@@ -274,17 +274,20 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach], args,
                 "probes": _mechanisms(k, plan),
                 "filter": probefilter.text(plan.options.filter) if plan.options.filter else None,
                 "startup_s": round(time.monotonic() - started, 3)}
-        if args.verbose:
-            for line in describe(k, plan) + notes:
-                print(f"{prog}: {line}", file=sys.stderr)
-            for a in loaded.attached:
-                print(f"{prog}: attached {a.describe()}", file=sys.stderr)
-            print(f"{prog}: live after {meta['startup_s']} s", file=sys.stderr)
-        sink.meta(meta)
-        sink.flush()
         try:
-            summary = stream.run(transport, gate, stream.Limits(args.duration, args.max_events),
-                                 sink.lost, on_tick=sink.flush)
+            # caught from before "live" is said: a signal sent on seeing it counts
+            with stream.catch_signals() as signals:
+                if args.verbose:
+                    for line in describe(k, plan) + notes:
+                        print(f"{prog}: {line}", file=sys.stderr)
+                    for a in loaded.attached:
+                        print(f"{prog}: attached {a.describe()}", file=sys.stderr)
+                    print(f"{prog}: live after {meta['startup_s']} s", file=sys.stderr)
+                sink.meta(meta)
+                sink.flush()
+                summary = stream.run(transport, gate,
+                                     stream.Limits(args.duration, args.max_events),
+                                     sink.lost, on_tick=sink.flush, signals=signals)
             misses = kretprobe_misses(k, loaded.attached)     # readable only while attached
         finally:
             close = getattr(transport, "close", None)
@@ -332,11 +335,12 @@ def run(argv: Sequence[str], prog: str = "bpfprobes probe", kprobe_style: bool =
     else:
         args = build_parser().parse_args(argv)
         texts, filter_text = args.specs, args.filter
+    if not args.dry_run:
+        common.require_root()        # before planning: tracefs is root-only
     k = current()
     plan, attaches = _plan(k, texts, filter_text, args)
     if args.dry_run:
         return dry_run(k, plan, attaches)
-    common.require_root()
     trace(k, plan, attaches, args, prog.split()[-1])
     return 0
 

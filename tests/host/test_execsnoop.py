@@ -16,21 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tooling import Tool, loaded_bpf_programs, run_tool, unique
+from tooling import EXECVEAT, SYS_EXECVEAT, Tool, loaded_bpf_programs, run_tool, unique
 
 TRUE = "/bin/true"
-# syscall(2) number of execveat: Python has no wrapper for it
-SYS_EXECVEAT = {"x86_64": 322, "aarch64": 281, "riscv64": 281, "ppc64le": 362, "s390x": 354,
-                "armv7l": 387}
-EXECVEAT = """\
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-def vec(items):
-    return (ctypes.c_char_p * (len(items) + 1))(*[s.encode() for s in items], None)
-dirfd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
-libc.syscall(int(sys.argv[2]), dirfd, sys.argv[3].encode(), vec(sys.argv[3:]), vec([]), 0)
-sys.exit(100 + ctypes.get_errno())
-"""
 
 
 def tricky_args(tag: str, count: int) -> list[str]:
@@ -133,8 +121,10 @@ def test_failed_exec_shown_with_x_as_minus_2():
         events = wait_for(lambda: tagged(tool, tag), 1)
     assert len(events) == 1, events
     e = events[0]
-    assert (e["ret"], e["errno"], e["argv"], e["ppid"]) == (-2, "ENOENT", [path, "arg one"], os.getpid())
-    assert e["comm"] == Path("/proc/self/comm").read_text().strip()   # the forked child's, unchanged
+    assert (e["ret"], e["errno"], e["ppid"]) == (-2, "ENOENT", os.getpid())
+    assert e["argv"] == [path, "arg one"]
+    # the forked child's comm: the exec failed, so it is still ours
+    assert e["comm"] == Path("/proc/self/comm").read_text().strip()
 
 
 def test_execveat_success_and_failure(tmp_path):
@@ -159,7 +149,8 @@ def test_exec_from_a_thread_keeps_pid_and_reports_its_tid():
     """The kernel makes an exec'ing thread the leader: pid stays, the tid changes."""
     tag = unique("esthr")
     code = ("import os, threading\n"
-            "t = threading.Thread(target=lambda: os.execv('/bin/true', ['true', os.environ['TAG']]))\n"
+            "argv = ['true', os.environ['TAG']]\n"
+            "t = threading.Thread(target=lambda: os.execv('/bin/true', argv))\n"
             "t.start(); t.join()\n")
     with Tool("execsnoop", "--json", "-l", tag) as tool:
         pid = run([sys.executable, "-c", code], env={**os.environ, "TAG": tag})
@@ -222,13 +213,14 @@ def test_json_lines_meta_events_summary_and_clean_detach():
     assert "tracepoint syscalls:sys_enter_execveat" in meta["probes"]
     events = [o for o in objs if o["type"] == "event"]
     assert sorted(e["pid"] for e in events) == sorted(pids)
-    assert set(events[0]) == {"type", "pid", "tid", "ppid", "uid", "comm", "ret", "errno", "syscall",
-                              "argv", "truncated", "truncation", "cut_args", "ts"}
+    assert set(events[0]) == {"type", "pid", "tid", "ppid", "uid", "comm", "ret", "errno",
+                              "syscall", "argv", "truncated", "truncation", "cut_args", "ts"}
     assert summary == {"type": "summary", "events": 3, "lost": 0, "reason": "signal:SIGINT",
                        "elapsed": summary["elapsed"]}
     assert "execsnoop: attach tracepoint:" in tool.stderr
     assert "parent PIDs from BTF" in tool.stderr
-    assert not [n for n in loaded_bpf_programs() if n.startswith(("tp_", "kp_", "kr_")) and "exec" in n]
+    ours = [n for n in loaded_bpf_programs() if n.startswith(("tp_", "kp_", "kr_")) and "exec" in n]
+    assert not ours
 
 
 # Samples of ~2.6 KiB: one fits in a page, so a 1-page buffer overflows
@@ -239,8 +231,8 @@ import os, sys
 sys.stdin.readline()
 n, tag = int(sys.argv[1]), sys.argv[2]
 for batch in range(0, n, 50):
-    pids = [os.posix_spawn("/bin/true", ["true", tag, str(i), "p" * (5000 if i % 100 == 0 else 2500)], {})
-            for i in range(batch, min(batch + 50, n))]
+    pids = [os.posix_spawn("/bin/true", ["true", tag, str(i), "p" * (2500, 5000)[i % 100 == 0]],
+                           {}) for i in range(batch, min(batch + 50, n))]
     for p in pids:
         os.waitpid(p, 0)
 """
@@ -282,14 +274,12 @@ def test_side_by_side_with_libbpf_tools_execsnoop():
     peer = subprocess.Popen(["stdbuf", "-oL", "/usr/sbin/execsnoop"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     peer_lines: list[str] = []
-    reader = threading.Thread(target=lambda: peer_lines.extend(ln.rstrip("\n") for ln in peer.stdout),
-                              daemon=True)
+    reader = threading.Thread(
+        target=lambda: peer_lines.extend(ln.rstrip("\n") for ln in peer.stdout), daemon=True)
     reader.start()
     try:
         with Tool("execsnoop", "--json", "-l", tag) as tool:
-            deadline = time.monotonic() + 30
-            while not any(ln.startswith("PCOMM") for ln in peer_lines) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for(lambda: [ln for ln in peer_lines if ln.startswith("PCOMM")], 1, timeout=30)
             assert any(ln.startswith("PCOMM") for ln in peer_lines), peer_lines
             for i in range(10):
                 run([TRUE, tag, str(i), *(["arg"] * i)])
@@ -305,6 +295,25 @@ def test_side_by_side_with_libbpf_tools_execsnoop():
     mine = {(e["pid"], e["ppid"], e["ret"], tuple(e["argv"])) for e in ours}
     assert len(mine) == 11
     assert mine == _libbpf_events(peer_lines, tag)
+
+
+class _NoBtfKernel:
+    """A kernel without BTF, with headers of the given status."""
+
+    def __init__(self, status: str) -> None:
+        self.headers = type("H", (), {"status": status, "path": "/lib/modules/x/build"})()
+
+    def struct_offset(self, struct_name: str, member: str) -> None:
+        return None
+
+
+def test_ppid_offsets_never_from_another_kernels_headers():
+    from bpfprobes.cli import execsnoop
+    from bpfprobes.errors import KernelError
+    defs, why = execsnoop._task_offsets(_NoBtfKernel("matching"))
+    assert defs == {"TASK_FROM_HEADERS": True} and "this kernel's headers" in why
+    with pytest.raises(KernelError, match="no BTF"):
+        execsnoop._task_offsets(_NoBtfKernel("nearest"))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -328,3 +337,27 @@ def test_help_ends_with_examples():
     assert r.returncode == 0
     tail = r.stdout.split("examples:")[1]
     assert "execsnoop -x" in tail and "execsnoop -P 1234" in tail and "--json" in tail
+
+
+def _record(arg: bytes, cut: bool = False) -> bytes:
+    body = arg + b"\0"
+    return (len(body) | (0x8000 if cut else 0)).to_bytes(2, "little") + body
+
+
+def test_decode_golden_bytes_and_text_rendering():
+    """No kernel needed: the record format of execsnoop.h, and the ARGS column."""
+    import struct
+    from bpfprobes.cli.execsnoop import _render_args
+    from bpfprobes.decode import exec_event
+    args = _record(b"/bin/x") + _record(b"a b") + _record(b"") + _record(b"caf\xe9\n") \
+        + _record(b"L" * 5, cut=True)
+    head = struct.pack("<QIIIIiHHHHI16s", 7, 10, 11, 1, 1000, -2, 1, 4 | 1, 5, 0, len(args),
+                       b"x\0")
+    e = exec_event(head + args)
+    assert (e["ts_ns"], e["pid"], e["tid"], e["ppid"]) == (7, 10, 11, 1)
+    assert (e["uid"], e["ret"]) == (1000, -2)
+    assert (e["comm"], e["syscall"]) == ("x", "execveat")
+    assert e["argv"] == ["/bin/x", "a b", "", "caf\\xe9\n", "LLLLL"]
+    assert (e["cut"], e["truncation"]) == ([4], ["max-args", "arg-cut"])
+    assert _render_args(False)(e) == "/bin/x a b  caf\\xe9\\n LLLLL... ..."
+    assert _render_args(True)(e) == '"/bin/x" "a b" "" "caf\\\\xe9\\n" "LLLLL"... ...'

@@ -5,10 +5,17 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "bpfprobes"
 # DESIGN.md's order; a module may import those before it (and helpers it names)
-ORDER = ["errors", "arch", "btf", "kallsyms", "headers", "bpfsys", "kernel", "features",
-         "policy", "openflags", "spec", "codegen", "loader", "perfring", "stream", "decode",
-         "output"]
-PURE = {"spec", "arch", "codegen", "decode", "output", "errors", "btf", "kallsyms", "openflags"}
+ORDER = ["errors", "arch", "btf", "kallsyms", "elfsym", "errnos", "openflags", "headers",
+         "bpfsys", "kernel", "features", "policy", "spec", "tpformat", "probefilter",
+         "probelayout", "probeplan", "codegen", "loader", "perfring", "progcache", "stream",
+         "decode", "output", "probefmt"]
+PURE = {"spec", "arch", "codegen", "decode", "output", "errors", "btf", "kallsyms", "openflags",
+        "elfsym", "errnos", "tpformat", "probefilter", "probelayout", "probefmt"}
+
+
+def test_every_module_has_a_place():
+    modules = {p.stem for p in PKG.glob("*.py")} - {"__init__"}
+    assert modules <= set(ORDER), modules - set(ORDER)
 
 
 def imports(path: Path) -> set[str]:

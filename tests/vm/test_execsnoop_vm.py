@@ -10,20 +10,9 @@ import sys
 
 import pytest
 
-from tooling import IN_VM, Tool, settle, unique
+from tooling import EXECVEAT, SYS_EXECVEAT, IN_VM, Tool, settle, unique
 
 TRUE = "/bin/true"
-SYS_EXECVEAT = {"x86_64": 322, "aarch64": 281, "riscv64": 281, "ppc64le": 362, "s390x": 354,
-                "armv7l": 387}
-EXECVEAT = """\
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-def vec(items):
-    return (ctypes.c_char_p * (len(items) + 1))(*[s.encode() for s in items], None)
-dirfd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
-libc.syscall(int(sys.argv[2]), dirfd, sys.argv[3].encode(), vec(sys.argv[3:]), vec([]), 0)
-sys.exit(100 + ctypes.get_errno())
-"""
 THREAD_EXEC = ("import os, sys, threading\n"
                "threading.Thread(target=lambda: os.execv('/bin/true', sys.argv[1:])).start()\n"
                "threading.Event().wait()\n")

@@ -1,0 +1,102 @@
+"""The bad-input matrix: every tool, bad values, unusable environments. Each gives
+one clear `TOOL: error:` line (plus a hint), its documented exit status, no
+traceback, and leaves nothing attached. README.md shows this table."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tooling import PYTHON, ROOT, loaded_bpf_programs
+
+KPROBES_HERE = Path("/sys/bus/event_source/devices/kprobe").exists()
+
+# (tool and arguments, exit status, words the first line must contain)
+CASES = [
+    (["opensnoop", "-p", "abc"], 2, "a PID must be a whole number"),
+    (["opensnoop", "-t", "-1"], 2, "at least 1"),
+    (["opensnoop", "-u", "root"], 2, "a UID must be a whole number"),
+    (["opensnoop", "-f", "O_BOGUS"], 2, "unknown open flag"),
+    (["opensnoop", "--max-events", "-3"], 2, "a count must be at least 1"),
+    (["opensnoop", "-d", "0"], 2, "a duration must be positive"),
+    (["opensnoop", "--buffer-pages", "6"], 2, "power of two"),
+    (["opensnoop", "--cgroup", "/nonexistent"], 2, "--cgroup /nonexistent"),
+    (["opensnoop", "--frobnicate"], 2, "unrecognized arguments"),
+    (["execsnoop", "-P", "abc"], 2, "a PID must be a whole number"),
+    (["execsnoop", "--max-args", "0"], 2, "at least 1"),
+    (["execsnoop", "-n", "("], 2, "regular expression"),
+    (["execsnoop", "-u", "no_such_user_zz"], 2, "no_such_user_zz"),
+    (["execsnoop", "--max-events", "x"], 2, "a count must be a whole number"),
+    (["probe"], 2, "SPEC"),
+    (["probe", "-n", "-5", "t:syscalls:sys_enter_openat"], 2, "a count must be at least 1"),
+    (["probe", "-p", "abc", "t:syscalls:sys_enter_openat"], 2, "a PID must be a whole number"),
+    (["probe", "t:nosuch:event"], 1, "tracepoint nosuch:event does not exist"),
+    (["probe", "t:syscalls:sys_enter_openat nosuchfield"], 2, "nosuchfield"),
+    (["probe", "p:/no/such/binary:main"], 1, "/no/such/binary: no such file"),
+    (["probe", "p:/bin/true:no_such_symbol_zz"], 1, "no_such_symbol_zz"),
+    (["probe", "p:/bin/true:main x=%r1"], 2, "%r1 is not an x86_64 register; argument 2 is %si"),
+    (["probe", "p:/bin/true:main x=+0(%di"], 2, "unbalanced parentheses"),
+    (["probe", "p:/bin/true:main x=$arg1:strin"], 2, "unknown type 'strin'"),
+    (["probe", "p:/bin/true:main x=$retval"], 2, "$retval"),
+    (["probe", "--filter", "x <<< 1", "t:syscalls:sys_enter_openat"], 2, "expected a value"),
+    (["probe", "p:no_such_function_zz"], 1,
+     "no_such_function_zz" if KPROBES_HERE else "kprobes are not available in this kernel"),
+    (["doctor", "--frobnicate"], 2, "unrecognized arguments"),
+    (["nosuchtool"], 2, "unknown tool 'nosuchtool'"),
+]
+
+
+def run(args: list[str], python: list[str] = (PYTHON,), env: dict | None = None,
+        user: list[str] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([*user, *python, "-m", "bpfprobes.cli.main", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def check(r: subprocess.CompletedProcess, status: int, words: str, tool: str) -> None:
+    assert r.returncode == status, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr + r.stdout
+    lines = r.stderr.splitlines()
+    assert lines and lines[0].startswith(f"{tool}: error: "), r.stderr
+    assert words in lines[0], r.stderr
+    assert len(lines) <= 2 and all(ln.startswith(f"{tool}: ") for ln in lines), r.stderr
+
+
+def tool_name(args: list[str]) -> str:
+    return {"probe": "bpfprobes probe", "doctor": "bpfprobes doctor"}.get(
+        args[0], args[0] if args[0] in ("opensnoop", "execsnoop") else "bpfprobes")
+
+
+@pytest.mark.parametrize("args,status,words", CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_bad_value(args, status, words):
+    before = set(loaded_bpf_programs())
+    check(run(args), status, words, tool_name(args))
+    assert set(loaded_bpf_programs()) <= before
+
+
+@pytest.mark.parametrize("tool", ["opensnoop", "execsnoop", "probe"])
+def test_not_root(tool):
+    args = [tool] + (["t:syscalls:sys_enter_openat"] if tool == "probe" else [])
+    r = run(args, user=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+    check(r, 1, "must be run as root", tool_name(args))
+
+
+@pytest.mark.parametrize("tool", ["opensnoop", "execsnoop", "probe"])
+def test_missing_bcc(tool, tmp_path):
+    """A `bcc` first on the path that fails to import: as on a machine without python3-bpfcc."""
+    (tmp_path / "bcc").mkdir()
+    (tmp_path / "bcc" / "__init__.py").write_text("raise ImportError('simulated: no BCC')\n")
+    args = [tool] + (["t:syscalls:sys_enter_openat"] if tool == "probe" else [])
+    r = run(args, env={"PYTHONPATH": str(tmp_path), "BPFPROBES_NO_PROGRAM_CACHE": "1"})
+    check(r, 1, "BCC's Python module is not importable", tool_name(args))
+
+
+@pytest.mark.parametrize("tool", ["opensnoop", "execsnoop", "probe"])
+def test_missing_headers(tool):
+    args = [tool] + (["t:syscalls:sys_enter_openat"] if tool == "probe" else [])
+    r = run(args, env={"BPFPROBES_KERNEL_HEADERS": "/nonexistent/headers",
+                       "BPFPROBES_NO_PROGRAM_CACHE": "1"})
+    check(r, 1, "no kernel headers", tool_name(args))
