@@ -54,7 +54,7 @@ BPFTRACE_COUNT = ('BEGIN { printf("live\\n"); } '
                   'tracepoint:syscalls:sys_enter_openat { @opens = count(); }')
 # In the VM: the kprobe path (do_sys_openat2 serves open, openat and openat2)
 BPFTRACE_KPROBE = ('BEGIN { printf("live\\n"); } '
-                   'kprobe:do_sys_openat2 { printf("%d %s %s\\n", pid, comm, str(arg1)); }')
+                   'kprobe:do_sys_openat2 { printf("%d %s %s\\n", pid, comm, str(uptr(arg1))); }')
 BPFTRACE_KPROBE_COUNT = ('BEGIN { printf("live\\n"); } '
                          'kprobe:do_sys_openat2 { @opens = count(); }')
 

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 RC_MARK = "__BPFPROBES_VM_RC="
@@ -36,6 +37,38 @@ def vng() -> str:
     return found
 
 
+BOOT_SILENCE_S = 240     # no output at all by then: the boot hung (seen once with two VMs)
+
+
+def _run_once(argv: list[str], env: dict, timeout: float, echo: bool) -> tuple[int | None, str]:
+    """One boot; (None, output) when the VM said nothing within BOOT_SILENCE_S."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, errors="replace")
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if echo and not line.startswith(RC_MARK):
+                sys.stdout.write(line)
+                sys.stdout.flush()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(BOOT_SILENCE_S)
+    if not lines and reader.is_alive():
+        proc.kill()
+        proc.wait()
+        return None, ""
+    reader.join(max(0.0, timeout - BOOT_SILENCE_S))
+    if reader.is_alive():
+        proc.kill()
+        proc.wait()
+        return 124, "".join(lines) + "\nVM timed out\n"
+    proc.wait()
+    return proc.returncode, "".join(lines)
+
+
 def run_in_vm(cmd: str, rwdirs: list[str] = (), timeout: float = 3000,
               echo: bool = True) -> tuple[int, str]:
     """Run `cmd` as root in the VM from the current directory; (its status, its output)."""
@@ -46,23 +79,17 @@ def run_in_vm(cmd: str, rwdirs: list[str] = (), timeout: float = 3000,
         argv += ["--rwdir", d]
     argv += ["--exec", script]
     env = dict(os.environ, PATH=f"{Path(vng()).parent}:{os.environ.get('PATH', '')}")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, errors="replace")
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if echo and not line.startswith(RC_MARK):
-                sys.stdout.write(line)
-                sys.stdout.flush()
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return 124, "".join(lines) + "\nVM timed out\n"
-    out = "".join(lines)
+    for attempt in (1, 2):
+        rc, out = _run_once(argv, env, timeout, echo)
+        if rc is not None:
+            break
+        print(f"[vm] no output from the VM after {BOOT_SILENCE_S} s: boot hung, "
+              f"{'retrying' if attempt == 1 else 'giving up'}", file=sys.stderr, flush=True)
+    else:
+        return 125, f"the VM did not boot twice (no output in {BOOT_SILENCE_S} s)\n"
     m = re.search(RC_MARK + r"(\d+)", out)
     if m is None:
-        return proc.returncode or 125, out + "\nVM ended without reporting the command's status\n"
+        return rc or 125, out + "\nVM ended without reporting the command's status\n"
     return int(m.group(1)), out
 
 
