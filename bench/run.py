@@ -205,12 +205,12 @@ def run_in_vm(args) -> tuple[list[dict], dict]:
            "mount -t tmpfs tmpfs /mnt; "
            f"BPFPROBES_CACHE=/mnt/cache {sys.executable} {HERE / 'run.py'} --in-vm {result} "
            f"--rounds {args.vm_rounds} --sizes {sizes}")
-    t0 = time.monotonic()
+    t0 = time.time()
     rc, out = boot_and_run(cmd, rwdirs=[rw], echo=True)
     if rc != 0 or not result.exists():
         raise SystemExit(f"bench: the VM run failed (status {rc}); its output is above")
     data = json.loads(result.read_text())
-    data["info"]["minutes"] = round((time.monotonic() - t0) / 60, 1)
+    data["info"]["minutes"] = round((time.time() - t0) / 60, 1)
     shutil.rmtree(rw, ignore_errors=True)
     return data["rows"], data["info"]
 

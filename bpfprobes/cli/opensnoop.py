@@ -47,6 +47,9 @@ def build_parser() -> common.Parser:
     p.add_argument("--cgroup", metavar="PATH", help="trace this cgroup v2 only (in the kernel)")
     p.add_argument("--attach", choices=policy.CHOICES,
                    help="force kprobes or tracepoints (default: kprobes where available)")
+    p.add_argument("--perf-buffer", action="store_true",
+                   help="send events through a perf buffer even where the kernel has a BPF "
+                        "ring buffer (the default there: cheaper per event)")
     common.add_session_options(p)
     return p
 
@@ -185,7 +188,8 @@ def run(argv: Sequence[str]) -> int:
     defs.update({"INFLIGHT_MAX": INFLIGHT_MAX, "FILTER_PID": args.pid, "FILTER_TID": args.tid,
                  "FILTER_UID": args.uid, "FILTER_FAILED": args.failed,
                  "FILTER_FLAGS": flags_mask, "FILTER_RDONLY": rdonly, "FILTER_CGROUP": cgroup,
-                 "SKIP_PID": os.getpid(), **stream.output_defines(args.buffer_pages)})
+                 "SKIP_PID": os.getpid(),
+                 **({} if args.perf_buffer else stream.output_defines(args.buffer_pages))})
     if args.verbose:
         print(f"opensnoop: attach {choice.mechanism}: {choice.why}", file=sys.stderr)
     sink = JsonOutput("opensnoop") if args.json else TextOutput("opensnoop", _columns(args))

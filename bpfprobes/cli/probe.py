@@ -270,7 +270,7 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach], args,
         for how in attaches:
             _attach(loaded, how, notes)
         meta = {"version": __version__, "kernel": k.release, "arch": k.abi.name,
-                "transport": "perf_buffer", "attach": [a.describe() for a in loaded.attached],
+                "transport": transport.kind, "attach": [a.describe() for a in loaded.attached],
                 "probes": _mechanisms(k, plan),
                 "filter": probefilter.text(plan.options.filter) if plan.options.filter else None,
                 "startup_s": round(time.monotonic() - started, 3)}

@@ -244,3 +244,14 @@ def test_tracepoint_context_layout_matches_tracefs():
     assert offsets["__syscall_nr"] == "8"
     assert [offsets[f] for f in ("dfd", "filename", "flags", "mode")] == ["16", "24", "32", "40"]
     assert dict(re.findall(r"field:[^;]*?(\w+);\s*offset:(\d+);", exit_))["ret"] == "16"
+
+
+def test_perf_buffer_forced(tmp_path):
+    """--perf-buffer: the mission's transport, even where a BPF ring buffer exists."""
+    f = str(tmp_path / unique("perfbuf"))
+    w = Workload("bpfp-perfbuf", f"open:{f}:O_RDONLY:")
+    with Tool("opensnoop", "--json", "--perf-buffer", "-p", str(w.pid)) as t:
+        w.go()
+        settle()
+    assert t.json("meta")[0]["transport"] == "perf_buffer"
+    assert [(e["path"], e["err"]) for e in t.json()] == [(f, 2)]
