@@ -61,7 +61,9 @@ def test_meta_line_says_tracepoint_and_why(events):
     assert "kprobes unavailable" in meta["why"] or "forced" in meta["why"]
     assert meta["transport"] in ("perf_buffer", "ring_buffer")
     [summary] = events["tool"].json("summary")
-    assert summary["lost"] == 0 and summary["events"] >= 5
+    # system-wide: another process's storm may overflow the buffer, never silently
+    assert summary["lost"] == sum(x["count"] for x in events["tool"].json("lost"))
+    assert summary["events"] >= 5
 
 
 def test_unicode_and_space_path_with_pid_comm_fd(events, paths):

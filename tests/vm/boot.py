@@ -11,6 +11,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -40,10 +41,20 @@ def vng() -> str:
 BOOT_SILENCE_S = 240     # no output at all by then: the boot hung (seen once with two VMs)
 
 
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def _run_once(argv: list[str], env: dict, timeout: float, echo: bool) -> tuple[int | None, str]:
     """One boot; (None, output) when the VM said nothing within BOOT_SILENCE_S."""
+    # a session of its own, so that a hung boot is killed with its QEMU child
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, errors="replace")
+                            stderr=subprocess.STDOUT, text=True, env=env, errors="replace",
+                            start_new_session=True)
     lines: list[str] = []
 
     def read() -> None:
@@ -57,13 +68,11 @@ def _run_once(argv: list[str], env: dict, timeout: float, echo: bool) -> tuple[i
     reader.start()
     reader.join(BOOT_SILENCE_S)
     if not lines and reader.is_alive():
-        proc.kill()
-        proc.wait()
+        _kill(proc)
         return None, ""
     reader.join(max(0.0, timeout - BOOT_SILENCE_S))
     if reader.is_alive():
-        proc.kill()
-        proc.wait()
+        _kill(proc)
         return 124, "".join(lines) + "\nVM timed out\n"
     proc.wait()
     return proc.returncode, "".join(lines)

@@ -34,7 +34,10 @@ def _vm_report(config) -> dict:
     rw = tempfile.mkdtemp(prefix="bpfprobes-vm-")
     os.chmod(rw, 0o777)
     xml = Path(rw) / "results.xml"
-    ids = " ".join(shlex.quote(i) for i in _STATE.get("ids", []))
+    # the command reaches the VM on the kernel command line (2 KiB at most on x86):
+    # the test ids go in a file in the shared directory, not in the command
+    (Path(rw) / "ids.txt").write_text("\n".join(_STATE.get("ids", [])) + "\n")
+    ids = f"$(cat {rw}/ids.txt)"
     cmd = (f"mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null; "
            f"mount -t debugfs nodev /sys/kernel/debug 2>/dev/null; "
            f"BPFPROBES_IN_VM=1 PYTHONDONTWRITEBYTECODE=1 BPFPROBES_CACHE=/tmp/bpfprobes-cache "
