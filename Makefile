@@ -4,7 +4,7 @@ PY := .venv/bin/python
 ARGS ?= opensnoop
 CMD ?= .venv/bin/bpfprobes doctor
 
-.PHONY: setup setup-test run test test-unit test-host test-vm vm-run bench soak clean
+.PHONY: setup setup-test run test test-unit test-host test-vm vm-run bench clean
 
 setup:
 	@bash .ci/setup
@@ -39,8 +39,6 @@ BENCH_ARGS ?=
 bench: setup-test
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-soak: setup-test
-	$(PY) bench/soak.py
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache
