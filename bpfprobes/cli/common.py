@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .. import loader, progcache, stream
+from .. import codegen, loader, progcache, stream
 from ..codegen import Program
 from ..errors import BpfprobesError, KernelError, UsageError
 from ..kernel import Kernel
@@ -77,6 +77,36 @@ def require_root() -> None:
     if os.geteuid() != 0:
         raise KernelError("must be run as root: loading BPF programs needs CAP_BPF and "
                           "CAP_PERFMON (or CAP_SYS_ADMIN)", "run with sudo")
+
+
+def syscall_entries(k: Kernel, syscalls: Sequence[str]) -> dict[str, tuple[str, bool]]:
+    """Each syscall's entry symbol on this kernel and whether it is behind the arch wrapper."""
+    found = {sc: k.syscall_symbol(sc) for sc in syscalls}
+    return {sc: s for sc, s in found.items() if s is not None}
+
+
+def syscall_tracepoints(k: Kernel, syscalls: Sequence[str]) -> list[str]:
+    """The syscalls:sys_enter_X / sys_exit_X pairs this kernel has."""
+    return [f"syscalls:sys_{d}_{sc}" for sc in syscalls for d in ("enter", "exit")
+            if k.tracepoint_exists("syscalls", f"sys_enter_{sc}")]
+
+
+def syscall_kprobes(k: Kernel, entries: dict[str, tuple[str, bool]],
+                    ret_fn: str) -> tuple[list[loader.Attach], dict]:
+    """kp_<syscall> at each entry symbol and `ret_fn` at its return, with the
+    arch's registers as -D flags (a ready tool's bpf_c program names them so)."""
+    attaches = [a for sc, (sym, _) in entries.items()
+                for a in (loader.Attach("kprobe", sym, f"kp_{sc}"),
+                          loader.Attach("kretprobe", sym, ret_fn))]
+    wrapped = all(w for _, w in entries.values())
+    return attaches, {"ATTACH_KPROBE": True, **codegen.abi_defines(k.abi, wrapped)}
+
+
+def syscall_tracepoint_attaches(tps: list[str], exit_fn: str) -> tuple[list[loader.Attach], dict]:
+    """tp_enter_<syscall> at each sys_enter tracepoint and `exit_fn` at each sys_exit."""
+    attaches = [loader.Attach("tracepoint", tp, "tp_" + tp.split(":")[1].replace("sys_", "")
+                              if "enter" in tp else exit_fn) for tp in tps]
+    return attaches, {"ATTACH_TRACEPOINT": True}
 
 
 class Clock:

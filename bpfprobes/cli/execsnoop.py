@@ -89,22 +89,12 @@ def build_parser() -> common.Parser:
 
 
 def _plan(args, k: Kernel) -> tuple[policy.Choice, list[Attach], dict]:
-    symbols = {sc: k.syscall_symbol(sc) for sc in SYSCALLS}
-    symbols = {sc: s for sc, s in symbols.items() if s is not None}
-    tps = [f"syscalls:sys_{d}_{sc}" for sc in SYSCALLS for d in ("enter", "exit")
-           if k.tracepoint_exists("syscalls", f"sys_enter_{sc}")]
-    choice = policy.choose(k, args.attach, [s for s, _ in symbols.values()], tps)
+    entries = common.syscall_entries(k, SYSCALLS)
+    tps = common.syscall_tracepoints(k, SYSCALLS)
+    choice = policy.choose(k, args.attach, [s for s, _ in entries.values()], tps)
     if choice.mechanism == policy.KPROBE:
-        wrapped = all(w for _, w in symbols.values())
-        attaches = [a for sc, (sym, _) in symbols.items()
-                    for a in (Attach("kprobe", sym, f"kp_{sc}"),
-                              Attach("kretprobe", sym, "kr_exec"))]
-        defs = {"ATTACH_KPROBE": True, **codegen.abi_defines(k.abi, wrapped)}
-    else:
-        attaches = [Attach("tracepoint", tp, "tp_" + tp.split(":")[1].replace("sys_", "")
-                           if "enter" in tp else "tp_exit_exec") for tp in tps]
-        defs = {"ATTACH_TRACEPOINT": True}
-    return choice, attaches, defs
+        return (choice, *common.syscall_kprobes(k, entries, "kr_exec"))
+    return (choice, *common.syscall_tracepoint_attaches(tps, "tp_exit_exec"))
 
 
 def _task_offsets(k: Kernel) -> tuple[dict, str]:

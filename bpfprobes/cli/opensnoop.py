@@ -16,7 +16,6 @@ from ..output import Column, JsonOutput, TextOutput
 from . import common
 
 SYSCALLS = ("open", "openat", "openat2")
-ENTRY_FN = {"open": "open", "openat": "openat", "openat2": "openat2"}
 INFLIGHT_MAX = 16384
 
 EXAMPLES = """\
@@ -105,27 +104,15 @@ def _raw_syscalls_defs(k) -> dict | None:
 
 
 def _plan(args, k):
-    symbols = {sc: k.syscall_symbol(sc) for sc in SYSCALLS}
-    symbols = {sc: s for sc, s in symbols.items() if s is not None}
+    entries = common.syscall_entries(k, SYSCALLS)
     raw = _raw_syscalls_defs(k)
-    tps = [RAW_TP] if raw else \
-        [f"syscalls:sys_{d}_{sc}" for sc in SYSCALLS for d in ("enter", "exit")
-         if k.tracepoint_exists("syscalls", f"sys_enter_{sc}")]
-    choice = policy.choose(k, args.attach, [s for s, _ in symbols.values()], tps)
+    tps = [RAW_TP] if raw else common.syscall_tracepoints(k, SYSCALLS)
+    choice = policy.choose(k, args.attach, [s for s, _ in entries.values()], tps)
     if choice.mechanism == policy.KPROBE:
-        wrapped = all(w for _, w in symbols.values())
-        attaches = [a for sc, (sym, _) in symbols.items()
-                    for a in (Attach("kprobe", sym, f"kp_{ENTRY_FN[sc]}"),
-                              Attach("kretprobe", sym, "kr_open"))]
-        defs = {"ATTACH_KPROBE": True, **codegen.abi_defines(k.abi, wrapped)}
-    elif raw:
-        attaches = [Attach("raw_tracepoint", RAW_TP.split(":")[1], "tp_raw_sys_exit")]
-        defs = raw
-    else:
-        attaches = [Attach("tracepoint", tp, f"tp_{tp.split(':')[1].replace('sys_', '')}"
-                           if "enter" in tp else "tp_exit_open") for tp in tps]
-        defs = {"ATTACH_TRACEPOINT": True}
-    return choice, attaches, defs
+        return (choice, *common.syscall_kprobes(k, entries, "kr_open"))
+    if raw:
+        return choice, [Attach("raw_tracepoint", RAW_TP.split(":")[1], "tp_raw_sys_exit")], raw
+    return (choice, *common.syscall_tracepoint_attaches(tps, "tp_exit_open"))
 
 
 def _columns(args) -> list[Column]:
