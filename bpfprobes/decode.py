@@ -165,3 +165,26 @@ def probe_event(raw: bytes) -> dict:
     e = PROBE_EVENT.unpack(raw)
     e["comm"] = cstr(e["comm"])
     return e
+
+
+# bpf_c/context.h's struct exec_ctx, as it sits inside an event (tracectx.py reads it)
+EXEC_CTX = (("ctx.cpu", "u32"), ("ctx.preempt", "u32"), ("ctx.source", "u8"),
+            ("ctx.implied", "u8"), ("ctx.reserved", "u16"))
+
+# bpf_c/irq.h
+IRQ_EVENT = Layout("irq_event", (
+    ("ts_ns", "u64"), ("duration_ns", "u64"), ("func", "u64"), ("irq", "s32"), ("ret", "s32"),
+    ("pid", "u32"), ("tid", "u32"), ("kstack", "s32"), ("kind", "u8"), ("reserved", "char[3]"),
+    *EXEC_CTX, ("comm", "char[16]")))
+IRQ_KINDS = ("hardirq", "softirq", "tasklet", "tasklet_schedule")
+
+
+def irq_event(raw: bytes) -> dict:
+    """An irq sample -> event fields (texts decoded, the context under "ctx")."""
+    e = IRQ_EVENT.unpack(raw)
+    e["ctx"] = {"cpu": e.pop("ctx.cpu"), "preempt": e.pop("ctx.preempt"),
+                "source": e.pop("ctx.source"), "implied": e.pop("ctx.implied")}
+    del e["ctx.reserved"], e["reserved"]
+    e["comm"] = cstr(e["comm"])
+    e["kind"] = IRQ_KINDS[e["kind"]] if e["kind"] < len(IRQ_KINDS) else str(e["kind"])
+    return e

@@ -62,6 +62,11 @@ class Kallsyms:
         names = sorted({m.group(1).decode() for m in rx.finditer(self.raw)})
         return names[:limit] if limit else names
 
+    def module_symbols(self, module: str) -> list[str]:
+        """Text symbol names of a loaded module, sorted, unique."""
+        rx = re.compile(rb" [tTwW] (\S+)\t\[" + re.escape(module.encode()) + rb"\]")
+        return sorted({m.group(1).decode() for m in rx.finditer(self.raw)})
+
     def modules_of(self, name: str) -> set[str | None]:
         return {s.module for s in self.find(name)}
 

@@ -1,6 +1,7 @@
 """open(2) flag names <-> values, as this machine's libc defines them."""
 from __future__ import annotations
 
+import functools
 import os
 
 # Names BCC's opensnoop -f accepts; values from the os module (they differ by arch).
@@ -21,13 +22,18 @@ def parse(name: str) -> int:
     return FLAGS[key]
 
 
+# multi-bit flags (O_SYNC includes O_DSYNC, O_TMPFILE includes O_DIRECTORY) first
+_BY_WIDTH = sorted(((n, v) for n, v in FLAGS.items() if v & ~ACCMODE),
+                   key=lambda kv: -bin(kv[1]).count("1"))
+
+
+@functools.lru_cache(maxsize=1024)   # a storm repeats a handful of flag sets
 def describe(flags: int) -> str:
     """0o101 -> 'O_WRONLY|O_CREAT'; bits we have no name for stay in octal."""
     names = [_ACCESS.get(flags & ACCMODE, f"0{flags & ACCMODE:o}")]
     rest = flags & ~ACCMODE
-    # multi-bit flags (O_SYNC includes O_DSYNC, O_TMPFILE includes O_DIRECTORY) first
-    for name, value in sorted(FLAGS.items(), key=lambda kv: -bin(kv[1]).count("1")):
-        if value & ~ACCMODE and rest & value == value:
+    for name, value in _BY_WIDTH:
+        if rest & value == value:
             names.append(name)
             rest &= ~value
     if rest:

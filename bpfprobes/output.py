@@ -63,6 +63,12 @@ class TextOutput:
                        f"{s['elapsed']:.1f} s, stopped by {s['reason']}{extra}\n")
         self.err.flush()
 
+    def table(self, kind: str, rows: list[dict], text: str) -> None:
+        """A table of figures (an interval's, the run's), as text."""
+        self.out.flush()
+        self.out.write(text + "\n")
+        self.out.flush()
+
     def flush(self) -> None:
         self.out.flush()
 
@@ -86,6 +92,10 @@ class JsonOutput:
 
     def lost(self, count: int, total: int) -> None:
         self._line({"type": "lost", "count": count, "total": total})
+
+    def table(self, kind: str, rows: list[dict], text: str) -> None:
+        """A table of figures as one line: {"type": kind, "rows": [...]}."""
+        self._line({"type": kind, "rows": rows})
 
     def summary(self, s: dict) -> None:
         self._line({"type": "summary", **s})

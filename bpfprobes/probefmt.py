@@ -11,7 +11,6 @@ facts typed: ints as ints, strings as strings.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,6 +19,7 @@ from tabulate import tabulate
 from . import errnos, probefilter
 from .decode import PROBE_EVENT, cstr, probe_event
 from .kallsyms import Kallsyms
+from .latency import Reservoir, human_ns
 from .probelayout import Slot, typed
 from .probeplan import Plan, Probe
 from .spec import Field, Retval
@@ -27,7 +27,6 @@ from .spec import Field, Retval
 HEADER = PROBE_EVENT.head.size
 # Addresses a kernel return probe may see instead of the real caller
 _TRAMPOLINES = ("trampoline", "rethook")
-RESERVOIR = 100_000          # latencies kept per probe for percentiles
 
 
 @dataclass
@@ -73,37 +72,21 @@ class Stats:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.counts = {p.index: 0 for p in plan.probes}
-        self.latencies: dict[int, list[int]] = {p.index: [] for p in plan.probes}
-        self.seen: dict[int, int] = {p.index: 0 for p in plan.probes}
-        self.max: dict[int, int] = {}
-        self._rng = random.Random(0)
+        self.latencies = {p.index: Reservoir() for p in plan.probes}
 
     def add(self, ev: Event) -> None:
         i = ev.probe.index
         self.counts[i] += 1
         lat = ev.latency_ns
-        if lat is None:
-            return
-        self.seen[i] += 1
-        self.max[i] = max(self.max.get(i, 0), lat)
-        kept = self.latencies[i]
-        if len(kept) < RESERVOIR:
-            kept.append(lat)
-        else:                                   # reservoir sampling keeps percentiles honest
-            j = self._rng.randrange(self.seen[i])
-            if j < RESERVOIR:
-                kept[j] = lat
+        if lat is not None:
+            self.latencies[i].add(lat)
 
     def rows(self) -> list[dict]:
         out = []
         for p in self.plan.probes:
             row = {"probe": p.event, "spec": p.spec.text, "count": self.counts[p.index]}
-            lats = sorted(self.latencies[p.index])
             if p.pair is not None:
-                row["latency_ns"] = None if not lats else {
-                    "count": self.seen[p.index],
-                    **{f"p{q}": lats[min(len(lats) - 1, (len(lats) * q) // 100)] for q in (50, 90, 99)},
-                    "max": self.max[p.index]}
+                row["latency_ns"] = self.latencies[p.index].summary()
             out.append(row)
         return out
 
@@ -111,18 +94,11 @@ class Stats:
         rows = []
         for r in self.rows():
             lat = r.get("latency_ns")
-            cells = [_human_ns(lat[k]) for k in ("p50", "p90", "p99", "max")] if lat else \
+            cells = [human_ns(lat[k]) for k in ("p50", "p90", "p99", "max")] if lat else \
                 ["-"] * 4
             rows.append([r["probe"], r["count"], *cells])
         return tabulate(rows, headers=["PROBE", "COUNT", "P50", "P90", "P99", "MAX"],
                         colalign=("left", "right", "right", "right", "right", "right"))
-
-
-def _human_ns(ns: int) -> str:
-    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
-        if ns >= scale:
-            return f"{ns / scale:.3f} {unit}"
-    return f"{ns} ns"
 
 
 class Decoder:

@@ -157,6 +157,10 @@ class Pipeline:
     pages: int = stream.DEFAULT_PAGES
     wakeup_events: int = stream.DEFAULT_WAKEUP
     verbose: bool = False
+    cacheable: bool = True                       # False: BCC loads it (stack maps are read through BCC)
+    on_loaded: Callable[[object], None] | None = None    # given the loaded program before attaching
+    on_tick: Callable[[], None] | None = None    # after each poll (interval reports)
+    at_exit: Callable[[], dict] | None = None    # last words before the summary; extra summary keys
 
     def run(self) -> stream.Summary:
         started = time.monotonic()
@@ -164,8 +168,11 @@ class Pipeline:
             if self.verbose:
                 print(f"{self.tool}: removed {stale}, left by a killed run", file=sys.stderr)
         # from the program cache when it holds this program: no BCC compile, no LLVM
-        loaded = progcache.load(self.program, self.kernel.headers, self.attaches)
+        loaded = progcache.load(self.program, self.kernel.headers, self.attaches) \
+            if self.cacheable else loader.compile_program(self.program, self.kernel.headers)
         with loaded:
+            if self.on_loaded is not None:
+                self.on_loaded(loaded)
             sink_event = self.sink.event
             decode = self.decode
 
@@ -196,8 +203,15 @@ class Pipeline:
                 self.sink.meta(self.meta)
                 self.sink.flush()
                 summary = stream.run(transport, gate, self.limits, self.sink.lost,
-                                     on_tick=self.sink.flush, signals=signals)
+                                     on_tick=self._tick, signals=signals)
         transport.close()
+        extra = self.at_exit() if self.at_exit is not None else {}
         self.sink.summary({"events": summary.events, "lost": summary.lost,
-                           "reason": summary.reason, "elapsed": round(summary.elapsed, 3)})
+                           "reason": summary.reason, "elapsed": round(summary.elapsed, 3),
+                           **extra})
         return summary
+
+    def _tick(self) -> None:
+        if self.on_tick is not None:
+            self.on_tick()
+        self.sink.flush()

@@ -13,6 +13,7 @@ TOOLS = {
     "opensnoop": ("opensnoop", "main", "trace open/openat/openat2 with results"),
     "execsnoop": ("execsnoop", "main", "trace execve/execveat with arguments"),
     "probe": ("probe", "main", "kprobe/kretprobe/uprobe/tracepoint on any function"),
+    "irq": ("irq", "main", "a device's interrupt handlers, softirqs, tasklets: time, context"),
 }
 
 
@@ -21,7 +22,8 @@ def usage() -> str:
     lines += [f"  {name:<10} {summary}" for name, (_, _, summary) in TOOLS.items()]
     lines += ["", "Run `bpfprobes TOOL --help` for a tool's options and examples.",
               "", "examples:", "  bpfprobes doctor", "  bpfprobes opensnoop -x",
-              "  bpfprobes probe 'p:do_sys_openat2 file=+0(%si):string'"]
+              "  bpfprobes probe 'p:do_sys_openat2 file=+0(%si):string'",
+              "  bpfprobes irq eth0 --summary -d 10"]
     return "\n".join(lines)
 
 

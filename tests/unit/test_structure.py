@@ -7,10 +7,11 @@ PKG = Path(__file__).resolve().parents[2] / "bpfprobes"
 # DESIGN.md's order; a module may import those before it (and helpers it names)
 ORDER = ["errors", "arch", "btf", "kallsyms", "elfsym", "errnos", "openflags", "headers",
          "bpfsys", "kernel", "features", "policy", "spec", "tpformat", "probefilter",
-         "probelayout", "probeplan", "codegen", "loader", "perfring", "progcache", "stream",
-         "decode", "output", "probefmt"]
+         "probelayout", "probeplan", "interrupts", "irqhandlers", "tracectx", "latency",
+         "codegen", "loader", "perfring", "progcache", "stream", "decode", "output", "probefmt"]
 PURE = {"spec", "arch", "codegen", "decode", "output", "errors", "btf", "kallsyms", "openflags",
-        "elfsym", "errnos", "tpformat", "probefilter", "probelayout", "probefmt"}
+        "elfsym", "errnos", "tpformat", "probefilter", "probelayout", "probefmt", "latency",
+        "tracectx", "irqhandlers"}
 
 
 def test_every_module_has_a_place():

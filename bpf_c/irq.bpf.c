@@ -1,0 +1,201 @@
+/* irq: hardirq handlers, softirq vectors and tasklets, timed entry to exit.
+ *
+ * Entry stashes the start per CPU and per kind: a handler of one kind runs
+ * to its exit on the CPU it started on before another of that kind starts
+ * there (hardirq handlers run with interrupts off; softirqs and tasklets do
+ * not nest), while a hardirq may well interrupt a softirq, hence per kind.
+ * Built with any of HARDIRQ_TP (irq:irq_handler_entry/exit), HARDIRQ_KP
+ * (kprobe/kretprobe on the driver's handler function, whose first argument
+ * is the IRQ number), SOFTIRQ (irq:softirq_entry/exit, vectors in
+ * SOFTIRQ_MASK), TASKLET (irq:tasklet_entry/exit) and TASKLET_SCHED (a
+ * kprobe on __tasklet_schedule; TASKLET_FUNC is tasklet_struct.func's
+ * offset from BTF).
+ */
+#include <uapi/linux/ptrace.h>
+#include "common.h"
+#include "irq.h"
+
+struct stash {
+    struct irq_event e;
+    u8 busy;
+};
+
+BPF_PERCPU_ARRAY(stash, struct stash, IRQ_KINDS);
+BPF_PERF_OUTPUT(events);
+#ifdef STACKS
+BPF_STACK_TRACE(stacks, STACKS);
+#endif
+
+/* The IRQ lines asked for: IRQ_FILTER with sixteen slots IRQ_0 .. IRQ_15, the
+ * unused ones holding a number no line has; patched in at load (progcache's
+ * runtime defines), so another set of lines is not another compile. Each
+ * slot's value goes through an empty asm so that the compiler cannot fold
+ * the placeholders into a range check, which patching would then break. */
+static __always_inline int slot_is(int irq, int slot)
+{
+    asm volatile("" : "+r"(slot));
+    return irq == slot;
+}
+
+static __always_inline int irq_wanted(int irq)
+{
+#ifdef IRQ_FILTER
+    return slot_is(irq, IRQ_0) | slot_is(irq, IRQ_1) | slot_is(irq, IRQ_2) |
+           slot_is(irq, IRQ_3) | slot_is(irq, IRQ_4) | slot_is(irq, IRQ_5) |
+           slot_is(irq, IRQ_6) | slot_is(irq, IRQ_7) | slot_is(irq, IRQ_8) |
+           slot_is(irq, IRQ_9) | slot_is(irq, IRQ_10) | slot_is(irq, IRQ_11) |
+           slot_is(irq, IRQ_12) | slot_is(irq, IRQ_13) | slot_is(irq, IRQ_14) |
+           slot_is(irq, IRQ_15);
+#else
+    return 1;
+#endif
+}
+
+static __always_inline int kstack(void *ctx)
+{
+#ifdef STACKS
+    return stacks.get_stackid(ctx, 0);
+#else
+    return -1;
+#endif
+}
+
+/* Entry: a fresh stashed event for this CPU and kind, or 0 (counted lost). */
+static __always_inline struct irq_event *begin(u32 kind, int irq, void *ctx)
+{
+    struct stash *s = stash.lookup(&kind);
+    if (!s)
+        return 0;
+    struct irq_event *e = &s->e;
+    u64 id = bpf_get_current_pid_tgid();
+    e->ts_ns = bpf_ktime_get_ns();
+    e->duration_ns = 0;
+    e->func = 0;
+    e->irq = irq;
+    e->ret = -1;
+    e->pid = id >> 32;
+    e->tid = (u32)id;
+    e->kind = kind;
+    e->kstack = kstack(ctx);
+    bpf_get_current_comm(e->comm, sizeof(e->comm));
+    s->busy = 1;
+    return e;
+}
+
+/* Exit: the stashed event of this CPU and kind, timed and sent. An exit with
+ * no entry (tracing began inside the handler) is not an event. */
+static __always_inline int finish(void *ctx, u32 kind, int irq, int ret)
+{
+    struct stash *s = stash.lookup(&kind);
+    if (!s || !s->busy || s->e.irq != irq)
+        return 0;
+    s->busy = 0;
+    s->e.duration_ns = bpf_ktime_get_ns() - s->e.ts_ns;
+    s->e.ret = ret;
+    submitted(events.perf_submit(ctx, &s->e, sizeof(s->e)));
+    return 0;
+}
+
+/* Tracepoint record fields at the offsets their format files give (TP_*_OFF,
+ * from tpformat.py): the same program is right on every kernel's layout. */
+#define TP_FIELD(ctx, type, off) (*(type *)((char *)(ctx) + (off)))
+
+#ifdef HARDIRQ_TP
+int tp_irq_entry(void *ctx)
+{
+    int irq = TP_FIELD(ctx, s32, TP_IRQ_OFF);
+    if (!irq_wanted(irq))
+        return 0;
+    struct irq_event *e = begin(IRQ_KIND_HARDIRQ, irq, ctx);
+    if (e)
+        ctx_fill(&e->ctx, CTX_HARDIRQ);
+    return 0;
+}
+
+int tp_irq_exit(void *ctx)
+{
+    int irq = TP_FIELD(ctx, s32, TP_IRQ_OFF);
+    if (!irq_wanted(irq))
+        return 0;
+    return finish(ctx, IRQ_KIND_HARDIRQ, irq, TP_FIELD(ctx, s32, TP_RET_OFF));
+}
+#endif
+
+#ifdef HARDIRQ_KP
+/* irqreturn_t handler(int irq, void *dev_id): the same shape for every driver */
+int kp_handler(struct pt_regs *ctx)
+{
+    int irq = (int)ctx->FUNC_ARG1;
+    if (!irq_wanted(irq))
+        return 0;
+    struct irq_event *e = begin(IRQ_KIND_HARDIRQ, irq, ctx);
+    if (!e)
+        return 0;
+    e->func = PT_REGS_IP(ctx);
+    ctx_fill(&e->ctx, CTX_HARDIRQ);
+    return 0;
+}
+
+int kr_handler(struct pt_regs *ctx)
+{
+    u32 kind = IRQ_KIND_HARDIRQ;
+    struct stash *s = stash.lookup(&kind);
+    if (!s || !s->busy)
+        return 0;
+    return finish(ctx, kind, s->e.irq, (int)ctx->RET_REG);
+}
+#endif
+
+#ifdef SOFTIRQ
+int tp_softirq_entry(void *ctx)
+{
+    u32 vec = TP_FIELD(ctx, u32, TP_VEC_OFF);
+    if (vec >= 32 || !((SOFTIRQ_MASK >> vec) & 1))
+        return 0;
+    struct irq_event *e = begin(IRQ_KIND_SOFTIRQ, vec, ctx);
+    if (e)
+        ctx_fill(&e->ctx, CTX_SOFTIRQ);
+    return 0;
+}
+
+int tp_softirq_exit(void *ctx)
+{
+    u32 vec = TP_FIELD(ctx, u32, TP_VEC_OFF);
+    if (vec >= 32 || !((SOFTIRQ_MASK >> vec) & 1))
+        return 0;
+    return finish(ctx, IRQ_KIND_SOFTIRQ, vec, -1);
+}
+#endif
+
+#ifdef TASKLET
+int tp_tasklet_entry(void *ctx)
+{
+    struct irq_event *e = begin(IRQ_KIND_TASKLET, -1, ctx);
+    if (!e)
+        return 0;
+#ifdef TP_FUNC_OFF
+    e->func = TP_FIELD(ctx, u64, TP_FUNC_OFF);
+#endif
+    ctx_fill(&e->ctx, CTX_SOFTIRQ);     /* tasklets run in the TASKLET/HI softirqs */
+    return 0;
+}
+
+int tp_tasklet_exit(void *ctx)
+{
+    return finish(ctx, IRQ_KIND_TASKLET, -1, -1);
+}
+#endif
+
+#ifdef TASKLET_SCHED
+/* void __tasklet_schedule(struct tasklet_struct *t): who schedules which tasklet */
+int kp_tasklet_schedule(struct pt_regs *ctx)
+{
+    struct irq_event *e = begin(IRQ_KIND_TASKLET_SCHED, -1, ctx);
+    if (!e)
+        return 0;
+    void *t = (void *)ctx->FUNC_ARG1;
+    bpf_probe_read_kernel(&e->func, sizeof(e->func), t + TASKLET_FUNC);
+    ctx_fill(&e->ctx, CTX_UNKNOWN);     /* scheduled from anywhere */
+    return finish(ctx, IRQ_KIND_TASKLET_SCHED, -1, -1);
+}
+#endif
