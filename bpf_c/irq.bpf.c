@@ -76,7 +76,8 @@ static __always_inline struct irq_event *begin(u32 kind, int irq, void *ctx)
     e->pid = id >> 32;
     e->tid = (u32)id;
     e->kind = kind;
-    e->kstack = kstack(ctx);
+    /* a kprobe stashes every call of a shared handler: a stack only for wanted lines */
+    e->kstack = (kind != IRQ_KIND_HARDIRQ || irq_wanted(irq)) ? kstack(ctx) : -1;
     bpf_get_current_comm(e->comm, sizeof(e->comm));
     s->busy = 1;
     return e;
@@ -122,13 +123,15 @@ int tp_irq_exit(void *ctx)
 #endif
 
 #ifdef HARDIRQ_KP
-/* irqreturn_t handler(int irq, void *dev_id): the same shape for every driver */
+/* irqreturn_t handler(int irq, void *dev_id): the same shape for every driver.
+ * Every call is stashed, wanted or not, and the return decides: a handler
+ * such as vring_interrupt serves many devices, and its return cannot tell
+ * which call it ends. Pairing every return with the last entry on its CPU is
+ * exact (handlers do not nest); filtering at entry would leave a return of an
+ * unwanted line to meet a wanted line's stale entry. */
 int kp_handler(struct pt_regs *ctx)
 {
-    int irq = (int)ctx->FUNC_ARG1;
-    if (!irq_wanted(irq))
-        return 0;
-    struct irq_event *e = begin(IRQ_KIND_HARDIRQ, irq, ctx);
+    struct irq_event *e = begin(IRQ_KIND_HARDIRQ, (int)ctx->FUNC_ARG1, ctx);
     if (!e)
         return 0;
     e->func = PT_REGS_IP(ctx);
@@ -142,6 +145,10 @@ int kr_handler(struct pt_regs *ctx)
     struct stash *s = stash.lookup(&kind);
     if (!s || !s->busy)
         return 0;
+    if (!irq_wanted(s->e.irq)) {
+        s->busy = 0;
+        return 0;
+    }
     return finish(ctx, kind, s->e.irq, (int)ctx->RET_REG);
 }
 #endif

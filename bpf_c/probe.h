@@ -57,8 +57,9 @@ static __always_inline u64 pair_leave(u64 id, u32 pair, u64 now)
 #define BIT(i) (1ULL << (i))
 
 /* The scratch event with its header filled, or NULL when this task is not
- * wanted (-p, -L, our own pid). */
-static __always_inline struct probe_event *probe_begin(u64 id, u32 probe)
+ * wanted (-p, -L, our own pid). `implied`: the context the attach point
+ * implies (a uprobe: a task), for when preempt_count cannot be read. */
+static __always_inline struct probe_event *probe_begin(u64 id, u32 probe, u8 implied)
 {
     u32 zero = 0;
     if (task_filtered(id))
@@ -76,7 +77,7 @@ static __always_inline struct probe_event *probe_begin(u64 id, u32 probe)
     e->pid = id >> 32;
     e->tid = (u32)id;
     e->probe = probe;
-    e->cpu = bpf_get_smp_processor_id();
+    ctx_fill(&e->ctx, implied);
     e->kstack = -1;
     e->ustack = -1;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));

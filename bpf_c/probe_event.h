@@ -4,6 +4,8 @@
 #ifndef BPFPROBES_PROBE_EVENT_H
 #define BPFPROBES_PROBE_EVENT_H
 
+#include "context.h"
+
 #ifndef PROBE_PAYLOAD_MAX
 #define PROBE_PAYLOAD_MAX 8
 #endif
@@ -19,7 +21,7 @@ struct probe_event {
     u32 pid;            /* tgid */
     u32 tid;
     u32 probe;          /* index of the probe in the plan */
-    u32 cpu;
+    struct exec_ctx ctx;        /* the CPU; with --context the preempt_count too */
     s32 kstack;         /* stack ids, or -errno; -1 when not asked for */
     s32 ustack;
     char comm[PROBE_COMM_LEN];

@@ -88,7 +88,7 @@ def ready_tool(name: str, defs: Mapping[str, object]) -> Program:
 
 
 _FILTER_BUILTINS = {"pid": ("e->pid", _TYPES["u32"]), "tid": ("e->tid", _TYPES["u32"]),
-                    "cpu": ("e->cpu", _TYPES["u32"]),
+                    "cpu": ("e->ctx.cpu", _TYPES["u32"]),
                     "latency_ns": ("e->latency_ns", _TYPES["u64"])}
 _PROBE_INCLUDES = ("#include <uapi/linux/ptrace.h>", '#include "common.h"', '#include "probe.h"')
 # Read modes of probe_read/probe_str (bpf_c/probe.h): kernel memory, user memory,
@@ -272,7 +272,8 @@ def _probe_function(probe, plan, abi: Abi) -> str:
     ctx_type = "void" if spec.kind == "tracepoint" else "struct pt_regs"
     out = [f"/* {spec.text} */", f"int {probe.fn}({ctx_type} *ctx)", "{",
            "    u64 id = bpf_get_current_pid_tgid();",
-           f"    struct probe_event *e = probe_begin(id, {probe.index});",
+           f"    struct probe_event *e = probe_begin(id, {probe.index}, "
+           f"{'CTX_TASK' if spec.is_uprobe else 'CTX_UNKNOWN'});",
            "    u64 v = 0;", "    if (!e)", "        return 0;"]
     if plan.options.comm is not None:
         out.append(f"    if (!({' && '.join(_c_bytes('e->comm', plan.options.comm, True))}))")
@@ -329,7 +330,8 @@ def probe_defines(plan) -> dict[str, object]:
     return {"PROBE_PAYLOAD_MAX": max(payload, 8),
             "PROBE_STACKS": 2048 if (o.kstack or o.ustack) else None,
             "PROBE_PAIRS": 10240 if plan.pairs else None,
-            "FILTER_PID": o.pid, "FILTER_TID": o.tid, "SKIP_PID": o.skip_pid}
+            "FILTER_PID": o.pid, "FILTER_TID": o.tid, "SKIP_PID": o.skip_pid,
+            **(o.context or {})}
 
 
 def probe_source(plan, abi: Abi) -> str:

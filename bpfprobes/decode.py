@@ -152,24 +152,36 @@ def exec_event(raw: bytes) -> dict:
     return e
 
 
-# bpf_c/probe_event.h: the header of every `bpfprobes probe` event; the payload after
-# it is laid out per probe by probelayout.py (the same computation codegen used).
-PROBE_EVENT = Layout("probe_event", (
-    ("ts_ns", "u64"), ("latency_ns", "u64"), ("ret_ip", "u64"), ("faults", "u64"),
-    ("truncated", "u64"), ("pid", "u32"), ("tid", "u32"), ("probe", "u32"), ("cpu", "u32"),
-    ("kstack", "s32"), ("ustack", "s32"), ("comm", "char[16]")), tail=("payload", 8))
-
-
-def probe_event(raw: bytes) -> dict:
-    """A probe sample -> header fields (comm as text) and the raw payload bytes."""
-    e = PROBE_EVENT.unpack(raw)
-    e["comm"] = cstr(e["comm"])
-    return e
 
 
 # bpf_c/context.h's struct exec_ctx, as it sits inside an event (tracectx.py reads it)
 EXEC_CTX = (("ctx.cpu", "u32"), ("ctx.preempt", "u32"), ("ctx.source", "u8"),
             ("ctx.implied", "u8"), ("ctx.reserved", "u16"))
+
+
+def _lift_ctx(e: dict) -> None:
+    """ctx.* fields -> e["ctx"] (for tracectx.Decoder) and e["cpu"]."""
+    e["ctx"] = {"cpu": e.pop("ctx.cpu"), "preempt": e.pop("ctx.preempt"),
+                "source": e.pop("ctx.source"), "implied": e.pop("ctx.implied")}
+    e["cpu"] = e["ctx"]["cpu"]
+    del e["ctx.reserved"]
+
+
+# bpf_c/probe_event.h: the header of every `bpfprobes probe` event; the payload after
+# it is laid out per probe by probelayout.py (the same computation codegen used).
+PROBE_EVENT = Layout("probe_event", (
+    ("ts_ns", "u64"), ("latency_ns", "u64"), ("ret_ip", "u64"), ("faults", "u64"),
+    ("truncated", "u64"), ("pid", "u32"), ("tid", "u32"), ("probe", "u32"), *EXEC_CTX,
+    ("kstack", "s32"), ("ustack", "s32"), ("comm", "char[16]")), tail=("payload", 8))
+
+
+def probe_event(raw: bytes) -> dict:
+    """A probe sample -> header fields (comm as text, the context under "ctx")
+    and the raw payload bytes."""
+    e = PROBE_EVENT.unpack(raw)
+    e["comm"] = cstr(e["comm"])
+    _lift_ctx(e)
+    return e
 
 # bpf_c/irq.h
 IRQ_EVENT = Layout("irq_event", (
@@ -182,9 +194,8 @@ IRQ_KINDS = ("hardirq", "softirq", "tasklet", "tasklet_schedule")
 def irq_event(raw: bytes) -> dict:
     """An irq sample -> event fields (texts decoded, the context under "ctx")."""
     e = IRQ_EVENT.unpack(raw)
-    e["ctx"] = {"cpu": e.pop("ctx.cpu"), "preempt": e.pop("ctx.preempt"),
-                "source": e.pop("ctx.source"), "implied": e.pop("ctx.implied")}
-    del e["ctx.reserved"], e["reserved"]
+    _lift_ctx(e)
+    del e["reserved"]
     e["comm"] = cstr(e["comm"])
     e["kind"] = IRQ_KINDS[e["kind"]] if e["kind"] < len(IRQ_KINDS) else str(e["kind"])
     return e

@@ -103,3 +103,16 @@ class JsonOutput:
 
     def flush(self) -> None:
         self.out.flush()
+
+
+class Quiet:
+    """--quiet: a sink's meta, loss, tables and summary, but no event lines."""
+
+    def __init__(self, sink: TextOutput | JsonOutput) -> None:
+        self._sink = sink
+
+    def event(self, e) -> None:
+        pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._sink, name)

@@ -16,12 +16,13 @@ from typing import Callable
 
 from tabulate import tabulate
 
-from . import errnos, probefilter
+from . import errnos, probefilter, tracectx
 from .decode import PROBE_EVENT, cstr, probe_event
 from .kallsyms import Kallsyms
 from .latency import Reservoir, human_ns
 from .probelayout import Slot, typed
 from .probeplan import Plan, Probe
+from .tracectx import Context
 from .spec import Field, Retval
 
 HEADER = PROBE_EVENT.head.size
@@ -39,6 +40,7 @@ class Event:
     kstack: list[str] | None = None
     ustack: list[str] | None = None
     stack_errors: dict = field(default_factory=dict)
+    context: Context | None = None           # --context
 
     @property
     def latency_ns(self) -> int | None:
@@ -111,8 +113,10 @@ class Decoder:
     def __init__(self, plan: Plan, kallsyms: Kallsyms,
                  stack_walk: Callable[[int], list[int]] | None = None,
                  usym: Callable[[int, int], str] | None = None,
-                 ucaller: Callable[[int, int], str] | None = None) -> None:
+                 ucaller: Callable[[int, int], str] | None = None,
+                 context: tracectx.Decoder | None = None) -> None:
         self.plan = plan
+        self.context = context
         self.kallsyms = kallsyms
         self.stack_walk = stack_walk
         self.usym = usym or (lambda addr, pid: f"0x{addr:x}")
@@ -150,6 +154,8 @@ class Decoder:
                 return None
         ev.caller = self._caller(probe, head)
         self._stacks(ev)
+        if self.context is not None:
+            ev.context = self.context(head["ctx"])
         return ev
 
     def _caller(self, probe: Probe, head: dict) -> str | None:
@@ -222,7 +228,8 @@ def ftrace_text(ev: Event) -> str:
     if ev.latency_ns is not None:
         args.append(f"latency_ns={ev.latency_ns}")
     body = " ".join(([f"({where})"] if where else []) + args)
-    lines = [f"{h['comm']:>16}-{h['tid']:<7} [{h['cpu']:03d}] {h['ts_ns'] / 1e9:12.6f}: "
+    flags = f" {ev.context.flags}" if ev.context is not None else ""
+    lines = [f"{h['comm']:>16}-{h['tid']:<7} [{h['cpu']:03d}]{flags} {h['ts_ns'] / 1e9:12.6f}: "
              f"{ev.probe.event}: {body}".rstrip()]
     for key, title in (("kstack", "<stack trace>"), ("ustack", "<user stack trace>")):
         frames = getattr(ev, key)
@@ -251,6 +258,8 @@ def json_event(ev: Event, wall: Callable[[int], float]) -> dict:
         out["caller"] = ev.caller
     if ev.probe.pair is not None:
         out["latency_ns"] = ev.latency_ns
+    if ev.context is not None:
+        out["context"] = ev.context.as_dict()
     names = {s.name: errno_of(ev.probe, s, ev.values[s.name]) for s in ev.probe.layout.slots}
     names = {k: v for k, v in names.items() if v}
     if names:

@@ -271,6 +271,7 @@ class Options:
     comm: str | None = None
     skip_pid: int | None = None
     filter: Expr | None = None
+    context: dict | None = None       # --context: tracectx.preempt_defines() (may be empty)
 
 
 @dataclass(frozen=True)

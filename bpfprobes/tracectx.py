@@ -57,7 +57,8 @@ def _data_symbol(kallsyms: Kallsyms, name: str) -> int | None:
         end = pos + len(key)
         if raw[end:end + 1] in (b"\n", b"\t"):
             line = raw[raw.rfind(b"\n", 0, pos) + 1:end].split()
-            if len(line) == 3 and line[1] in (b"d", b"D", b"b", b"B", b"r", b"R"):
+            # per-CPU variables are listed as absolute (A) offsets on x86-64
+            if len(line) == 3 and line[1] in (b"d", b"D", b"b", b"B", b"r", b"R", b"A"):
                 addr = int(line[0], 16)
                 return addr or None      # 0: addresses hidden (kptr_restrict)
         pos = raw.find(key, end)

@@ -92,6 +92,13 @@ class Tool:
                     out.append(obj)
         return out
 
+    def meta(self, timeout: float = 10.0) -> dict:
+        """The JSON meta line (with -v, "live after" on stderr may come first)."""
+        deadline = time.monotonic() + timeout
+        while not self.json("meta") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.json("meta")[0]
+
     def __enter__(self) -> "Tool":
         return self.wait_live()
 

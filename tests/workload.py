@@ -5,6 +5,8 @@ test chose, after the test says go (so a tracer can attach to its pid first).
 OP: open:PATH:FLAGS:MODE  (FLAGS like O_WRONLY|O_CREAT; MODE octal)
     openat2:PATH:FLAGS:MODE   (the raw openat2 syscall, which glibc does not wrap)
     storm:PREFIX:N            (N opens+closes of PREFIX-i that fail with ENOENT)
+    diskio:PATH:N             (N O_DIRECT 4 KiB writes to PATH, each with fsync)
+    udp:N                     (N datagrams to itself over loopback)
 Prints its pid first, then one line per op: the fd or -errno it got.
 """
 from __future__ import annotations
@@ -55,7 +57,38 @@ def do_storm(prefix: str, n: str) -> int:
     return int(n)
 
 
-OPS = {"open": do_open, "openat2": do_openat2, "storm": do_storm}
+def do_diskio(path: str, n: str) -> int:
+    """n O_DIRECT writes of 4 KiB, each followed by fsync: interrupts of the
+    disk under `path` (a file of its own, or the block device itself)."""
+    import mmap  # noqa: PLC0415
+    buf = mmap.mmap(-1, 4096)               # page-aligned, as O_DIRECT wants
+    buf.write(b"bpfprobes" * 455)
+    flags = os.O_WRONLY | os.O_DIRECT | (0 if path.startswith("/dev/") else os.O_CREAT)
+    fd = os.open(path, flags, 0o600)
+    try:
+        for i in range(int(n)):
+            os.pwrite(fd, buf, 4096 * (i % 256))
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return int(n)
+
+
+def do_udp(n: str) -> int:
+    """n datagrams to ourselves over loopback (NET_RX softirqs in this task)."""
+    import socket  # noqa: PLC0415
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    got = 0
+    for _ in range(int(n)):
+        tx.sendto(b"bpfprobes", rx.getsockname())
+        got += len(rx.recv(64)) > 0
+    return got
+
+
+OPS = {"open": do_open, "openat2": do_openat2, "storm": do_storm, "diskio": do_diskio,
+       "udp": do_udp}
 
 
 def main() -> None:

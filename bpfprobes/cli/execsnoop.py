@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from .. import __version__, codegen, policy, stream
 from ..decode import EXEC_ARG_MAX, EXEC_ARGS_MISSING, EXEC_ARGS_SIZE, exec_event
-from ..errors import KernelError, UsageError
+from ..errors import KernelError
 from ..kernel import Kernel, current
 from ..loader import Attach
 from ..output import Column, JsonOutput, TextOutput

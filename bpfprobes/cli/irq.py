@@ -23,7 +23,7 @@ from ..errors import KernelError
 from ..kernel import Kernel, current
 from ..latency import Reservoir, human_ns
 from ..loader import Attach
-from ..output import Column, JsonOutput, TextOutput
+from ..output import Column, JsonOutput, Quiet, TextOutput
 from . import common
 
 # include/linux/interrupt.h: the vectors in order, the same on every kernel since 5.x
@@ -35,6 +35,7 @@ IRQ_RETURNS = {0: "IRQ_NONE", 1: "IRQ_HANDLED", 2: "IRQ_WAKE_THREAD",
 KERNEL_FILTER_SLOTS = 16          # bpf_c/irq.bpf.c IRQ_0 .. IRQ_15
 NO_LINE = 0x7FFFFFFF              # an unused slot: no IRQ has this number
 STACK_ENTRIES = 4096
+PROG = "bpfprobes irq"
 
 EXAMPLES = """\
     bpfprobes irq                         # every hardirq handler run, timed
@@ -73,7 +74,7 @@ def _softirq_list(text: str) -> int:
 
 
 def build_parser() -> common.Parser:
-    p = common.parser("bpfprobes irq", "Trace interrupt handlers of a device, softirqs and "
+    p = common.parser(PROG, "Trace interrupt handlers of a device, softirqs and "
                       "tasklets: counts, handler time, stacks, and the context of each event.",
                       EXAMPLES)
     p.add_argument("device", nargs="?", metavar="DEVICE",
@@ -367,19 +368,6 @@ class _TextSink(TextOutput):
             self.out.write(f"        {frame}\n")
 
 
-class _QuietSink:
-    """--quiet: everything but the event lines."""
-
-    def __init__(self, sink) -> None:
-        self._sink = sink
-
-    def event(self, e) -> None:
-        pass
-
-    def __getattr__(self, name):
-        return getattr(self._sink, name)
-
-
 def run(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     common.require_root()
@@ -388,11 +376,12 @@ def run(argv: Sequence[str]) -> int:
     program, attaches = program_and_attaches(p, k, args.stack)
     if args.verbose:
         for line in p.describe():
-            print(f"irq: {line}", file=sys.stderr)
+            print(f"{PROG}: {line}", file=sys.stderr)
     events = Events(p, k, common.Clock(), args.stack)
-    sink = JsonOutput("irq") if args.json else _TextSink("irq", _columns())
-    shown = _QuietSink(sink) if args.quiet else sink
-    next_report = time.monotonic() + args.interval if args.interval else None
+    sink = JsonOutput(PROG) if args.json else \
+        _TextSink(PROG, _columns(), header=not args.quiet)
+    shown = Quiet(sink) if args.quiet else sink
+    next_report: float | None = None
 
     def report(kind: str) -> None:
         rows = events.table.as_rows()
@@ -400,11 +389,18 @@ def run(argv: Sequence[str]) -> int:
                    + (events.table.text() if rows else "(no events)"))
         events.table.reset()
 
+    def loaded(program) -> None:
+        nonlocal next_report
+        events.loaded(program)
+        if args.interval:
+            next_report = time.monotonic() + args.interval
+
     def tick() -> None:
         nonlocal next_report
-        if next_report is not None and time.monotonic() >= next_report:
+        now = time.monotonic()
+        if next_report is not None and now >= next_report:
             report("interval")
-            next_report += args.interval
+            next_report = max(next_report + args.interval, now)
 
     def at_exit() -> dict:
         # -i: the last, partial interval; --summary alone: the whole run
@@ -420,16 +416,16 @@ def run(argv: Sequence[str]) -> int:
             "handlers": p.handlers.by_irq if p.handlers else {},
             "softirqs": [n for i, n in enumerate(SOFTIRQS) if p.softirq_mask >> i & 1],
             "tasklets": p.tasklet, "tasklet_schedule": p.tasklet_schedule}
-    common.Pipeline("irq", k, program, attaches, events, shown,
+    common.Pipeline(PROG, k, program, attaches, events, shown,
                     stream.Limits(args.duration, args.max_events), meta,
                     pages=args.buffer_pages, verbose=args.verbose,
-                    cacheable=not args.stack, on_loaded=events.loaded, on_tick=tick,
+                    cacheable=not args.stack, on_loaded=loaded, on_tick=tick,
                     at_exit=at_exit).run()
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return common.main("irq", run, argv)
+    return common.main(PROG, run, argv)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ import time
 from dataclasses import replace
 from typing import Sequence
 
-from .. import __version__, codegen, features, loader, probefilter, probefmt, probelayout, \
-    probeplan, spec, stream
+from .. import __version__, btf, codegen, features, loader, probefilter, probefmt, \
+    probelayout, probeplan, spec, stream, tracectx
 from ..errors import KernelError, UsageError
 from ..kernel import Kernel, current
-from ..output import Column, JsonOutput, TextOutput
+from ..output import Column, JsonOutput, Quiet, TextOutput
 from . import common
 
 EXAMPLES = """\
@@ -27,6 +27,7 @@ EXAMPLES = """\
   bpfprobes probe -U 'r:/usr/bin/bash:readline line=+0($retval):string'
   bpfprobes probe 't:syscalls:sys_enter_openat filename:string' --filter 'filename ~ "/etc/*"'
   bpfprobes probe --json 't:sched:sched_process_exec filename pid'
+  bpfprobes probe --context 'p:vring_interrupt irq=$arg1:s32'      # hardirq? preempt depth?
   bpfprobes probe --dry-run 'p:do_sys_openat2 file=+0(%si):string'   # show C, attach nothing
   kprobe 'p:myopen do_sys_openat2 file=+0(%si):string' 'file ~ "/etc/*"'  # perf-tools style
 
@@ -58,6 +59,10 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--summary", action="store_true",
                    help="at exit, a table per probe: count, latency p50/p90/p99/max")
     p.add_argument("-q", "--quiet", action="store_true", help="print no events (use with --summary)")
+    p.add_argument("--context", action="store_true",
+                   help="the context of each event: hardirq/softirq/NMI, bottom halves off, "
+                        "need-resched, preempt depth (ftrace's d.h1 columns; read from the "
+                        "CPU's preempt_count where kallsyms shows it)")
     p.add_argument("--string-size", type=common.count_arg, metavar="BYTES",
                    default=probelayout.DEFAULT_STRING_SIZE,
                    help=f"bytes kept of each string (default {probelayout.DEFAULT_STRING_SIZE})")
@@ -212,19 +217,6 @@ def _mechanisms(k: Kernel, plan: probeplan.Plan) -> list[dict]:
             for p in plan.probes]
 
 
-class _Quiet:
-    """A sink that shows no events (--quiet) but keeps meta, loss and summary."""
-
-    def __init__(self, sink) -> None:
-        self._sink = sink
-
-    def event(self, e) -> None:
-        pass
-
-    def __getattr__(self, name):
-        return getattr(self._sink, name)
-
-
 def _usym(loaded: loader.Loaded, module: bool = True):
     def usym(addr: int, pid: int) -> str:
         name = loaded.bpf.sym(addr, pid, show_module=module, show_offset=True)
@@ -239,7 +231,7 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach], args,
     sink = JsonOutput(prog) if args.json else \
         TextOutput(prog, [Column(probefmt.FTRACE_HEADER, 0, lambda text: text)],
                    header=args.header)
-    shown = _Quiet(sink) if args.quiet else sink
+    shown = Quiet(sink) if args.quiet else sink
     stats = probefmt.Stats(plan)
     notes: list[str] = []
     started = time.monotonic()
@@ -252,7 +244,8 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach], args,
         stacks = plan.options.kstack or plan.options.ustack
         decoder = probefmt.Decoder(plan, k.kallsyms,
                                    (lambda sid: loaded["stacks"].walk(sid)) if stacks else None,
-                                   _usym(loaded), _usym(loaded, module=False))
+                                   _usym(loaded), _usym(loaded, module=False),
+                                   tracectx.Decoder(k.abi.name) if args.context else None)
         render = (lambda ev: probefmt.json_event(ev, clock.wall)) if args.json else \
             probefmt.ftrace_text
 
@@ -312,6 +305,14 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach], args,
     return summary
 
 
+def _context_defines(k: Kernel) -> dict:
+    try:
+        b = btf.Btf.load()
+    except btf.BtfError:
+        b = None
+    return tracectx.preempt_defines(k.kallsyms, b)
+
+
 def _plan(k: Kernel, texts: list[str], filter_text: str | None, args) -> tuple:
     specs = spec.parse_all(texts, k.abi)
     expr = probefilter.parse(filter_text) if filter_text else None
@@ -323,7 +324,8 @@ def _plan(k: Kernel, texts: list[str], filter_text: str | None, args) -> tuple:
     facts = probeplan.resolve(specs, k, dry_run=args.dry_run)
     options = probeplan.Options(string_size=args.string_size, kstack=args.stack,
                                 ustack=args.user_stack, latency=args.latency, pid=args.pid,
-                                tid=args.tid, comm=args.comm, skip_pid=os.getpid(), filter=expr)
+                                tid=args.tid, comm=args.comm, skip_pid=os.getpid(), filter=expr,
+                                context=_context_defines(k) if args.context else None)
     plan = probeplan.assemble(facts, options, k.abi)
     return plan, attachments(k, plan)
 

@@ -44,6 +44,15 @@ CASES = [
     (["probe", "--filter", "x <<< 1", "t:syscalls:sys_enter_openat"], 2, "expected a value"),
     (["probe", "p:no_such_function_zz"], 1,
      "no_such_function_zz" if KPROBES_HERE else "kprobes are not available in this kernel"),
+    (["irq", "no_such_dev0"], 2, "'no_such_dev0' is neither a network interface nor a block"),
+    (["irq", "lo"], 2, "lo (no driver) has no IRQ lines of its own"),
+    (["irq", "--irq", "99999"], 2, "IRQ 99999 is not in /proc/interrupts"),
+    (["irq", "--irq", "x"], 2, "an IRQ number must be a whole number"),
+    (["irq", "--name", "no_such_line*"], 2, "no IRQ line named like 'no_such_line*'"),
+    (["irq", "--softirq", "NET_XX"], 2, "unknown softirq 'NET_XX'"),
+    (["irq", "-i", "0"], 2, "a duration must be positive"),
+    *([] if KPROBES_HERE else [(["irq", "--tasklet-schedule"], 1,
+                                "--tasklet-schedule needs kprobes")]),
     (["doctor", "--frobnicate"], 2, "unrecognized arguments"),
     (["nosuchtool"], 2, "unknown tool 'nosuchtool'"),
 ]
@@ -66,7 +75,7 @@ def check(r: subprocess.CompletedProcess, status: int, words: str, tool: str) ->
 
 
 def tool_name(args: list[str]) -> str:
-    return {"probe": "bpfprobes probe", "doctor": "bpfprobes doctor"}.get(
+    return {"probe": "bpfprobes probe", "doctor": "bpfprobes doctor", "irq": "bpfprobes irq"}.get(
         args[0], args[0] if args[0] in ("opensnoop", "execsnoop") else "bpfprobes")
 
 
@@ -77,14 +86,14 @@ def test_bad_value(args, status, words):
     assert set(loaded_bpf_programs()) <= before
 
 
-@pytest.mark.parametrize("tool", ["opensnoop", "execsnoop", "probe"])
+@pytest.mark.parametrize("tool", ["opensnoop", "execsnoop", "probe", "irq"])
 def test_not_root(tool):
     args = [tool] + (["t:syscalls:sys_enter_openat"] if tool == "probe" else [])
     r = run(args, user=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
     check(r, 1, "must be run as root", tool_name(args))
 
 
-@pytest.mark.parametrize("tool", ["opensnoop", "execsnoop", "probe"])
+@pytest.mark.parametrize("tool", ["opensnoop", "execsnoop", "probe", "irq"])
 def test_missing_bcc(tool, tmp_path):
     """A `bcc` first on the path that fails to import: as on a machine without python3-bpfcc."""
     (tmp_path / "bcc").mkdir()
@@ -94,7 +103,7 @@ def test_missing_bcc(tool, tmp_path):
     check(r, 1, "BCC's Python module is not importable", tool_name(args))
 
 
-@pytest.mark.parametrize("tool", ["opensnoop", "execsnoop", "probe"])
+@pytest.mark.parametrize("tool", ["opensnoop", "execsnoop", "probe", "irq"])
 def test_missing_headers(tool):
     args = [tool] + (["t:syscalls:sys_enter_openat"] if tool == "probe" else [])
     r = run(args, env={"BPFPROBES_KERNEL_HEADERS": "/nonexistent/headers",

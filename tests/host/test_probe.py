@@ -212,6 +212,26 @@ def test_tracepoint_with_format_fields(target_bin):
     assert "where" not in enters[0]
 
 
+def test_context_of_a_uprobe_and_a_tracepoint(target_bin):
+    """--context: a uprobe fires in the task (user mode), whatever else is known;
+    a tracepoint's context is shown as unknown here, where kallsyms hides the
+    per-CPU preempt_count (no CONFIG_KALLSYMS_ALL): never guessed."""
+    b = target_bin
+    tool, (t,) = traced(b, "--json", "--context", f"p:{b}:echo",
+                        "t:syscalls:sys_enter_getppid", pid_filter=True, iterations=2)
+    ups = mine(tool, t, "echo")
+    assert len(ups) == 4
+    for e in ups:
+        c = e["context"]
+        assert c["context"] == "task" and c["cpu"] == e["cpu"]
+        assert c["source"] in ("implied", "preempt_count")
+    text_tool, (t2,) = traced(b, "-H", "--context", f"p:{b}:echo", pid_filter=True,
+                              iterations=1)
+    lines = [ln for ln in text_tool.lines if "echo:" in ln]
+    assert len(lines) == 2 and all(re.search(r"\[\d{3}\] [dDbX.?][n.?][.hHsz?][.0-9a-f?] ", ln)
+                                   for ln in lines), lines
+
+
 def test_nothing_left_behind(target_bin):
     tool, _ = traced(target_bin, "--json", f"r:{target_bin}:echo ret=$retval", iterations=1)
     assert f"_bcc_{tool.proc.pid}" not in dynamic_events()

@@ -370,7 +370,7 @@ KSYMS = Kallsyms(text=b"ffffffff81000000 T _stext\n"
 
 def raw_event(probe: int, payload: bytes, **head) -> bytes:
     h = decode.PROBE_EVENT.ctype()
-    values = {"ts_ns": 1_500_000_000, "pid": 42, "tid": 43, "cpu": 1, "kstack": -1,
+    values = {"ts_ns": 1_500_000_000, "pid": 42, "tid": 43, "ctx.cpu": 1, "kstack": -1,
               "ustack": -1, "comm": b"cat", **head}
     for k, v in values.items():
         setattr(h, k, v)
@@ -470,9 +470,14 @@ def test_errno_names():
 
 def test_header_mirror_matches_probe_event_h():
     text = (codegen.c_dir() / "probe_event.h").read_text()
-    names = re.findall(r"^\s+\w+ (\w+)(?:\[\w+\])?;", text, re.M)
-    assert names == [n for n, _ in decode.PROBE_EVENT.fields] + ["payload"]
-    assert ctypes.sizeof(decode.PROBE_EVENT.ctype) == 88 and decode.PROBE_EVENT.head.size == 80
+    names = re.findall(r"^\s+(?:struct )?\w+ (\w+)(?:\[\w+\])?;", text, re.M)
+    expected = []                      # the ctx.* fields are one struct exec_ctx in C
+    for n, _ in decode.PROBE_EVENT.fields:
+        n = n.split(".")[0]
+        if n not in expected:
+            expected.append(n)
+    assert names == expected + ["payload"]
+    assert ctypes.sizeof(decode.PROBE_EVENT.ctype) == 96 and decode.PROBE_EVENT.head.size == 88
 
 
 # ---------------------------------------------------------------- the kprobe_events line

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -78,12 +79,22 @@ def _run_once(argv: list[str], env: dict, timeout: float, echo: bool) -> tuple[i
     return proc.returncode, "".join(lines)
 
 
+def _scratch_disk_opts() -> str:
+    """A sparse 64 MiB virtio-blk disk (vda in the VM): the irq tests need a real
+    virtio block device whose interrupts they can cause."""
+    img = Path(tempfile.gettempdir()) / "bpfprobes-vm-vda.img"
+    with open(img, "wb") as f:
+        f.truncate(64 << 20)
+    return (f"-drive file={img},if=none,id=scratch,format=raw,cache=none "
+            f"-device virtio-blk-pci,drive=scratch")
+
+
 def run_in_vm(cmd: str, rwdirs: list[str] = (), timeout: float = 3000,
               echo: bool = True) -> tuple[int, str]:
     """Run `cmd` as root in the VM from the current directory; (its status, its output)."""
     script = f"cd {os.getcwd()} && {{ {cmd} ; }}; echo {RC_MARK}$?"
     argv = [vng(), "--run", str(kernel_image()), "--disable-kvm", "--force-9p",
-            "--cpus", "2", "--memory", "3G"]
+            "--cpus", "2", "--memory", "3G", "--qemu-opts=" + _scratch_disk_opts()]
     for d in rwdirs:
         argv += ["--rwdir", d]
     argv += ["--exec", script]

@@ -28,7 +28,8 @@ def run(tmp_path_factory):
     created = str(d / unique("created"))
     missing = str(ROOT / f".{unique('missing')}")        # on the 9p root: a lookup goes out
     w = Workload(COMM, f"open:{created}:O_WRONLY|O_CREAT:0640", f"open:{missing}:O_RDONLY:")
-    t = Tool("probe", "--json", "--verbose", "-s", "--summary", "-p", str(w.pid), *SPECS,
+    t = Tool("probe", "--json", "--verbose", "-s", "--summary", "--context", "-p", str(w.pid),
+             *SPECS,
              live_timeout=600).wait_live()
     during = dynamic_events()
     results = w.go()
@@ -83,6 +84,18 @@ def test_kernel_stack_has_the_syscall_path(run):
     frames = " ".join(entry["kstack"])
     assert "do_syscall_64" in frames and re.search(r"__\w+_sys_open", frames), entry["kstack"]
     assert "trampoline" not in frames
+
+
+def test_context_read_from_preempt_count(run):
+    """--context: Debian's kernel lists per-CPU symbols, so the probe reads the
+    CPU's preempt_count: a syscall's kprobe runs in the task, bottom halves on."""
+    opens = of(run, "do_sys_openat2", file=run["created"])
+    assert opens
+    for e in opens:
+        c = e["context"]
+        assert (c["source"], c["context"], c["bh_off"], c["cpu"]) == \
+            ("preempt_count", "task", False, e["cpu"]), c
+        assert c["preempt"] is not None and c["flags"][2] == "."
 
 
 def test_module_function_and_its_return(run):

@@ -1,0 +1,181 @@
+"""bpfprobes irq on this machine (no kprobes here: the irq tracepoints).
+
+Device resolution is checked against sysfs; interrupt counts against the
+kernel's own /proc/interrupts over the same window, while the test causes
+the interrupts itself (O_DIRECT writes with fsync). No packet leaves the
+machine: the softirq test talks to itself over loopback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from tooling import Tool, Workload, loaded_bpf_programs, run_tool, settle, unique
+
+from bpfprobes import interrupts
+
+SYS = Path("/sys")
+
+
+def sysfs_irqs(dev: Path) -> tuple[list[int], str]:
+    """MSI vectors of the nearest device at or above `dev` that has them (sysfs only)."""
+    for d in (dev.resolve(), *dev.resolve().parents):
+        msi = d / "msi_irqs"
+        if msi.is_dir() and any(msi.iterdir()):
+            return sorted(int(p.name) for p in msi.iterdir()), d.name
+    raise AssertionError(f"no MSI vectors above {dev}")
+
+
+def disk_of(path: Path) -> str:
+    """The whole-disk block device that holds `path`."""
+    st = os.stat(path)
+    node = (SYS / "dev" / "block" / f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}").resolve()
+    if (node / "partition").exists():
+        node = node.parent
+    assert (node / "device").exists(), f"{path} is not on a real disk ({node})"
+    return node.name
+
+
+def proc_counts(irqs: list[int]) -> dict[int, int]:
+    lines = interrupts.read_lines()
+    return {n: lines[n].total for n in irqs}
+
+
+def test_eth0_resolves_through_pyroute2_like_sysfs():
+    """eth0 -> driver, bus address and IRQ lines, as sysfs has them."""
+    dev = SYS / "class" / "net" / "eth0" / "device"
+    assert dev.exists(), "this machine has no eth0 with a device"
+    driver = Path(os.readlink(dev / "driver")).name
+    irqs, bus = sysfs_irqs(dev)
+    r = run_tool("irq", "eth0", "-v", "--json", "-d", "0.3")
+    assert r.returncode == 0, r.stderr
+    meta = [line for line in r.stdout.splitlines() if '"type":"meta"' in line]
+    m = json.loads(meta[0])["device"]
+    assert (m["kind"], m["driver"], m["bus_info"], m["irqs"]) == ("net", driver, bus, irqs)
+    # how it was found: netlink and the ethtool ioctl (pyroute2), then sysfs
+    assert "bpfprobes irq: netlink: eth0 is link" in r.stderr
+    assert f"bpfprobes irq: ethtool: driver {driver}, bus-info {bus}" in r.stderr
+    assert f"bpfprobes irq: sysfs: {bus} has IRQs {', '.join(map(str, irqs))}" in r.stderr
+    names = interrupts.read_lines()
+    for n in irqs:                         # and a handler for each virtio vector
+        assert f"bpfprobes irq: IRQ {n} ({names[n].name}): handler " in r.stderr
+
+
+def test_disk_interrupts_equal_the_proc_interrupts_delta(tmp_path):
+    """Every interrupt of the disk in a window, counted by the tool, equals what
+    /proc/interrupts says for those lines over the same window (±2 at the edges)."""
+    work = Path("/var/tmp") / unique("irqdisk")
+    work.mkdir()
+    try:
+        disk = disk_of(work)
+        w = Workload(unique("bpfp-dio")[:15], f"diskio:{work / 'data'}:300")
+        with Tool("irq", disk, "--json") as t:
+            meta = t.meta()
+            irqs = meta["device"]["irqs"]
+            assert irqs and meta["attach"] == "tracepoint"
+            settle(0.3)
+            t0, before = time.time(), proc_counts(irqs)
+            assert w.go() == [300]
+            after, t1 = proc_counts(irqs), time.time()
+            settle(0.5)
+        events = [e for e in t.json() if t0 <= e["ts"] <= t1]
+        caused = sum(after[n] - before[n] for n in irqs)
+        assert caused >= 300, (before, after)        # every write and fsync was waited for
+        for n in irqs:
+            seen = sum(1 for e in events if e["irq"] == n)
+            assert abs(seen - (after[n] - before[n])) <= 2, (n, seen, before[n], after[n])
+        for e in events:
+            assert e["kind"] == "hardirq" and e["ret"] == "IRQ_HANDLED"
+            assert 0 < e["duration_ns"] < 50_000_000
+            assert e["context"]["context"] == "hardirq" and e["context"]["irqs_off"] is True
+            assert e["name"] == interrupts.read_lines()[e["irq"]].name
+    finally:
+        for p in work.iterdir():
+            p.unlink()
+        work.rmdir()
+
+
+def test_summary_table_per_irq_and_cpu(tmp_path):
+    """--summary: one row per (IRQ, CPU) with the counts of the events themselves."""
+    work = Path("/var/tmp") / unique("irqsum")
+    work.mkdir()
+    try:
+        w = Workload("bpfp-sum", f"diskio:{work / 'data'}:100")
+        with Tool("irq", disk_of(work), "--json", "--summary") as t:
+            w.go()
+            settle(0.5)
+        events = t.json()
+        rows = t.json("summary")[0]["rows"]
+        assert rows and sum(r["count"] for r in rows) == len(events) >= 100
+        for r in rows:
+            mine = [e for e in events if e["irq"] == int(r["what"]) and e["cpu"] == r["cpu"]]
+            assert r["count"] == len(mine)
+            assert r["max_ns"] == max(e["duration_ns"] for e in mine)
+            assert r["p50_ns"] <= r["p99_ns"] <= r["max_ns"]
+        assert t.json("summary")[-1]["events"] == len(events)
+    finally:
+        for p in work.iterdir():
+            p.unlink()
+        work.rmdir()
+
+
+def test_interval_tables_and_quiet():
+    """-i: a table every interval (JSON: one "interval" line each); -q: no event lines."""
+    r = run_tool("irq", "--json", "-q", "-i", "0.4", "-d", "1.3")
+    assert r.returncode == 0, r.stderr
+    kinds = [json.loads(line)["type"] for line in r.stdout.splitlines()]
+    assert kinds[0] == "meta" and kinds[-1] == "summary" and "event" not in kinds
+    assert 3 <= kinds.count("interval") <= 5
+
+
+def test_softirq_net_rx_in_the_task_that_sent_the_packets():
+    """Loopback datagrams raise NET_RX, run when the sender re-enables bottom
+    halves: in its own context, so the interrupted task is the sender."""
+    comm = unique("bpfp-udp")[:15]
+    w = Workload(comm, "udp:50")
+    with Tool("irq", "--softirq", "NET_RX", "--json") as t:
+        assert w.go() == [50]
+        settle()
+    mine = [e for e in t.json() if e["pid"] == w.pid]
+    assert mine, "no NET_RX softirq in the sending task"
+    for e in mine:
+        assert (e["kind"], e["name"], e["irq"], e["comm"]) == ("softirq", "NET_RX", 3, comm)
+        assert e["context"]["context"] == "softirq" and e["duration_ns"] > 0
+    assert all(e["name"] == "NET_RX" for e in t.json())     # no other vector leaks in
+    assert len(mine) <= 50
+
+
+def test_tasklet_mode_attaches_and_detaches():
+    """Tasklets: nothing here schedules them on demand, so this checks the mode
+    attaches its two tracepoints, reports, and leaves nothing behind."""
+    before = set(loaded_bpf_programs())
+    r = run_tool("irq", "--tasklet", "--json", "-d", "0.5")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads(r.stdout.splitlines()[0])
+    assert meta["tasklets"] is True
+    assert meta["probes"] == ["tracepoint irq:tasklet_entry", "tracepoint irq:tasklet_exit"]
+    assert json.loads(r.stdout.splitlines()[-1])["reason"] == "duration"
+    assert set(loaded_bpf_programs()) <= before
+
+
+def test_text_output_and_stop_on_signal(tmp_path):
+    work = Path("/var/tmp") / unique("irqtext")
+    work.mkdir()
+    try:
+        w = Workload("bpfp-text", f"diskio:{work / 'data'}:20")
+        with Tool("irq", disk_of(work)) as t:
+            w.go()
+            settle(0.5)
+            rc = t.stop()
+        assert rc == 0
+        assert t.lines[0].split() == ["TIME", "CPU", "CTX", "IRQ", "NAME", "HANDLER",
+                                      "TIME(us)", "RET", "INTERRUPTED"]
+        rows = [ln for ln in t.lines[1:] if ln.strip()]
+        assert len(rows) >= 20 and all("IRQ_HANDLED" in ln for ln in rows)
+        assert "bpfprobes irq: " in t.stderr and "stopped by signal:SIGINT" in t.stderr
+    finally:
+        for p in work.iterdir():
+            p.unlink()
+        work.rmdir()
