@@ -5,11 +5,12 @@ kprobed with a kernel stack per event, while the test writes to the disk
 with O_DIRECT and fsync. One tracer, one BCC compile (~35 s emulated)."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
-from tooling import IN_VM, Tool, Workload, settle
+from tooling import IN_VM, Tool, Workload, dynamic_events, loaded_bpf_programs, run_tool, settle
 
 from bpfprobes import interrupts
 
@@ -64,3 +65,21 @@ def test_counts_equal_the_proc_interrupts_delta(run):
         seen = sum(1 for e in run["events"] if e["irq"] == n and t0 <= e["ts"] <= t1)
         outside = sum(1 for e in run["events"] if e["irq"] == n and not t0 <= e["ts"] <= t1)
         assert delta - 2 <= seen <= delta + 2, (n, seen, delta, outside)
+
+
+def test_tasklet_schedule_kprobe_attaches_and_leaves_nothing():
+    """--tasklet-schedule: a kprobe on __tasklet_schedule reading tasklet_struct.func
+    at its BTF offset. Nothing in this VM schedules tasklets on demand, so this
+    checks the program compiles, attaches, reports and detaches cleanly."""
+    if not IN_VM:
+        return
+    before = set(loaded_bpf_programs())
+    r = run_tool("irq", "--tasklet-schedule", "-s", "--json", "-d", "1", timeout=600)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert lines[0]["probes"] == ["kprobe __tasklet_schedule"] and lines[0]["tasklet_schedule"]
+    assert lines[-1]["type"] == "summary" and lines[-1]["reason"] == "duration"
+    for e in lines[1:-1]:
+        assert e["kind"] == "tasklet_schedule" and e["handler"] and e["stack"]
+    assert set(loaded_bpf_programs()) <= before
+    assert "__tasklet_schedule" not in dynamic_events()
