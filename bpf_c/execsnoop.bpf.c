@@ -145,6 +145,10 @@ static __always_inline int leave(void *ctx, long ret)
         return 0;
     }
 #endif
+    if (throttle()) {
+        inflight.delete(&key);
+        return 0;
+    }
     struct exec_event *e = &s->e;
     e->ts_ns = bpf_ktime_get_ns();
     e->ret = ret;

@@ -91,6 +91,8 @@ static __always_inline int finish(void *ctx, u32 kind, int irq, int ret)
     if (!s || !s->busy || s->e.irq != irq)
         return 0;
     s->busy = 0;
+    if (throttle())
+        return 0;
     s->e.duration_ns = bpf_ktime_get_ns() - s->e.ts_ns;
     s->e.ret = ret;
     submitted(events.perf_submit(ctx, &s->e, sizeof(s->e)));

@@ -61,6 +61,8 @@ static __always_inline int emit(void *ctx, u64 id, long ret, const struct open_a
     if (ret >= 0)
         return 0;
 #endif
+    if (throttle())
+        return 0;
     u32 zero = 0;
     struct open_event *e = scratch.lookup(&zero);
     if (!e)

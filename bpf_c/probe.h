@@ -164,6 +164,8 @@ static __always_inline void probe_stacks(void *ctx, struct probe_event *e, int k
 
 static __always_inline void probe_submit(void *ctx, struct probe_event *e, u64 size)
 {
+    if (throttle())
+        return;
     submitted(events.perf_submit(ctx, e, bounded(size, sizeof(*e))));
 }
 

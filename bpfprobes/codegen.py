@@ -331,7 +331,7 @@ def probe_defines(plan) -> dict[str, object]:
             "PROBE_STACKS": 2048 if (o.kstack or o.ustack) else None,
             "PROBE_PAIRS": 10240 if plan.pairs else None,
             "FILTER_PID": o.pid, "FILTER_TID": o.tid, "SKIP_PID": o.skip_pid,
-            **(o.context or {})}
+            **(o.context or {}), **(o.rate_limit or {})}
 
 
 def probe_source(plan, abi: Abi) -> str:

@@ -55,6 +55,12 @@ class TextOutput:
         self.err.write(f"{self.tool}: lost {count} events ({total} in all)\n")
         self.err.flush()
 
+    def throttled(self, count: int, total: int) -> None:
+        self.out.flush()
+        self.err.write(f"{self.tool}: throttled {count} events over --rate-limit "
+                       f"({total} in all)\n")
+        self.err.flush()
+
     def summary(self, s: dict) -> None:
         self.out.flush()
         extra = "".join(f", {k} {v}" for k, v in s.items()
@@ -92,6 +98,9 @@ class JsonOutput:
 
     def lost(self, count: int, total: int) -> None:
         self._line({"type": "lost", "count": count, "total": total})
+
+    def throttled(self, count: int, total: int) -> None:
+        self._line({"type": "throttled", "count": count, "total": total})
 
     def table(self, kind: str, rows: list[dict], text: str) -> None:
         """A table of figures as one line: {"type": kind, "rows": [...]}."""

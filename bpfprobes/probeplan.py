@@ -272,6 +272,7 @@ class Options:
     skip_pid: int | None = None
     filter: Expr | None = None
     context: dict | None = None       # --context: tracectx.preempt_defines() (may be empty)
+    rate_limit: dict | None = None    # --rate-limit: bpf_c/common.h RATE_* defines
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,8 @@ def _compile_in_child(program: Program, headers: Headers,
 # Only 32-bit values that stay positive as a sign-extended immediate qualify.
 RUNTIME_DEFINES = {"SKIP_PID": 0x5EED0001, "FILTER_PID": 0x5EED0002, "FILTER_TID": 0x5EED0003,
                    "FILTER_UID": 0x5EED0004,
-                   **{f"IRQ_{n}": 0x5EED0100 + n for n in range(16)}}   # irq's line slots
+                   **{f"IRQ_{n}": 0x5EED0100 + n for n in range(16)},   # irq's line slots
+                   "RATE_LIMIT": 0x5EED0200}
 
 
 def split_runtime(program: Program) -> tuple[Program, dict[str, int]]:

@@ -43,6 +43,7 @@ class Summary:
     reason: str = "running"            # signal:SIGINT | duration | max-events | output-closed
     elapsed: float = 0.0
     extra: dict = field(default_factory=dict)
+    throttled: int = 0                 # over --rate-limit, not sent (reported, never silent)
 
 
 def output_defines(pages: int) -> dict[str, object]:
@@ -53,6 +54,9 @@ def output_defines(pages: int) -> dict[str, object]:
         return {}
     total = pages * len(perfring.cpus("possible"))
     return {"OUTPUT_RINGBUF": True, "RINGBUF_PAGES": 1 << (total - 1).bit_length()}
+
+
+THROTTLED_MAP = "throttled"       # bpf_c/common.h, with --rate-limit
 
 
 class PerfBuffer:
@@ -75,6 +79,7 @@ class PerfBuffer:
         self._rings: perfring.PerfRings | perfring.RingBuffer | None = None
         self._bcc_lost = 0
         self.skipped = 0                       # left unread at a stop (finish), counted lost
+        self._throttled_map: str | None = None     # "" once known absent
 
     @property
     def perf_lost(self) -> int:
@@ -119,17 +124,30 @@ class PerfBuffer:
         else:
             self._loaded.bpf.perf_buffer_consume()
 
-    def kernel_drops(self) -> int:
-        """The BPF program's count of samples that did not reach a ring (common.h)."""
-        if not self._drops_map:
-            return 0
-        table = self._loaded[self._drops_map]
+    def _per_cpu_total(self, name: str) -> int:
+        """The sum over CPUs of a one-slot per-CPU u64 counter of the program."""
+        table = self._loaded[name]
         if not self.direct:
             per_cpu = table[table.Key(0)]
             return sum(per_cpu[i] for i in range(len(per_cpu)))
         ncpu = self._ncpu = getattr(self, "_ncpu", 0) or len(perfring.cpus("possible"))
         raw = perfring.map_lookup(table.map_fd, b"\0" * 4, 8 * ncpu)
         return sum(struct.unpack(f"<{ncpu}Q", raw)) if raw else 0
+
+    def kernel_drops(self) -> int:
+        """The BPF program's count of samples that did not reach a ring (common.h)."""
+        return self._per_cpu_total(self._drops_map) if self._drops_map else 0
+
+    @property
+    def throttled(self) -> int:
+        """Events over --rate-limit, not sent (common.h `throttled`); 0 without a limit."""
+        if self._throttled_map is None:
+            try:
+                self._loaded[THROTTLED_MAP]
+                self._throttled_map = THROTTLED_MAP
+            except KeyError:
+                self._throttled_map = ""
+        return self._per_cpu_total(self._throttled_map) if self._throttled_map else 0
 
     @property
     def lost(self) -> int:
@@ -229,23 +247,34 @@ def catch_signals() -> _Signals:
 
 def run(transport: PerfBuffer, gate: Gate, limits: Limits,
         on_lost: Callable[[int, int], None], on_tick: Callable[[], None] | None = None,
-        poll_ms: int = POLL_MS, signals: _Signals | None = None) -> Summary:
+        poll_ms: int = POLL_MS, signals: _Signals | None = None,
+        on_throttled: Callable[[int, int], None] | None = None) -> Summary:
     """Poll an opened transport until a signal, the duration or the event limit.
 
     New loss is reported as it grows (`on_lost(delta, total)`), then once more
-    after the final drain so that nothing counted is left unsaid. `signals`: an
-    entered catch_signals() to use instead of catching them here.
+    after the final drain so that nothing counted is left unsaid; events over
+    --rate-limit likewise (`on_throttled`), at most once a second. `signals`:
+    an entered catch_signals() to use instead of catching them here.
     """
     start = time.monotonic()
     deadline = start + limits.duration if limits.duration is not None else None
     reported = 0
+    throttled = [0, start]              # reported so far, when last said
 
-    def report_loss() -> None:
+    def report_loss(final: bool = False) -> None:
         nonlocal reported
         lost = transport.lost
         if lost > reported:
             on_lost(lost - reported, lost)
             reported = lost
+        if on_throttled is None:
+            return
+        now = time.monotonic()
+        if final or now - throttled[1] >= 1.0:
+            total = getattr(transport, "throttled", 0)
+            if total > throttled[0]:
+                on_throttled(total - throttled[0], total)
+                throttled[:] = [total, now]
 
     with contextlib.nullcontext(signals) if signals is not None else _Signals() as sig:
         while not gate.stop:
@@ -261,6 +290,6 @@ def run(transport: PerfBuffer, gate: Gate, limits: Limits,
             elif deadline is not None and time.monotonic() >= deadline:
                 gate.stop = gate.stop or "duration"
         getattr(transport, "finish", transport.drain)()    # bounded, the rest counted lost
-        report_loss()
+        report_loss(final=True)
     return Summary(events=gate.events, lost=reported, reason=gate.stop,
-                   elapsed=time.monotonic() - start)
+                   elapsed=time.monotonic() - start, throttled=throttled[0])

@@ -7,6 +7,7 @@ OP: open:PATH:FLAGS:MODE  (FLAGS like O_WRONLY|O_CREAT; MODE octal)
     storm:PREFIX:N            (N opens+closes of PREFIX-i that fail with ENOENT)
     diskio:PATH:N             (N O_DIRECT 4 KiB writes to PATH, each with fsync)
     udp:N                     (N datagrams to itself over loopback)
+    paced:PREFIX:K:SECONDS    (K opens of PREFIX-i every 0.1 s for SECONDS)
 Prints its pid first, then one line per op: the fd or -errno it got.
 """
 from __future__ import annotations
@@ -87,8 +88,23 @@ def do_udp(n: str) -> int:
     return got
 
 
+def do_paced(prefix: str, per_tick: str, seconds: str) -> int:
+    """per_tick failing opens every 0.1 s for `seconds`: a steady rate."""
+    import time  # noqa: PLC0415
+    t0, i = time.monotonic(), 0
+    while time.monotonic() - t0 < float(seconds):
+        for _ in range(int(per_tick)):
+            try:
+                os.close(os.open(f"{prefix}-{i}", os.O_RDONLY))
+            except FileNotFoundError:
+                pass
+            i += 1
+        time.sleep(0.1)
+    return i
+
+
 OPS = {"open": do_open, "openat2": do_openat2, "storm": do_storm, "diskio": do_diskio,
-       "udp": do_udp}
+       "udp": do_udp, "paced": do_paced}
 
 
 def main() -> None:

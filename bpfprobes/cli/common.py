@@ -61,6 +61,43 @@ def pages_arg(text: str) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    per_second: int
+    per_cpu: bool
+
+    def defines(self) -> dict[str, object]:
+        """bpf_c/common.h RATE_LIMIT / RATE_PER_CPU."""
+        return {"RATE_LIMIT": self.per_second, "RATE_PER_CPU": self.per_cpu}
+
+    def meta(self) -> dict:
+        return {"per_second": self.per_second, "per_cpu": self.per_cpu}
+
+
+def rate_arg(text: str) -> RateLimit:
+    """'500' (all CPUs together) or '500/cpu' (each CPU)."""
+    number, slash, scope = text.partition("/")
+    if slash and scope != "cpu":
+        raise argparse.ArgumentTypeError(f"--rate-limit takes N or N/cpu, not {text!r}")
+    value = _int_type(1, "--rate-limit")(number)
+    if value >= 2**31:
+        raise argparse.ArgumentTypeError(f"--rate-limit must be below 2^31, not {value}")
+    return RateLimit(value, bool(slash))
+
+
+def apply_rate_limit(limit: RateLimit | None, defs: dict, meta: dict) -> None:
+    """--rate-limit into a program's defines and the run's metadata."""
+    if limit is not None:
+        defs.update(limit.defines())
+        meta["rate_limit"] = limit.meta()
+
+
+def add_rate_limit_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rate-limit", type=rate_arg, metavar="N[/cpu]",
+                   help="send at most N events a second (all CPUs, or each with /cpu), "
+                        "dropped in the kernel above that and reported as throttled")
+
+
 def add_session_options(p: argparse.ArgumentParser) -> None:
     """Options every tracing tool has: bounds, output, transport, verbosity."""
     p.add_argument("-d", "--duration", type=seconds_arg, metavar="SECONDS",
@@ -69,6 +106,7 @@ def add_session_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON lines (meta, event, lost, summary)")
     p.add_argument("--buffer-pages", type=pages_arg, default=stream.DEFAULT_PAGES, metavar="N",
                    help=f"perf buffer pages per CPU, a power of two (default {stream.DEFAULT_PAGES})")
+    add_rate_limit_option(p)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say which mechanism is used and why, and what is attached")
 
@@ -203,9 +241,12 @@ class Pipeline:
                 self.sink.meta(self.meta)
                 self.sink.flush()
                 summary = stream.run(transport, gate, self.limits, self.sink.lost,
-                                     on_tick=self._tick, signals=signals)
+                                     on_tick=self._tick, signals=signals,
+                                     on_throttled=self.sink.throttled)
         transport.close()
         extra = self.at_exit() if self.at_exit is not None else {}
+        if "rate_limit" in self.meta:
+            extra["throttled"] = summary.throttled
         self.sink.summary({"events": summary.events, "lost": summary.lost,
                            "reason": summary.reason, "elapsed": round(summary.elapsed, 3),
                            **extra})

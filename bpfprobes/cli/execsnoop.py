@@ -201,9 +201,11 @@ def run(argv: Sequence[str]) -> int:
     clock = common.Clock()
     sink = JsonOutput("execsnoop") if args.json else \
         TextOutput("execsnoop", _columns(args, clock, started))
+    meta = _meta(args, k, choice, ppid_from)
+    common.apply_rate_limit(args.rate_limit, defs, meta)
     common.Pipeline("execsnoop", k, codegen.ready_tool("execsnoop", defs), attaches,
                     _decoder(args, clock), sink, stream.Limits(args.duration, args.max_events),
-                    _meta(args, k, choice, ppid_from), pages=args.buffer_pages,
+                    meta, pages=args.buffer_pages,
                     verbose=args.verbose).run()
     return 0
 

@@ -196,8 +196,9 @@ def _tp_offsets(k: Kernel, event: str, wanted: dict[str, str]) -> dict[str, int]
     return {define: fields[name].offset for name, define in wanted.items() if name in fields}
 
 
-def program_and_attaches(p: Plan, k: Kernel, stack: bool) -> tuple:
-    defs: dict[str, object] = {"SKIP_PID": None}
+def program_and_attaches(p: Plan, k: Kernel, stack: bool,
+                         extra: dict[str, object] | None = None) -> tuple:
+    defs: dict[str, object] = {"SKIP_PID": None, **(extra or {})}
     attaches: list[Attach] = []
     defs.update(codegen.abi_defines(k.abi, False))
     defs.update(tracectx.preempt_defines(k.kallsyms, _btf()))
@@ -373,7 +374,10 @@ def run(argv: Sequence[str]) -> int:
     common.require_root()
     k = current()
     p = plan(args, k)
-    program, attaches = program_and_attaches(p, k, args.stack)
+    limit: dict[str, object] = {}
+    rate_meta: dict = {}
+    common.apply_rate_limit(args.rate_limit, limit, rate_meta)
+    program, attaches = program_and_attaches(p, k, args.stack, limit)
     if args.verbose:
         for line in p.describe():
             print(f"{PROG}: {line}", file=sys.stderr)
@@ -415,7 +419,7 @@ def run(argv: Sequence[str]) -> int:
             "device": p.device.as_dict() if p.device else None,
             "handlers": p.handlers.by_irq if p.handlers else {},
             "softirqs": [n for i, n in enumerate(SOFTIRQS) if p.softirq_mask >> i & 1],
-            "tasklets": p.tasklet, "tasklet_schedule": p.tasklet_schedule}
+            "tasklets": p.tasklet, "tasklet_schedule": p.tasklet_schedule, **rate_meta}
     common.Pipeline(PROG, k, program, attaches, events, shown,
                     stream.Limits(args.duration, args.max_events), meta,
                     pages=args.buffer_pages, verbose=args.verbose,

@@ -187,6 +187,7 @@ def run(argv: Sequence[str]) -> int:
                                               ("flags", args.flag_filter or None),
                                               ("cgroup", args.cgroup), ("name", args.name))
                         if v is not None}}
+    common.apply_rate_limit(args.rate_limit, defs, meta)
     common.Pipeline("opensnoop", k, codegen.ready_tool("opensnoop", defs), attaches,
                     _decoder(args, common.Clock()), sink,
                     stream.Limits(args.duration, args.max_events), meta,

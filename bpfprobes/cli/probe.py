@@ -59,6 +59,7 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--summary", action="store_true",
                    help="at exit, a table per probe: count, latency p50/p90/p99/max")
     p.add_argument("-q", "--quiet", action="store_true", help="print no events (use with --summary)")
+    common.add_rate_limit_option(p)
     p.add_argument("--context", action="store_true",
                    help="the context of each event: hardirq/softirq/NMI, bottom halves off, "
                         "need-resched, preempt depth (ftrace's d.h1 columns; read from the "
@@ -266,7 +267,8 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach], args,
                 "transport": transport.kind, "attach": [a.describe() for a in loaded.attached],
                 "probes": _mechanisms(k, plan),
                 "filter": probefilter.text(plan.options.filter) if plan.options.filter else None,
-                "startup_s": round(time.monotonic() - started, 3)}
+                "startup_s": round(time.monotonic() - started, 3),
+                **({"rate_limit": args.rate_limit.meta()} if args.rate_limit else {})}
         try:
             # caught from before "live" is said: a signal sent on seeing it counts
             with stream.catch_signals() as signals:
@@ -280,7 +282,8 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach], args,
                 sink.flush()
                 summary = stream.run(transport, gate,
                                      stream.Limits(args.duration, args.max_events),
-                                     sink.lost, on_tick=sink.flush, signals=signals)
+                                     sink.lost, on_tick=sink.flush, signals=signals,
+                                     on_throttled=sink.throttled)
             misses = kretprobe_misses(k, loaded.attached)     # readable only while attached
         finally:
             close = getattr(transport, "close", None)
@@ -300,6 +303,8 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach], args,
         else:
             sink.flush()
             print(stats.table(), flush=True)
+    if args.rate_limit:
+        extra["throttled"] = summary.throttled
     sink.summary({"events": summary.events, "lost": summary.lost, "reason": summary.reason,
                   "elapsed": round(summary.elapsed, 3), **extra})
     return summary
@@ -325,7 +330,8 @@ def _plan(k: Kernel, texts: list[str], filter_text: str | None, args) -> tuple:
     options = probeplan.Options(string_size=args.string_size, kstack=args.stack,
                                 ustack=args.user_stack, latency=args.latency, pid=args.pid,
                                 tid=args.tid, comm=args.comm, skip_pid=os.getpid(), filter=expr,
-                                context=_context_defines(k) if args.context else None)
+                                context=_context_defines(k) if args.context else None,
+                                rate_limit=args.rate_limit.defines() if args.rate_limit else None)
     plan = probeplan.assemble(facts, options, k.abi)
     return plan, attachments(k, plan)
 

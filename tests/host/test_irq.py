@@ -179,3 +179,16 @@ def test_text_output_and_stop_on_signal(tmp_path):
         for p in work.iterdir():
             p.unlink()
         work.rmdir()
+
+
+def test_rate_limit_throttles_in_the_kernel():
+    """--rate-limit: at most the limit a second reach us; the rest are counted."""
+    r = run_tool("irq", "--softirq", "all", "--rate-limit", "5", "--json", "-d", "1.5")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    events = [x for x in lines if x["type"] == "event"]
+    summary = lines[-1]
+    assert lines[0]["rate_limit"] == {"per_second": 5, "per_cpu": False}
+    assert len(events) <= 15 and summary["events"] == len(events)
+    assert summary["throttled"] > 0        # this machine runs far more than 5 softirqs a second
+    assert summary["throttled"] == sum(x["count"] for x in lines if x["type"] == "throttled")
