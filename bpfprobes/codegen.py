@@ -346,3 +346,13 @@ def probe_program(plan, abi: Abi) -> Program:
     """The program for a probeplan.Plan on architecture `abi`."""
     return Program("probe.bpf.c", expand_includes(probe_source(plan, abi), c_dir()),
                    tuple(["-w", *define_flags(probe_defines(plan))]))
+
+
+# ---------------------------------------------------------------- bpfprobes count: one counter per target
+
+def count_program(targets: int, defs: Mapping[str, object]) -> Program:
+    """bpf_c/count.bpf.c with a COUNTER(n) function (count_n) for each target."""
+    src = c_dir() / "count.bpf.c"
+    counters = "\n".join(f"COUNTER({n})" for n in range(targets))
+    return Program(src.name, expand_includes(src.read_text(), c_dir()) + "\n" + counters + "\n",
+                   tuple(["-w", *define_flags({"COUNT_TARGETS": max(1, targets), **defs})]))

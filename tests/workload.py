@@ -8,6 +8,7 @@ OP: open:PATH:FLAGS:MODE  (FLAGS like O_WRONLY|O_CREAT; MODE octal)
     diskio:PATH:N             (N O_DIRECT 4 KiB writes to PATH, each with fsync)
     udp:N                     (N datagrams to itself over loopback)
     paced:PREFIX:K:SECONDS    (K opens of PREFIX-i every 0.1 s for SECONDS)
+    read:PATH:N               (N one-byte preads of PATH)
 Prints its pid first, then one line per op: the fd or -errno it got.
 """
 from __future__ import annotations
@@ -103,8 +104,19 @@ def do_paced(prefix: str, per_tick: str, seconds: str) -> int:
     return i
 
 
+def do_read(path: str, n: str) -> int:
+    """n read(2) calls of one byte on `path`: n vfs_read calls in the kernel."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(int(n)):
+            os.pread(fd, 1, 0)
+    finally:
+        os.close(fd)
+    return int(n)
+
+
 OPS = {"open": do_open, "openat2": do_openat2, "storm": do_storm, "diskio": do_diskio,
-       "udp": do_udp, "paced": do_paced}
+       "udp": do_udp, "paced": do_paced, "read": do_read}
 
 
 def main() -> None:

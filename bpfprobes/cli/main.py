@@ -13,6 +13,7 @@ TOOLS = {
     "opensnoop": ("opensnoop", "main", "trace open/openat/openat2 with results"),
     "execsnoop": ("execsnoop", "main", "trace execve/execveat with arguments"),
     "probe": ("probe", "main", "kprobe/kretprobe/uprobe/tracepoint on any function"),
+    "count": ("count", "main", "count calls of functions/tracepoints in the kernel (funccount)"),
     "irq": ("irq", "main", "a device's interrupt handlers, softirqs, tasklets: time, context"),
 }
 

@@ -9,12 +9,12 @@ import time
 from dataclasses import replace
 from typing import Sequence
 
-from .. import __version__, btf, codegen, features, loader, probefilter, probefmt, \
+from .. import __version__, btf, codegen, countplan, features, loader, probefilter, probefmt, \
     probelayout, probeplan, spec, stream, tracectx
 from ..errors import KernelError, UsageError
 from ..kernel import Kernel, current
 from ..output import Column, JsonOutput, Quiet, TextOutput
-from . import common
+from . import common, count
 
 EXAMPLES = """\
   bpfprobes probe 'p:do_sys_openat2 file=+0(%si):string'       # kernel function, arg by register
@@ -60,6 +60,12 @@ def _options(p: argparse.ArgumentParser) -> None:
                    help="at exit, a table per probe: count, latency p50/p90/p99/max")
     p.add_argument("-q", "--quiet", action="store_true", help="print no events (use with --summary)")
     common.add_rate_limit_option(p)
+    p.add_argument("--count", action="store_true",
+                   help="count calls per probe in the kernel instead of printing events "
+                        "(arguments are not read); see also bpfprobes count")
+    p.add_argument("--by", choices=sorted(count.BY), help="with --count: per process too")
+    p.add_argument("-i", "--interval", type=common.seconds_arg, metavar="SECONDS",
+                   help="with --count: the counts of each interval")
     p.add_argument("--context", action="store_true",
                    help="the context of each event: hardirq/softirq/NMI, bottom halves off, "
                         "need-resched, preempt depth (ftrace's d.h1 columns; read from the "
@@ -349,6 +355,11 @@ def run(argv: Sequence[str], prog: str = "bpfprobes probe", kprobe_style: bool =
     plan, attaches = _plan(k, texts, filter_text, args)
     if args.dry_run:
         return dry_run(k, plan, attaches)
+    if args.count:
+        targets = [countplan.Target(p.spec.kind, p.event,
+                                    _attach_for(k, p.spec, f"count_{i}", p.uprobe, args.pid))
+                   for i, p in enumerate(plan.probes)]
+        return count.count_targets(k, targets, args, prog, pid=args.pid)
     trace(k, plan, attaches, args, prog.split()[-1])
     return 0
 

@@ -1,0 +1,55 @@
+/* count: how often functions and tracepoints fire, counted in the kernel.
+ *
+ * One tiny function per target (COUNTER(n), emitted by codegen.py), all of
+ * them adding to one per-CPU table: by target index alone (a per-CPU array,
+ * no locks, no hashing), or with COUNT_BY_PID / COUNT_BY_COMM by (target,
+ * pid, comm) in a per-CPU hash of COUNT_KEYS entries, a full table counted
+ * as drops. Nothing leaves the kernel but the table, read every interval.
+ */
+#include <uapi/linux/ptrace.h>
+#include "common.h"
+
+struct count_key {
+    u32 target;
+    u32 pid;
+    char comm[16];
+};
+
+#if defined(COUNT_BY_PID) || defined(COUNT_BY_COMM)
+BPF_PERCPU_HASH(counts, struct count_key, u64, COUNT_KEYS);
+
+static __always_inline int count(u32 target)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (task_filtered(id))
+        return 0;
+    struct count_key key = {.target = target};
+#ifdef COUNT_BY_PID
+    key.pid = id >> 32;
+#endif
+#ifdef COUNT_BY_COMM
+    bpf_get_current_comm(&key.comm, sizeof(key.comm));
+#endif
+    u64 zero = 0;
+    u64 *n = counts.lookup_or_try_init(&key, &zero);
+    if (n)
+        (*n)++;
+    else
+        count_drop();
+    return 0;
+}
+#else
+BPF_PERCPU_ARRAY(counts, u64, COUNT_TARGETS);
+
+static __always_inline int count(u32 target)
+{
+    if (task_filtered(bpf_get_current_pid_tgid()))
+        return 0;
+    u64 *n = counts.lookup(&target);
+    if (n)
+        (*n)++;
+    return 0;
+}
+#endif
+
+#define COUNTER(n) int count_##n(void *ctx) { return count(n); }
