@@ -40,7 +40,7 @@ def _import_bcc():
     try:
         import bcc  # noqa: PLC0415 - imported lazily so --help and unit tests need no BCC
     except ImportError as e:
-        raise KernelError("BCC's Python module is not importable",
+        raise CompileError("BCC's Python module is not importable",
                           "install python3-bpfcc and run with /usr/bin/python3 or the "
                           "project's .venv (make setup)") from e
     return bcc
@@ -169,8 +169,12 @@ def reap_stale_events(tracefs) -> list[str]:
         for m in _BCC_EVENT.finditer(text):
             if not os.path.exists(f"/proc/{m.group(2)}"):
                 try:
-                    with open(path, "a") as f:
-                        f.write(f"-:{m.group(1)}\n")
+                    # O_APPEND without open(..., "a"): its seek to the end is refused here
+                    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+                    try:
+                        os.write(fd, f"-:{m.group(1)}\n".encode())
+                    finally:
+                        os.close(fd)
                     removed.append(m.group(1))
                 except OSError:
                     pass            # still enabled by someone: leave it

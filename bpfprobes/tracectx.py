@@ -15,6 +15,7 @@ from .btf import Btf, BtfError
 from .kallsyms import Kallsyms
 
 SOURCE_NONE, SOURCE_IMPLIED, SOURCE_PREEMPT = 0, 1, 2   # bpf_c/context.h CTX_SOURCE_*
+SOURCE_FTRACE = 3              # the latency columns ftrace printed (the tracefs backend)
 IMPLIED = ("task", "softirq", "hardirq", "nmi")          # CTX_TASK .. CTX_NMI
 
 # preempt_count fields
@@ -90,6 +91,8 @@ class Decoder:
         self._memo: dict[tuple[int, int, int, int], Context] = {}
 
     def __call__(self, c: dict) -> Context:
+        if c["source"] == SOURCE_FTRACE:
+            return from_ftrace(c["cpu"], c["flags"])
         key = (c["cpu"], c["source"], c["implied"], c["preempt"])
         got = self._memo.get(key)
         if got is None:
@@ -123,3 +126,26 @@ class Decoder:
         text += "?" if need is None else "n" if need else "."
         text += letter + ("." if depth == 0 else f"{min(depth, 15):x}")
         return Context(cpu, where, "preempt_count", irqs_off, bh_off, need, depth, text)
+
+
+# ftrace's latency columns, letter -> meaning (kernel/trace/trace_output.c)
+_FT_IRQS = {"D": (True, True), "d": (True, False), "b": (False, True), ".": (False, False),
+            "X": (None, None)}
+_FT_RESCHED = {"N": True, "n": True, "B": True, "L": True, "p": False, ".": False}
+_FT_CONTEXT = {"Z": "nmi", "z": "nmi", "H": "hardirq", "h": "hardirq", "s": "softirq",
+               ".": "task"}
+
+
+def from_ftrace(cpu: int, flags: str) -> Context:
+    """'d.h1' (or with a fifth, migrate-disable column) as ftrace printed it.
+    Every bit set ("DBZf": NMI and hardirq at once, depth 15) is no context at
+    all: what uprobe events record on kernels that do not fill it in (6.18)."""
+    if flags[:4] == "DBZf":
+        return Context(cpu, None, "none", None, None, None, None, "????")
+    irqs_off, bh_off = _FT_IRQS.get(flags[:1], (None, None))
+    need = _FT_RESCHED.get(flags[1:2])
+    where = _FT_CONTEXT.get(flags[2:3])
+    depth = flags[3:4]
+    preempt = 0 if depth == "." else int(depth, 16) if depth in "0123456789abcdef" and depth \
+        else None
+    return Context(cpu, where, "ftrace", irqs_off, bh_off, need, preempt, flags[:4])

@@ -25,10 +25,12 @@ def unique(prefix: str = "bpfp") -> str:
 class Tool:
     """A running tool. JSON mode is used by most tests: the meta line says 'live'."""
 
-    def __init__(self, *args: str, live_timeout: float = 120.0) -> None:
+    def __init__(self, *args: str, live_timeout: float = 120.0,
+                 env: dict | None = None) -> None:
         self.argv = [PYTHON, "-m", "bpfprobes.cli.main", *args]
         self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, errors="replace")
+                                     stderr=subprocess.PIPE, text=True, errors="replace",
+                                     env={**os.environ, **env} if env else None)
         self.lines: list[str] = []
         self.err: list[str] = []
         self._live = threading.Event()

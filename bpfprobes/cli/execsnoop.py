@@ -34,6 +34,7 @@ EXAMPLES = """\
     execsnoop -P 1234            # only children of PID 1234
     execsnoop --max-args 60      # show up to 60 arguments (default 20)
     execsnoop --json -d 10       # JSON lines for 10 seconds
+    execsnoop --rate-limit 50/cpu   # at most 50 events/s per CPU; the rest counted
     execsnoop -v --attach tracepoint
 """
 

@@ -27,6 +27,7 @@ EXAMPLES = """\
     opensnoop -e -f O_WRONLY     # writers only, with flags and mode
     opensnoop --cgroup /sys/fs/cgroup/system.slice/ssh.service
     opensnoop --json -d 10       # JSON lines for 10 seconds
+    opensnoop --rate-limit 1000  # at most 1000 events/s; the rest counted as throttled
     opensnoop -v --attach tracepoint
 """
 

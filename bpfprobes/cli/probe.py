@@ -11,10 +11,10 @@ from typing import Sequence
 
 from .. import __version__, btf, codegen, countplan, features, loader, probefilter, probefmt, \
     probelayout, probeplan, spec, stream, tracectx
-from ..errors import KernelError, UsageError
+from ..errors import CompileError, KernelError, UsageError
 from ..kernel import Kernel, current
 from ..output import Column, JsonOutput, Quiet, TextOutput
-from . import common, count
+from . import common, count, probe_tracefs
 
 EXAMPLES = """\
   bpfprobes probe 'p:do_sys_openat2 file=+0(%si):string'       # kernel function, arg by register
@@ -28,6 +28,9 @@ EXAMPLES = """\
   bpfprobes probe 't:syscalls:sys_enter_openat filename:string' --filter 'filename ~ "/etc/*"'
   bpfprobes probe --json 't:sched:sched_process_exec filename pid'
   bpfprobes probe --context 'p:vring_interrupt irq=$arg1:s32'      # hardirq? preempt depth?
+  bpfprobes probe --backend tracefs 'p:do_sys_openat2 file=+0(%si):string'  # no BCC needed
+  bpfprobes probe --count 'p:vfs_read' 'p:vfs_write' -i 1      # calls counted in the kernel
+  bpfprobes probe --rate-limit 100 'p:vfs_read count=$arg3:u64'  # at most 100 events/s
   bpfprobes probe --dry-run 'p:do_sys_openat2 file=+0(%si):string'   # show C, attach nothing
   kprobe 'p:myopen do_sys_openat2 file=+0(%si):string' 'file ~ "/etc/*"'  # perf-tools style
 
@@ -59,6 +62,10 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--summary", action="store_true",
                    help="at exit, a table per probe: count, latency p50/p90/p99/max")
     p.add_argument("-q", "--quiet", action="store_true", help="print no events (use with --summary)")
+    p.add_argument("--backend", choices=("auto", "bpf", "tracefs"), default="auto",
+                   help="bpf: BCC programs; tracefs: the kernel's own kprobe_events/"
+                        "uprobe_events in a trace instance of ours (no BCC, no headers); "
+                        "auto (default): bpf, or tracefs when BCC cannot compile")
     common.add_rate_limit_option(p)
     p.add_argument("--count", action="store_true",
                    help="count calls per probe in the kernel instead of printing events "
@@ -360,7 +367,17 @@ def run(argv: Sequence[str], prog: str = "bpfprobes probe", kprobe_style: bool =
                                     _attach_for(k, p.spec, f"count_{i}", p.uprobe, args.pid))
                    for i, p in enumerate(plan.probes)]
         return count.count_targets(k, targets, args, prog, pid=args.pid)
-    trace(k, plan, attaches, args, prog.split()[-1])
+    if args.backend == "tracefs":
+        return probe_tracefs.trace(k, plan, args, prog, "asked for by --backend tracefs")
+    try:
+        trace(k, plan, attaches, args, prog.split()[-1])
+    except CompileError as e:
+        if args.backend == "bpf" or probe_tracefs.unsupported(plan, args) is not None \
+                or any(p.spec.kind == "tracepoint" for p in plan.probes):
+            raise
+        why = f"the BPF backend cannot run here ({e.what}): using the kernel's dynamic events"
+        print(f"{prog}: {why}", file=sys.stderr)
+        return probe_tracefs.trace(k, plan, args, prog, why)
     return 0
 
 

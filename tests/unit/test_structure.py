@@ -8,10 +8,11 @@ PKG = Path(__file__).resolve().parents[2] / "bpfprobes"
 ORDER = ["errors", "arch", "btf", "kallsyms", "elfsym", "errnos", "openflags", "headers",
          "bpfsys", "kernel", "features", "policy", "spec", "tpformat", "probefilter",
          "probelayout", "probeplan", "interrupts", "irqhandlers", "tracectx", "latency",
-         "codegen", "loader", "perfring", "progcache", "countplan", "stream", "decode", "output", "probefmt"]
+         "codegen", "loader", "perfring", "progcache", "countplan", "dynevents",
+         "tracepipe", "stream", "decode", "output", "probefmt"]
 PURE = {"spec", "arch", "codegen", "decode", "output", "errors", "btf", "kallsyms", "openflags",
         "elfsym", "errnos", "tpformat", "probefilter", "probelayout", "probefmt", "latency",
-        "tracectx", "irqhandlers"}
+        "tracectx", "irqhandlers", "tracepipe"}
 
 
 def test_every_module_has_a_place():

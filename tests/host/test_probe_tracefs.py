@@ -1,0 +1,139 @@
+"""probe --backend tracefs: the kernel's own uprobe_events in an instance of ours
+(no kprobes here: the VM tier does kprobes). Same events as the BPF backend,
+our leftovers cleaned, other users of tracefs untouched."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tooling import Tool, run_tool, settle, unique
+
+HERE = Path(__file__).parent
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+@pytest.fixture(scope="module")
+def target_bin(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("tracefs") / "probe_target")
+    subprocess.run(["gcc", "-O0", "-o", out, str(HERE / "probe_target.c")], check=True)
+    return out
+
+
+def start_target(binary: str, iterations: int, tag: str) -> subprocess.Popen:
+    return subprocess.Popen([binary, tag, str(iterations), "0", "/nonexistent"],
+                            stdin=subprocess.PIPE, text=True)
+
+
+def specs(b: str) -> list[str]:
+    return [f"p:{b}:three a=$arg1:s32 b=$arg2:u32 s=+0($arg3):string",
+            f"r:{b}:fails ret=$retval:s64", f"p:{b}:echo x=$arg1:x64"]
+
+
+def test_same_events_as_the_bpf_backend(target_bin):
+    """One after the other on the same workload: on this kernel a uprobe_events
+    probe cannot be enabled at an address where a perf-attached uprobe sits
+    (EINVAL), so the two backends cannot watch one function at once."""
+    tag = unique('tag "quoted" and spaced')
+    got = {}
+    for backend in ("bpf", "tracefs"):
+        target = start_target(target_bin, 3, tag)
+        with Tool("probe", "--json", "--backend", backend, "-p", str(target.pid),
+                  *specs(target_bin)) as t:
+            target.communicate("go\n", timeout=60)
+            settle(0.6)
+        assert t.json("meta")[0].get("backend", "bpf") == backend
+        got[backend] = [(e["probe"], e["pid"] == target.pid, e["tid"] == target.pid, e["comm"],
+                         e["args"], e.get("errno")) for e in t.json()]
+        if backend == "tracefs":
+            assert all(e["where"] for e in t.json())
+    assert len(got["bpf"]) == 3 * 4 and got["bpf"] == got["tracefs"]
+    assert ("three", True, True, "probe_target", {"a": -7, "b": 8, "s": tag}, None) \
+        in got["tracefs"]
+    assert ("fails", True, True, "probe_target", {"ret": -2}, {"ret": "ENOENT"}) \
+        in got["tracefs"]
+
+
+def ours() -> tuple[str, list[str]]:
+    return (TRACEFS / "uprobe_events").read_text(), \
+        [d.name for d in (TRACEFS / "instances").iterdir() if d.name.startswith("bpfprobes-")]
+
+
+def test_a_killed_runs_events_are_cleaned_by_the_next_start(target_bin):
+    t = Tool("probe", "--json", "--backend", "tracefs", f"p:{target_bin}:echo").wait_live()
+    group, instance = f"bpfprobes_{t.proc.pid}/", f"bpfprobes-{t.proc.pid}"
+    events, instances = ours()
+    assert group in events and instance in instances
+    t.stop(signal.SIGKILL)
+    events, instances = ours()
+    assert group in events and instance in instances      # what SIGKILL leaves behind
+    r = run_tool("probe", "--backend", "tracefs", "--verbose", "-d", "0.3",
+                 f"p:{target_bin}:echo")
+    assert r.returncode == 0, r.stderr
+    assert f"removed instances/{instance}, left by a killed run" in r.stderr
+    events, instances = ours()
+    assert group not in events and instance not in instances and "bpfprobes_" not in events
+
+
+def test_another_tracefs_user_is_untouched(target_bin):
+    other_event, other_instance = "othertool/keepme", TRACEFS / "instances" / unique("othertool")
+    fd = os.open(TRACEFS / "uprobe_events", os.O_WRONLY | os.O_APPEND)
+    os.write(fd, f"p:{other_event} {target_bin}:{_offset(target_bin, 'echo'):#x}\n".encode())
+    os.close(fd)
+    other_instance.mkdir()
+    try:
+        (other_instance / "events" / "othertool" / "keepme" / "enable").write_text("1")
+        r = run_tool("probe", "--backend", "tracefs", "-d", "0.3", f"p:{target_bin}:echo")
+        assert r.returncode == 0, r.stderr
+        assert "p:othertool/keepme" in (TRACEFS / "uprobe_events").read_text()
+        assert other_instance.exists()
+        assert (other_instance / "events/othertool/keepme/enable").read_text().strip() == "1"
+    finally:
+        other_instance.rmdir()
+        fd = os.open(TRACEFS / "uprobe_events", os.O_WRONLY | os.O_APPEND)
+        os.write(fd, f"-:{other_event}\n".encode())
+        os.close(fd)
+
+
+def _offset(binary: str, symbol: str) -> int:
+    from bpfprobes.elfsym import Elf
+    return Elf(binary).symbol_offset(symbol)
+
+
+def test_auto_falls_back_to_tracefs_when_bcc_cannot_compile(target_bin):
+    target = start_target(target_bin, 2, "fallback")
+    env = {"BPFPROBES_KERNEL_HEADERS": "/nonexistent/headers", "BPFPROBES_NO_PROGRAM_CACHE": "1"}
+    t = Tool("probe", "--json", "-p", str(target.pid), f"p:{target_bin}:echo x=$arg1:s64",
+             env=env).wait_live()
+    target.communicate("go\n", timeout=60)
+    settle(0.6)
+    t.stop()
+    assert t.json("meta")[0]["backend"] == "tracefs"
+    assert "the BPF backend cannot run here (no kernel headers" in t.stderr
+    assert [e["args"]["x"] for e in t.json()] == [-5, 5, -5, 5]
+
+
+def test_overrun_is_reported_as_lost(target_bin):
+    n = 20000
+    target = start_target(target_bin, n, "overrun")
+    with Tool("probe", "--json", "--backend", "tracefs", "--buffer-pages", "1", "-p",
+              str(target.pid), f"p:{target_bin}:echo") as t:
+        target.communicate("go\n", timeout=120)
+        settle(1.0)
+    seen, [summary] = len(t.json()), t.json("summary")
+    assert summary["lost"] == sum(x["count"] for x in t.json("lost"))
+    assert summary["lost"] > 0 and seen + summary["lost"] <= 2 * n
+
+
+def test_what_tracefs_cannot_do_is_refused(target_bin):
+    for extra, words in [
+            (["t:syscalls:sys_enter_openat"], "a tracepoint spec is not available with "
+                                              "--backend tracefs"),
+            (["--filter", "x > 1", f"p:{target_bin}:echo x=$arg1"], "--filter is not available"),
+            (["--rate-limit", "5", f"p:{target_bin}:echo"], "--rate-limit is not available")]:
+        r = run_tool("probe", "--backend", "tracefs", *extra)
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "bpfprobes_" not in (TRACEFS / "uprobe_events").read_text()

@@ -1,0 +1,72 @@
+"""probe --backend tracefs with real kprobes and kretprobes in the VM: the same
+specs and the same workload as the BPF backend, one after the other, give the
+same events; nothing of ours is left in kprobe_events or instances/."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tooling import IN_VM, ROOT, Tool, Workload, settle, unique
+
+SPECS = ("p:do_sys_openat2 file=+0(%si):string", "r:do_sys_openat2 ret=$retval")
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    if not IN_VM:
+        return None
+    d = tmp_path_factory.mktemp("vmtracefs")
+    out = {}
+    for backend in ("bpf", "tracefs"):
+        created = str(d / unique(f"created-{backend}"))
+        missing = str(ROOT / f".{unique('missing')}")
+        w = Workload("bpfp-vmtfs", f"open:{created}:O_WRONLY|O_CREAT:0640",
+                     f"open:{missing}:O_RDONLY:")
+        t = Tool("probe", "--json", "--backend", backend, "-p", str(w.pid), *SPECS,
+                 live_timeout=600).wait_live()
+        results = w.go()
+        settle(1.0)
+        t.stop(timeout=120)
+        # the workload's own two opens, as (probe, what) in order
+        names = {created: "created", missing: "missing"}
+        events = []
+        for e in t.json():
+            if e["probe"] == "do_sys_openat2" and e["args"]["file"] in names:
+                events.append(("open", names[e["args"]["file"]]))
+            elif e["probe"] == "do_sys_openat2__return" and events and events[-1][0] == "open":
+                events.append(("return", e["args"]["ret"], (e.get("errno") or {}).get("ret")))
+        out[backend] = {"tool": t, "events": events, "results": results, "pid": w.pid,
+                        "meta": t.json("meta")[0]}
+    out["after"] = ((TRACEFS / "kprobe_events").read_text(),
+                    [p.name for p in (TRACEFS / "instances").iterdir()])
+    return out
+
+
+def test_tracefs_backend_used_its_own_instance(runs):
+    m = runs["tracefs"]["meta"]
+    assert m["backend"] == "tracefs" and m["instance"].endswith(f"bpfprobes-{runs['tracefs']['tool'].proc.pid}")
+    assert m["events"][0].startswith("p:bpfprobes_") and "+0(%si):string" in m["events"][0]
+    assert m["events"][1].startswith("r:bpfprobes_") and "$retval" in m["events"][1]
+
+
+def test_same_events_as_the_bpf_backend(runs):
+    fd = runs["tracefs"]["results"][0]
+    assert runs["tracefs"]["events"] == [("open", "created"), ("return", fd, None),
+                                         ("open", "missing"), ("return", -2, "ENOENT")]
+    bfd = runs["bpf"]["results"][0]
+    assert runs["bpf"]["events"] == [("open", "created"), ("return", bfd, None),
+                                     ("open", "missing"), ("return", -2, "ENOENT")]
+
+
+def test_context_from_the_ftrace_columns(runs):
+    for e in runs["tracefs"]["tool"].json():
+        c = e["context"]
+        assert c["source"] == "ftrace" and c["context"] == "task", c
+
+
+def test_nothing_left_behind(runs):
+    events, instances = runs["after"]
+    assert "bpfprobes_" not in events
+    assert not [i for i in instances if i.startswith("bpfprobes-")]
