@@ -226,6 +226,7 @@ def report(s: Session, info: dict) -> str:
     warm = s.samples[min(1, len(s.samples) - 1)]     # after the first interval
     peak = max(x.rss_mb for x in s.samples)
     captured = s.captured
+    cpu = last.cpu_s - first.cpu_s
     rows = [
         ("tool", f"bpfprobes {s.tool} (whole system, --json into a pipe)"),
         ("duration", f"{s.seconds / 60:.1f} min at {s.rate:,} events/s"),
@@ -237,8 +238,7 @@ def report(s: Session, info: dict) -> str:
         ("RSS at start / after 1st interval / end / peak",
          f"{first.rss_mb:.1f} / {warm.rss_mb:.1f} / {last.rss_mb:.1f} / {peak:.1f} MB"),
         ("RSS growth after warm-up", f"{last.rss_mb - warm.rss_mb:+.1f} MB"),
-        ("tool CPU", f"{last.cpu_s - first.cpu_s:.1f} s "
-                     f"({(last.cpu_s - first.cpu_s) / max(1, captured) * 1e6:.1f} s per million events)"),
+        ("tool CPU", f"{cpu:.1f} s ({cpu / max(1, captured) * 1e6:.1f} s per million events)"),
     ]
     samples = tabulate([(f"{x.t:.0f}", f"{x.seen:,}", f"{x.rss_mb:.1f}", f"{x.cpu_s:.1f}")
                         for x in s.samples], ("t (s)", "captured", "RSS (MB)", "CPU (s)"),

@@ -20,7 +20,7 @@ from .errors import KernelError
 
 GROUP = "bpfprobes_{pid}"
 INSTANCE = "bpfprobes-{pid}"
-_OUR_GROUP = re.compile(r"^[pr]\d*:(bpfprobes_(\d+))/(\S+)\s", re.M)
+_OUR_GROUP = re.compile(r"^[pr]\d*:(bpfprobes_(\d+)/\S+)\s", re.M)
 _OUR_INSTANCE = re.compile(r"^bpfprobes-(\d+)$")
 EVENT_FILES = {"kprobe": "kprobe_events", "uprobe": "uprobe_events"}
 
@@ -39,6 +39,26 @@ def _append(path: Path, line: str) -> None:
         os.close(fd)
 
 
+def remove_dead_events(tracefs: Path, pattern: re.Pattern) -> list[str]:
+    """Remove the kprobe/uprobe events `pattern` matches (group 1: GROUP/EVENT,
+    group 2: the PID that made them) whose PID is gone; what was removed."""
+    removed = []
+    for name in EVENT_FILES.values():
+        path = tracefs / name
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for m in pattern.finditer(text):
+            if not _alive(int(m.group(2))):
+                try:
+                    _append(path, f"-:{m.group(1)}")
+                    removed.append(m.group(1))
+                except OSError:
+                    pass            # enabled somewhere still: the next start tries again
+    return removed
+
+
 def reap(tracefs: Path) -> list[str]:
     """Remove the instances and events of our runs that are gone; what was removed."""
     removed = []
@@ -52,20 +72,7 @@ def reap(tracefs: Path) -> list[str]:
                     removed.append(f"instances/{d.name}")
                 except OSError:
                     pass
-    for name in EVENT_FILES.values():
-        path = tracefs / name
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        for m in _OUR_GROUP.finditer(text):
-            if not _alive(int(m.group(2))):
-                try:
-                    _append(path, f"-:{m.group(1)}/{m.group(3)}")
-                    removed.append(f"{m.group(1)}/{m.group(3)}")
-                except OSError:
-                    pass            # enabled somewhere still: the next start tries again
-    return removed
+    return removed + remove_dead_events(tracefs, _OUR_GROUP)
 
 
 class Session:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+from . import dynevents
 from .codegen import Program
 from .errors import CompileError, KernelError
 from .headers import Headers
@@ -157,28 +158,7 @@ def reap_stale_events(tracefs) -> list[str]:
     tracefs named ..._bcc_PID; a run killed by SIGKILL cannot remove its own.
     Only events whose PID no longer exists are touched, never other users'.
     """
-    removed = []
-    if tracefs is None:
-        return removed
-    for name in ("kprobe_events", "uprobe_events"):
-        path = tracefs / name
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        for m in _BCC_EVENT.finditer(text):
-            if not os.path.exists(f"/proc/{m.group(2)}"):
-                try:
-                    # O_APPEND without open(..., "a"): its seek to the end is refused here
-                    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-                    try:
-                        os.write(fd, f"-:{m.group(1)}\n".encode())
-                    finally:
-                        os.close(fd)
-                    removed.append(m.group(1))
-                except OSError:
-                    pass            # still enabled by someone: leave it
-    return removed
+    return [] if tracefs is None else dynevents.remove_dead_events(tracefs, _BCC_EVENT)
 
 
 def compile_program(program: Program, headers: Headers) -> Loaded:

@@ -195,7 +195,7 @@ class Pipeline:
     pages: int = stream.DEFAULT_PAGES
     wakeup_events: int = stream.DEFAULT_WAKEUP
     verbose: bool = False
-    cacheable: bool = True                       # False: BCC loads it (stack maps are read through BCC)
+    cacheable: bool = True              # False: BCC loads it (its stack maps are read through BCC)
     on_loaded: Callable[[object], None] | None = None    # given the loaded program before attaching
     on_tick: Callable[[], None] | None = None    # after each poll (interval reports)
     at_exit: Callable[[], dict] | None = None    # last words before the summary; extra summary keys

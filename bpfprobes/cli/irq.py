@@ -16,7 +16,7 @@ from typing import Sequence
 
 from tabulate import tabulate
 
-from .. import __version__, btf, codegen, features, interrupts, irqhandlers, policy, stream, \
+from .. import __version__, codegen, features, interrupts, irqhandlers, policy, stream, \
     tracectx
 from ..decode import irq_event
 from ..errors import KernelError
@@ -201,7 +201,7 @@ def program_and_attaches(p: Plan, k: Kernel, stack: bool,
     defs: dict[str, object] = {"SKIP_PID": None, **(extra or {})}
     attaches: list[Attach] = []
     defs.update(codegen.abi_defines(k.abi, False))
-    defs.update(tracectx.preempt_defines(k.kallsyms, _btf()))
+    defs.update(tracectx.preempt_defines(k.kallsyms, k.btf))
     if p.device is not None:
         if p.kernel_filter is not None:
             slots = p.kernel_filter + [NO_LINE] * (KERNEL_FILTER_SLOTS - len(p.kernel_filter))
@@ -227,7 +227,7 @@ def program_and_attaches(p: Plan, k: Kernel, stack: bool,
         attaches += [Attach("tracepoint", "irq:tasklet_entry", "tp_tasklet_entry"),
                      Attach("tracepoint", "irq:tasklet_exit", "tp_tasklet_exit")]
     if p.tasklet_schedule:
-        b = _btf()
+        b = k.btf
         if b is None:
             raise KernelError("--tasklet-schedule needs the kernel's BTF "
                               "(tasklet_struct.func's offset)")
@@ -237,13 +237,6 @@ def program_and_attaches(p: Plan, k: Kernel, stack: bool,
     if stack:
         defs["STACKS"] = STACK_ENTRIES
     return codegen.ready_tool("irq", defs), attaches
-
-
-def _btf() -> btf.Btf | None:
-    try:
-        return btf.Btf.load()
-    except btf.BtfError:
-        return None
 
 
 class Events:

@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 from typing import Sequence
 
-from .. import __version__, btf, codegen, countplan, features, loader, probefilter, probefmt, \
+from .. import __version__, codegen, countplan, features, loader, probefilter, probefmt, \
     probelayout, probeplan, spec, stream, tracectx
 from ..errors import CompileError, KernelError, UsageError
 from ..kernel import Kernel, current
@@ -323,14 +323,6 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach], args,
     return summary
 
 
-def _context_defines(k: Kernel) -> dict:
-    try:
-        b = btf.Btf.load()
-    except btf.BtfError:
-        b = None
-    return tracectx.preempt_defines(k.kallsyms, b)
-
-
 def _plan(k: Kernel, texts: list[str], filter_text: str | None, args) -> tuple:
     specs = spec.parse_all(texts, k.abi)
     expr = probefilter.parse(filter_text) if filter_text else None
@@ -343,7 +335,8 @@ def _plan(k: Kernel, texts: list[str], filter_text: str | None, args) -> tuple:
     options = probeplan.Options(string_size=args.string_size, kstack=args.stack,
                                 ustack=args.user_stack, latency=args.latency, pid=args.pid,
                                 tid=args.tid, comm=args.comm, skip_pid=os.getpid(), filter=expr,
-                                context=_context_defines(k) if args.context else None,
+                                context=tracectx.preempt_defines(k.kallsyms, k.btf)
+                                if args.context else None,
                                 rate_limit=args.rate_limit.defines() if args.rate_limit else None)
     plan = probeplan.assemble(facts, options, k.abi)
     return plan, attachments(k, plan)

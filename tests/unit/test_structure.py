@@ -8,7 +8,7 @@ PKG = Path(__file__).resolve().parents[2] / "bpfprobes"
 ORDER = ["errors", "arch", "btf", "kallsyms", "elfsym", "errnos", "openflags", "headers",
          "bpfsys", "kernel", "features", "policy", "spec", "tpformat", "probefilter",
          "probelayout", "probeplan", "interrupts", "irqhandlers", "tracectx", "latency",
-         "codegen", "loader", "perfring", "progcache", "countplan", "dynevents",
+         "codegen", "dynevents", "loader", "perfring", "progcache", "countplan",
          "tracepipe", "stream", "decode", "output", "probefmt"]
 PURE = {"spec", "arch", "codegen", "decode", "output", "errors", "btf", "kallsyms", "openflags",
         "elfsym", "errnos", "tpformat", "probefilter", "probelayout", "probefmt", "latency",

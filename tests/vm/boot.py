@@ -79,10 +79,10 @@ def _run_once(argv: list[str], env: dict, timeout: float, echo: bool) -> tuple[i
     return proc.returncode, "".join(lines)
 
 
-def _scratch_disk_opts() -> str:
+def _scratch_disk_opts(img: Path) -> str:
     """A sparse 64 MiB virtio-blk disk (vda in the VM): the irq tests need a real
-    virtio block device whose interrupts they can cause."""
-    img = Path(tempfile.gettempdir()) / "bpfprobes-vm-vda.img"
+    virtio block device whose interrupts they can cause. A new file for every
+    boot: QEMU locks its images, and a hung boot's QEMU may not be gone yet."""
     with open(img, "wb") as f:
         f.truncate(64 << 20)
     return (f"-drive file={img},if=none,id=scratch,format=raw,cache=none "
@@ -94,19 +94,21 @@ def run_in_vm(cmd: str, rwdirs: list[str] = (), timeout: float = 3000,
     """Run `cmd` as root in the VM from the current directory; (its status, its output)."""
     script = f"cd {os.getcwd()} && {{ {cmd} ; }}; echo {RC_MARK}$?"
     argv = [vng(), "--run", str(kernel_image()), "--disable-kvm", "--force-9p",
-            "--cpus", "2", "--memory", "3G", "--qemu-opts=" + _scratch_disk_opts()]
+            "--cpus", "2", "--memory", "3G"]
     for d in rwdirs:
         argv += ["--rwdir", d]
     argv += ["--exec", script]
     env = dict(os.environ, PATH=f"{Path(vng()).parent}:{os.environ.get('PATH', '')}")
-    for attempt in (1, 2):
-        rc, out = _run_once(argv, env, timeout, echo)
+    for attempt in (1, 2, 3):
+        with tempfile.TemporaryDirectory(prefix="bpfprobes-vda-") as d:
+            disk = "--qemu-opts=" + _scratch_disk_opts(Path(d) / "vda.img")
+            rc, out = _run_once(argv[:-2] + [disk] + argv[-2:], env, timeout, echo)
         if rc is not None:
             break
         print(f"[vm] no output from the VM after {BOOT_SILENCE_S} s: boot hung, "
-              f"{'retrying' if attempt == 1 else 'giving up'}", file=sys.stderr, flush=True)
+              f"{'retrying' if attempt < 3 else 'giving up'}", file=sys.stderr, flush=True)
     else:
-        return 125, f"the VM did not boot twice (no output in {BOOT_SILENCE_S} s)\n"
+        return 125, f"the VM did not boot in three tries (no output in {BOOT_SILENCE_S} s)\n"
     m = re.search(RC_MARK + r"(\d+)", out)
     if m is None:
         return rc or 125, out + "\nVM ended without reporting the command's status\n"

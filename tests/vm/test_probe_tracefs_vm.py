@@ -46,7 +46,8 @@ def runs(tmp_path_factory):
 
 def test_tracefs_backend_used_its_own_instance(runs):
     m = runs["tracefs"]["meta"]
-    assert m["backend"] == "tracefs" and m["instance"].endswith(f"bpfprobes-{runs['tracefs']['tool'].proc.pid}")
+    pid = runs["tracefs"]["tool"].proc.pid
+    assert m["backend"] == "tracefs" and m["instance"].endswith(f"bpfprobes-{pid}")
     assert m["events"][0].startswith("p:bpfprobes_") and "+0(%si):string" in m["events"][0]
     assert m["events"][1].startswith("r:bpfprobes_") and "$retval" in m["events"][1]
 
