@@ -92,6 +92,8 @@ class Session:
                               "tracefs instances need root and a kernel with them (4.2+)")
         try:
             self._write("buffer_size_kb", str(buffer_kb))
+            if (self.instance / "buffer_percent").exists():
+                self._write("buffer_percent", "0")        # wake the reader at any event
             self._write("options/record-tgid", "1")      # the process, not only the thread
             if stacks:
                 self._write("options/stacktrace", "1")

@@ -130,6 +130,8 @@ def _loop(fd: int, session: dynevents.Session, plan: Plan, args, names_of, ctx, 
 
     def emit(ln: tracepipe.Line) -> None:
         nonlocal shown
+        if ln.pid is None:
+            ln.pid = _tgid_of(ln.tid)
         if args.pid is not None and ln.pid != args.pid:
             return
         if args.tid is not None and ln.tid != args.tid:
@@ -142,14 +144,19 @@ def _loop(fd: int, session: dynevents.Session, plan: Plan, args, names_of, ctx, 
         elif not args.quiet:
             sys.stdout.write(ln.raw + "".join(f"\n => {f}" for f in ln.stack) + "\n")
 
-    while reason is None:
-        wait = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
-        ready, _, _ = select.select([fd], [], [], wait)
-        if ready:
+    def read_all() -> bool:
+        """Everything trace_pipe has now (non-blocking: its poll wakes only at
+        buffer_percent, so a quiet trickle is read on the timer)."""
+        nonlocal partial, pending
+        got_any = False
+        while True:
             try:
                 chunk = os.read(fd, READ_BYTES)
             except BlockingIOError:
-                chunk = b""
+                return got_any
+            if not chunk:
+                return got_any
+            got_any = True
             text = (partial + chunk).decode("utf-8", "backslashreplace")
             *complete, rest = text.split("\n")
             partial = rest.encode()
@@ -162,7 +169,11 @@ def _loop(fd: int, session: dynevents.Session, plan: Plan, args, names_of, ctx, 
                 if pending is not None:
                     emit(pending)
                 pending = got
-        if pending is not None and not ready:
+
+    while reason is None:
+        wait = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
+        select.select([fd], [], [], wait)
+        if not read_all() and pending is not None:
             emit(pending)                   # no more stack lines can follow after a quiet poll
             pending = None
         lost = session.overrun()
@@ -183,10 +194,27 @@ def _loop(fd: int, session: dynevents.Session, plan: Plan, args, names_of, ctx, 
             reason = f"signal:{signal.Signals(signals.caught).name}"
         elif deadline is not None and time.monotonic() >= deadline:
             reason = "duration"
+    read_all()                              # what was traced up to the stop
     if pending is not None:
         emit(pending)
     return stream.Summary(events=shown, lost=reported, reason=reason,
                           elapsed=time.monotonic() - start)
+
+
+_TGIDS: dict[int, int] = {}
+
+
+def _tgid_of(tid: int) -> int:
+    """The process of a thread ftrace printed without one: record-tgid knows a
+    task's process only once the scheduler switched it while tracing (it shows
+    "(-------)" before). From /proc while the thread lives; else its own id."""
+    if tid not in _TGIDS:
+        try:
+            with open(f"/proc/{tid}/status") as f:
+                _TGIDS[tid] = next(int(ln.split()[1]) for ln in f if ln.startswith("Tgid:"))
+        except (OSError, StopIteration, ValueError):
+            return tid
+    return _TGIDS[tid]
 
 
 def _ctx_fields(ln: tracepipe.Line) -> dict:
