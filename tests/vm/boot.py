@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 RC_MARK = "__BPFPROBES_VM_RC="
+UP_MARK = "__BPFPROBES_VM_UP__"
 
 
 def kernel_image() -> Path:
@@ -39,7 +40,7 @@ def vng() -> str:
     return found
 
 
-BOOT_SILENCE_S = 240     # no output at all by then: the boot hung (seen once with two VMs)
+BOOT_SILENCE_S = 240     # no first line (UP_MARK) by then: the boot hung (seen with two VMs)
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -61,7 +62,7 @@ def _run_once(argv: list[str], env: dict, timeout: float, echo: bool) -> tuple[i
     def read() -> None:
         for line in proc.stdout:
             lines.append(line)
-            if echo and not line.startswith(RC_MARK):
+            if echo and not line.startswith((RC_MARK, UP_MARK)):
                 sys.stdout.write(line)
                 sys.stdout.flush()
 
@@ -92,7 +93,9 @@ def _scratch_disk_opts(img: Path) -> str:
 def run_in_vm(cmd: str, rwdirs: list[str] = (), timeout: float = 3000,
               echo: bool = True) -> tuple[int, str]:
     """Run `cmd` as root in the VM from the current directory; (its status, its output)."""
-    script = f"cd {os.getcwd()} && {{ {cmd} ; }}; echo {RC_MARK}$?"
+    # a line at once: the watchdog waits for a first line, and a command such as
+    # pytest -q may print none for minutes (its progress dots end no line)
+    script = f"echo {UP_MARK}; cd {os.getcwd()} && {{ {cmd} ; }}; echo {RC_MARK}$?"
     argv = [vng(), "--run", str(kernel_image()), "--disable-kvm", "--force-9p",
             "--cpus", "2", "--memory", "3G"]
     for d in rwdirs:
