@@ -27,7 +27,7 @@ def parser(prog: str, description: str, examples: str) -> Parser:
                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def _int_type(minimum: int, what: str) -> Callable[[str], int]:
+def int_type(minimum: int, what: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text, 0)
@@ -39,9 +39,9 @@ def _int_type(minimum: int, what: str) -> Callable[[str], int]:
     return parse
 
 
-pid_arg = _int_type(1, "a PID")
-count_arg = _int_type(1, "a count")
-uid_arg = _int_type(0, "a UID")
+pid_arg = int_type(1, "a PID")
+count_arg = int_type(1, "a count")
+uid_arg = int_type(0, "a UID")
 
 
 def seconds_arg(text: str) -> float:
@@ -55,7 +55,7 @@ def seconds_arg(text: str) -> float:
 
 
 def pages_arg(text: str) -> int:
-    value = _int_type(1, "--buffer-pages")(text)
+    value = int_type(1, "--buffer-pages")(text)
     if value & (value - 1):
         raise argparse.ArgumentTypeError(f"--buffer-pages must be a power of two, not {value}")
     return value
@@ -79,7 +79,7 @@ def rate_arg(text: str) -> RateLimit:
     number, slash, scope = text.partition("/")
     if slash and scope != "cpu":
         raise argparse.ArgumentTypeError(f"--rate-limit takes N or N/cpu, not {text!r}")
-    value = _int_type(1, "--rate-limit")(number)
+    value = int_type(1, "--rate-limit")(number)
     if value >= 2**31:
         raise argparse.ArgumentTypeError(f"--rate-limit must be below 2^31, not {value}")
     return RateLimit(value, bool(slash))

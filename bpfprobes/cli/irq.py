@@ -53,10 +53,9 @@ EXAMPLES = """\
 
 
 def _irq_list(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        out.append(common._int_type(0, "an IRQ number")(part.strip()))
-    return out
+    """'36' or '36,37'."""
+    irq = common.int_type(0, "an IRQ number")
+    return [irq(part.strip()) for part in text.split(",")]
 
 
 def _softirq_list(text: str) -> int:
