@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import sys
 import time
 from dataclasses import replace
@@ -22,7 +21,6 @@ from ..probeplan import Plan
 from . import common
 
 READ_BYTES = 1 << 20
-POLL_S = 0.1
 
 
 def unsupported(plan: Plan, args) -> str | None:
@@ -121,84 +119,99 @@ def trace(k: Kernel, plan: Plan, args, prog: str, why: str) -> int:
     return 0
 
 
-def _loop(fd: int, session: dynevents.Session, plan: Plan, args, names_of, ctx, clock, sink,
-          signals, prog: str) -> stream.Summary:
-    start = time.monotonic()
-    deadline = start + args.duration if args.duration else None
-    shown, partial, pending, reported = 0, b"", None, 0
-    reason = None
+class TracePipe:
+    """Our instance's trace_pipe as a stream.run transport: parsed Lines go to the
+    sample callback (a Gate), the buffer's overrun is the loss. A Line is handed
+    on once its stack lines (-s) are in: when the next event comes, or a poll
+    finds nothing more."""
 
-    def emit(ln: tracepipe.Line) -> None:
-        nonlocal shown
-        if ln.pid is None:
-            ln.pid = _tgid_of(ln.tid)
-        if args.pid is not None and ln.pid != args.pid:
-            return
-        if args.tid is not None and ln.tid != args.tid:
-            return
-        if args.max_events is not None and shown >= args.max_events:
-            return
-        shown += 1
-        if sink is not None:
-            sink.event(_json(plan, ln, clock.wall, ctx(_ctx_fields(ln))))
-        elif not args.quiet:
-            sys.stdout.write(ln.raw + "".join(f"\n => {f}" for f in ln.stack) + "\n")
+    def __init__(self, fd: int, session: dynevents.Session,
+                 names_of: dict[str, list[str]]) -> None:
+        self.fd, self.session, self.names_of = fd, session, names_of
+        self.on_sample = None
+        self.partial = b""
+        self.pending: tracepipe.Line | None = None
 
-    def read_all() -> bool:
-        """Everything trace_pipe has now (non-blocking: its poll wakes only at
-        buffer_percent, so a quiet trickle is read on the timer)."""
-        nonlocal partial, pending
+    def open(self, on_sample) -> None:
+        self.on_sample = on_sample
+
+    def poll(self, timeout_ms: int) -> None:
+        select.select([self.fd], [], [], timeout_ms / 1000)
+
+    def drain(self) -> None:
+        """What trace_pipe has now, read without waiting: its poll wakes only at
+        buffer_percent, so a quiet trickle is read on the run loop's timer."""
+        if not self._read() and self.pending is not None:
+            self._hand_on()                 # no more stack lines can follow after a quiet poll
+
+    def finish(self) -> None:
+        """What was traced up to the stop."""
+        self._read()
+        if self.pending is not None:
+            self._hand_on()
+
+    @property
+    def lost(self) -> int:
+        return self.session.overrun()
+
+    def _hand_on(self) -> None:
+        line, self.pending = self.pending, None
+        self.on_sample(line)
+
+    def _read(self) -> bool:
         got_any = False
         while True:
             try:
-                chunk = os.read(fd, READ_BYTES)
+                chunk = os.read(self.fd, READ_BYTES)
             except BlockingIOError:
                 return got_any
             if not chunk:
                 return got_any
             got_any = True
-            text = (partial + chunk).decode("utf-8", "backslashreplace")
+            text = (self.partial + chunk).decode("utf-8", "backslashreplace")
             *complete, rest = text.split("\n")
-            partial = rest.encode()
+            self.partial = rest.encode()
             for raw in complete:
-                got = tracepipe.parse(raw, names_of)
-                if isinstance(got, str):
-                    if pending is not None:
-                        pending.stack.append(got)
+                got = tracepipe.parse(raw, self.names_of)
+                if got is None:             # e.g. the "<stack trace>" line before frames
                     continue
-                if pending is not None:
-                    emit(pending)
-                pending = got
+                if isinstance(got, str):
+                    if self.pending is not None:
+                        self.pending.stack.append(got)
+                    continue
+                if self.pending is not None:
+                    self._hand_on()
+                self.pending = got
 
-    while reason is None:
-        wait = POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
-        select.select([fd], [], [], wait)
-        if not read_all() and pending is not None:
-            emit(pending)                   # no more stack lines can follow after a quiet poll
-            pending = None
-        lost = session.overrun()
-        if lost > reported:
-            if sink is not None:
-                sink.lost(lost - reported, lost)
-            else:
-                print(f"{prog}: lost {lost - reported} events ({lost} in all: trace buffer "
-                      f"overrun)", file=sys.stderr)
-            reported = lost
+
+def _loop(fd: int, session: dynevents.Session, plan: Plan, args, names_of, ctx, clock, sink,
+          signals, prog: str) -> stream.Summary:
+    def on_event(ln: tracepipe.Line) -> bool:
+        if ln.pid is None:
+            ln.pid = _tgid_of(ln.tid)
+        if args.pid is not None and ln.pid != args.pid:
+            return False
+        if args.tid is not None and ln.tid != args.tid:
+            return False
         if sink is not None:
-            sink.flush()
+            sink.event(_json(plan, ln, clock.wall, ctx(_ctx_fields(ln))))
+        elif not args.quiet:
+            sys.stdout.write(ln.raw + "".join(f"\n => {f}" for f in ln.stack) + "\n")
+        return True
+
+    def on_lost(count: int, total: int) -> None:
+        if sink is not None:
+            sink.lost(count, total)
         else:
-            sys.stdout.flush()
-        if args.max_events is not None and shown >= args.max_events:
-            reason = "max-events"
-        elif signals.caught is not None:
-            reason = f"signal:{signal.Signals(signals.caught).name}"
-        elif deadline is not None and time.monotonic() >= deadline:
-            reason = "duration"
-    read_all()                              # what was traced up to the stop
-    if pending is not None:
-        emit(pending)
-    return stream.Summary(events=shown, lost=reported, reason=reason,
-                          elapsed=time.monotonic() - start)
+            print(f"{prog}: lost {count} events ({total} in all: trace buffer overrun)",
+                  file=sys.stderr)
+
+    gate = stream.Gate(on_event, args.max_events)
+    transport = TracePipe(fd, session, names_of)
+    transport.open(gate)
+    return stream.run(transport, gate, stream.Limits(args.duration, args.max_events), on_lost,
+                      on_tick=sink.flush if sink is not None else sys.stdout.flush,
+                      signals=signals)
 
 
 _TGIDS: dict[int, int] = {}

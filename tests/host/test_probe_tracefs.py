@@ -137,3 +137,15 @@ def test_what_tracefs_cannot_do_is_refused(target_bin):
         r = run_tool("probe", "--backend", "tracefs", *extra)
         assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert "bpfprobes_" not in (TRACEFS / "uprobe_events").read_text()
+
+
+def test_kernel_stacks_follow_their_event(target_bin):
+    """-s: ftrace's "<stack trace>" line and its frames belong to the event before."""
+    target = start_target(target_bin, 1, "stacks")
+    with Tool("probe", "--json", "--backend", "tracefs", "-s", "-p", str(target.pid),
+              f"p:{target_bin}:echo x=$arg1:s64") as t:
+        target.communicate("go\n", timeout=60)
+        settle(0.6)
+    events = t.json()
+    assert [e["args"]["x"] for e in events] == [-5, 5]
+    assert all(e["kstack"] and not any("=>" in f for f in e["kstack"]) for e in events)
