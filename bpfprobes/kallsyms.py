@@ -32,8 +32,10 @@ class Kallsyms:
             self._text = self._path.read_bytes()
         return self._text
 
-    def find(self, name: str, module: str | None = None) -> list[Symbol]:
-        """Text symbols called `name` (in `module` if given; None = anywhere)."""
+    def find(self, name: str, module: str | None = None,
+             kinds: tuple[bytes, ...] = (b"t", b"T", b"w", b"W")) -> list[Symbol]:
+        """Symbols called `name` of the kallsyms type letters `kinds` (text by
+        default), in `module` if given (None = anywhere)."""
         raw, out, key = self.raw, [], b" " + name.encode()
         pos = raw.find(key)
         while pos >= 0:
@@ -42,7 +44,7 @@ class Kallsyms:
                 bol = raw.rfind(b"\n", 0, pos) + 1
                 eol = raw.find(b"\n", end)
                 parts = raw[bol:eol if eol >= 0 else len(raw)].split()
-                if len(parts) >= 3 and parts[1] in (b"t", b"T", b"w", b"W"):
+                if len(parts) >= 3 and parts[1] in kinds:
                     mod = parts[3].strip(b"[]").decode() if len(parts) > 3 else None
                     if module is None or mod == module:
                         out.append(Symbol(name, int(parts[0], 16), mod, parts[1].decode()))

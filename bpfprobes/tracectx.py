@@ -51,19 +51,13 @@ def preempt_defines(kallsyms: Kallsyms, btf: Btf | None) -> dict[str, object]:
     return {"PERCPU_OFFSETS": f"{offsets:#x}ULL", "PREEMPT_COUNT_VAR": f"{var:#x}ULL"}
 
 
+# per-CPU variables are listed as absolute (A) offsets on x86-64
+_DATA_KINDS = (b"d", b"D", b"b", b"B", b"r", b"R", b"A")
+
+
 def _data_symbol(kallsyms: Kallsyms, name: str) -> int | None:
-    raw, key = kallsyms.raw, (" " + name).encode()
-    pos = raw.find(key)
-    while pos >= 0:
-        end = pos + len(key)
-        if raw[end:end + 1] in (b"\n", b"\t"):
-            line = raw[raw.rfind(b"\n", 0, pos) + 1:end].split()
-            # per-CPU variables are listed as absolute (A) offsets on x86-64
-            if len(line) == 3 and line[1] in (b"d", b"D", b"b", b"B", b"r", b"R", b"A"):
-                addr = int(line[0], 16)
-                return addr or None      # 0: addresses hidden (kptr_restrict)
-        pos = raw.find(key, end)
-    return None
+    found = kallsyms.find(name, kinds=_DATA_KINDS)
+    return found[0].addr or None if found else None     # 0: addresses hidden (kptr_restrict)
 
 
 @dataclass(frozen=True)

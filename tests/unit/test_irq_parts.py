@@ -118,6 +118,8 @@ def test_preempt_defines_need_data_symbols():
     k = Kallsyms(text=b"ffffffff83000000 D __per_cpu_offset\n000000000001f9c0 D __preempt_count\n")
     assert tracectx.preempt_defines(k, None) == {"PERCPU_OFFSETS": "0xffffffff83000000ULL",
                                                  "PREEMPT_COUNT_VAR": "0x1f9c0ULL"}
+    debian = Kallsyms(text=b"ffffffff88a1cb60 D __per_cpu_offset\n000000000001fb40 A __preempt_count\n")
+    assert tracectx.preempt_defines(debian, None)["PREEMPT_COUNT_VAR"] == "0x1fb40ULL"
     hidden = Kallsyms(text=b"0000000000000000 D __per_cpu_offset\n0000000000000000 D __preempt_count\n")
     assert tracectx.preempt_defines(hidden, None) == {}
     assert tracectx.preempt_defines(Kallsyms(text=b"ffffffff81000000 T _stext\n"), None) == {}
