@@ -4,7 +4,7 @@ PY := .venv/bin/python
 ARGS ?= opensnoop
 CMD ?= .venv/bin/bpfprobes doctor
 
-.PHONY: setup setup-test run test test-unit test-host test-vm vm-run bench soak clean
+.PHONY: setup setup-test run test test-unit test-host test-vm vm-run bench soak fuzz clean
 
 setup:
 	@bash .ci/setup
@@ -28,6 +28,12 @@ test-host: setup-test
 
 test-vm: setup-test
 	$(PY) -m pytest tests/vm
+
+# The fuzz test of every tool's command line for FUZZ_SECONDS (make test: 60 s of it),
+# with its figures (examples, seconds, exit statuses) on stderr
+FUZZ_SECONDS ?= 600
+fuzz: setup-test
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -s tests/host/test_fuzz.py
 
 # Boot the test VM and run CMD as root in it (the checkout is at the same path).
 vm-run: setup-test

@@ -29,6 +29,14 @@ class Abi:
     wrapped_prefixes: tuple[str, ...] = ()
     pointer_size: int = 8
     stack_pointer: str = "sp"
+    # Where a probe may land (elfsym.boundary_problem): the ELF e_machine of this
+    # arch's binaries, the alignment of every instruction start, and for variable
+    # length code a capstone (CS_ARCH_*, CS_MODE_*) that decodes from a symbol's start.
+    elf_machine: int = 0
+    insn_align: int = 4
+    thumb_align: int = 0               # arm: a symbol with bit 0 set is Thumb code
+    insn_decoder: tuple[str, str] | None = None
+    compat_elf_machines: tuple[int, ...] = ()   # other binaries this kernel runs (i386)
 
     def canonical(self, reg: str) -> str | None:
         """The table's own name for a register name or alias, or None."""
@@ -84,6 +92,10 @@ X86_64 = Abi(
                       **{f"e{r}": r for r in ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp", "ip")}},
     syscall_prefixes=("__x64_sys_", "sys_"),
     wrapped_prefixes=("__x64_sys_",),
+    elf_machine=62,                    # EM_X86_64
+    insn_align=1,
+    insn_decoder=("CS_ARCH_X86", "CS_MODE_64"),
+    compat_elf_machines=(3,),          # EM_386
 )
 
 AARCH64 = Abi(
@@ -97,6 +109,8 @@ AARCH64 = Abi(
     register_aliases={"lr": "x30", "fp": "x29"},
     syscall_prefixes=("__arm64_sys_", "sys_"),
     wrapped_prefixes=("__arm64_sys_",),
+    elf_machine=183,                   # EM_AARCH64
+    insn_align=4,
 )
 
 ARM = Abi(
@@ -111,6 +125,9 @@ ARM = Abi(
     register_aliases={"r11": "fp", "r12": "ip", "r13": "sp", "r14": "lr", "r15": "pc"},
     syscall_prefixes=("sys_",),
     pointer_size=4,
+    elf_machine=40,                    # EM_ARM
+    insn_align=4,                      # A32
+    thumb_align=2,                     # T32: 2 or 4 bytes
 )
 
 RISCV64 = Abi(
@@ -126,6 +143,8 @@ RISCV64 = Abi(
                       "pc": "epc", "fp": "s0"},
     syscall_prefixes=("__riscv_sys_", "sys_"),
     wrapped_prefixes=("__riscv_sys_",),
+    elf_machine=243,                   # EM_RISCV
+    insn_align=2,                      # the C extension's 2-byte instructions
 )
 
 PPC64LE = Abi(
@@ -140,6 +159,8 @@ PPC64LE = Abi(
     syscall_prefixes=("__powerpc_sys_", "sys_"),
     wrapped_prefixes=("__powerpc_sys_",),
     stack_pointer="r1",
+    elf_machine=21,                    # EM_PPC64
+    insn_align=4,
 )
 
 S390X = Abi(
@@ -154,6 +175,8 @@ S390X = Abi(
     syscall_prefixes=("__s390x_sys_", "sys_"),
     wrapped_prefixes=("__s390x_sys_",),
     stack_pointer="r15",
+    elf_machine=22,                    # EM_S390
+    insn_align=2,                      # 2, 4 or 6 bytes
 )
 
 ALL: tuple[Abi, ...] = (X86_64, AARCH64, ARM, RISCV64, PPC64LE, S390X)
@@ -167,6 +190,11 @@ def get(name: str) -> Abi:
         raise UsageError(f"unknown architecture {name!r}",
                          "known: " + ", ".join(a.name for a in ALL))
     return abi
+
+
+def by_elf_machine(machine: int) -> Abi | None:
+    """The table whose binaries carry this ELF e_machine, or None."""
+    return next((a for a in ALL if a.elf_machine == machine), None)
 
 
 def host() -> Abi:

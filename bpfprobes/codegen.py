@@ -2,6 +2,13 @@
 
 Ready tools are whole .c files in bpf_c/ specialised by defines (filters,
 architecture registers, BTF offsets); nothing is spliced into their text.
+
+Nothing the user types becomes C. What the generated program holds is made
+here from ints (`c_int`; a string is compared as the integer values of its
+bytes, `c_bytes_equal`, the one path text takes into C), identifiers we make
+and check (`c_identifier`), and pt_regs members from the arch tables
+(`c_member`). Spec text, paths, event, argument and field names appear in
+the C only as indexes; -D values pass the same checks (`define_flags`).
 """
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .arch import Abi
+from .errors import UsageError
 from .probefilter import glob_prefix as _glob_prefix
 from .spec import TYPES as _TYPES
 
@@ -34,13 +42,82 @@ class Program:
     cflags: tuple[str, ...]
 
 
+# ---------------------------------------------------------------- what may reach C
+
+MAX_C_IDENT = 64
+_C_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_C_MEMBER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\[[0-9]{1,4}\]|\.[A-Za-z_][A-Za-z0-9_]*){0,4}")
+_C_NUMBER = re.compile(r"(?:0[xX][0-9a-fA-F]{1,16}|[0-9]{1,20})(?:ULL|UL|U|LL|L)?")
+# BCC loads and attaches every function whose name starts with one of these when
+# the program is constructed (BPF._trace_autoload), before we attach anything.
+BCC_AUTO_ATTACH = ("kprobe__", "kretprobe__", "tracepoint__", "raw_tracepoint__",
+                   "kfunc__", "kretfunc__", "kmod_ret__", "lsm__")
+_U64 = 2**64 - 1
+
+
+def c_identifier(name: str) -> str:
+    """`name`, checked to be a plain C identifier that BCC will not auto-attach.
+    Only names we make get here; a failure is a bug, not bad input."""
+    if not (isinstance(name, str) and len(name) <= MAX_C_IDENT and _C_IDENT.fullmatch(name)) \
+            or name.startswith(BCC_AUTO_ATTACH):
+        raise ValueError(f"not a safe C identifier: {name!r}")
+    return name
+
+
+def c_member(expr: str) -> str:
+    """A pt_regs member as the arch tables write it: `si`, `regs[1]`, `psw.addr`."""
+    if not (isinstance(expr, str) and _C_MEMBER.fullmatch(expr)):
+        raise ValueError(f"not a struct member: {expr!r}")
+    return expr
+
+
+def c_int(n: int, signed: bool = False) -> str:
+    """A C integer constant for a Python int in 64 bits (s64 or u64)."""
+    if type(n) is not int:
+        raise ValueError(f"not an integer: {n!r}")
+    if not signed:
+        if not 0 <= n <= _U64:
+            raise ValueError(f"{n} does not fit in u64")
+        return f"{n:#x}ULL"
+    if not -2**63 <= n < 2**63:
+        raise ValueError(f"{n} does not fit in s64")
+    return f"{n}LL" if n > -2**63 else "(-0x7fffffffffffffffLL - 1)"    # INT64_MIN has no literal
+
+
+def text_bytes(text: str | bytes) -> bytes:
+    """The exact bytes of user text the kernel compares (argv that was not UTF-8
+    arrives surrogate-escaped and goes back to its own bytes)."""
+    if isinstance(text, (bytes, bytearray)):
+        return bytes(text)
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise UsageError(f"{text.encode('ascii', 'backslashreplace').decode()[:40]!r} "
+                         "holds characters that are not text", "give UTF-8 text") from None
+
+
+def c_bytes_equal(base: str, data: bytes) -> str:
+    """C that is true when the bytes at `base` (our C expression) start with
+    `data`: each byte as an integer, so no text of the user's is ever C."""
+    return " && ".join(f"(u8){base}[{i}] == {b}" for i, b in enumerate(bytes(data))) or "1"
+
+
 def define_flags(defs: Mapping[str, object]) -> list[str]:
-    """-D flags from a table: True -> -DKEY, None/False -> omitted, else -DKEY=value."""
+    """-D flags from a table: True -> -DKEY, None/False -> omitted, else -DKEY=value.
+    Values are ints, numbers or struct members (checked): never free text."""
     out = []
     for key, value in defs.items():
+        c_identifier(key)
         if value is None or value is False:
             continue
-        out.append(f"-D{key}" if value is True else f"-D{key}={value}")
+        if value is True:
+            out.append(f"-D{key}")
+        elif type(value) is int:
+            out.append(f"-D{key}={value}")
+        elif isinstance(value, str) and (_C_NUMBER.fullmatch(value) or _C_MEMBER.fullmatch(value)):
+            out.append(f"-D{key}={value}")
+        else:
+            raise ValueError(f"-D{key}: {value!r} is not a number or a member name")
     return out
 
 
@@ -74,7 +151,7 @@ def expand_includes(text: str, base: Path, seen: set[str] | None = None) -> str:
 
 def ready_tool(name: str, defs: Mapping[str, object]) -> Program:
     """bpf_c/NAME.bpf.c specialised by `defs`."""
-    src = c_dir() / f"{name}.bpf.c"
+    src = c_dir() / f"{c_identifier(name)}.bpf.c"
     return Program(src.name, expand_includes(src.read_text(), c_dir()),
                    tuple(["-w", *define_flags(defs)]))
 
@@ -118,7 +195,7 @@ class _ProbeFn:
         self.ptr = abi.pointer_size
 
     def reg(self, name: str) -> str:
-        return f"(u64)ctx->{self.abi.member(name)}"
+        return f"(u64)ctx->{c_member(self.abi.member(name))}"
 
     def mem_mode(self, user: bool) -> int:
         if user or self.p.spec.is_uprobe:
@@ -155,7 +232,7 @@ class _ProbeFn:
     def address(self, node, bit: int) -> str:
         """Address a Deref or @SYM reads from."""
         if type(node).__name__ == "Sym":
-            return f"{self.symbols[node.name] + node.offset:#x}ULL"
+            return c_int((self.symbols[node.name] + node.offset) & _U64)
         inner = self.value(node.inner, bit)
         if not node.offset:
             return inner
@@ -215,23 +292,20 @@ class _ProbeFn:
         return ptr, self.either
 
 
-def _c_bytes(base: str, text: str, with_nul: bool) -> list[str]:
-    data = text.encode() + (b"\0" if with_nul else b"")
-    return [f"(u8){base}[{i}] == {b}" for i, b in enumerate(data)]
-
-
 def _c_compare(expr: str, t, op: str, lit: int) -> str:
-    """Compare a typed value with a literal as integers do in math (not as C would)."""
+    """Compare a typed value with a literal as integers do in math (not as C would).
+    probefilter bounds literals to [-2^63, 2^64); the value is s64 or u64."""
     bits = t.bits or 64
+    if op == "&":               # in 64-bit two's complement, as Python's & on these ranges
+        cast = f"(s64)(s{bits})" if t.kind == "s" else f"(u64)(u{bits})"
+        return f"((u64){cast}{expr} & {c_int(lit & _U64)}) != 0"
     if t.kind == "s":
-        value = f"(s64)(s{bits}){expr}"
-        return f"({value} & {lit}LL) != 0" if op == "&" else f"{value} {op} {lit}LL"
-    value = f"(u64)(u{bits}){expr}"
-    if op == "&":
-        return f"({value} & {lit & (2**64 - 1):#x}ULL) != 0"
+        if lit >= 2**63:                           # above every s64: constant
+            return "1" if op in ("!=", "<", "<=") else "0"
+        return f"(s64)(s{bits}){expr} {op} {c_int(lit, signed=True)}"
     if lit < 0:                                   # unsigned against negative: constant
         return "1" if op in ("!=", ">", ">=") else "0"
-    return f"{value} {op} {lit:#x}ULL"
+    return f"(u64)(u{bits}){expr} {op} {c_int(lit)}"
 
 
 def _filter_c(e, probe) -> str:
@@ -246,37 +320,48 @@ def _filter_c(e, probe) -> str:
         expr, t = _FILTER_BUILTINS[e.name]
         return _c_compare(expr, t, e.op, e.value)
     if e.name == "comm":
-        return _c_string_test("e->comm", e)
+        return _c_string_test("e->comm", e, COMM_LEN, "comm")
     slot = next(s for s in probe.layout.slots if s.name == e.name)
     guard = f"!(e->faults & BIT({slot.index}))"
     if slot.is_string:
-        test = _c_string_test(f"(e->payload + {slot.offset})", e)
+        test = _c_string_test(f"(e->payload + {slot.offset})", e, slot.size, slot.name)
     else:
         test = _c_compare(f"SLOT(e, {slot.offset})", slot.type, e.op, e.value)
     return f"({guard} && {test})"
 
 
-def _c_string_test(base: str, e) -> str:
+COMM_LEN = 16          # bpf_c/probe_event.h PROBE_COMM_LEN: the kernel's TASK_COMM_LEN
+
+
+def _c_string_test(base: str, e, capacity: int, what: str) -> str:
+    """Compare at most `capacity` bytes: the buffer holds no more (a longer
+    literal would read past it and could never match what the kernel kept)."""
     text = str(e.value)
     prefix = _glob_prefix(text) if e.op in ("~", "!~") else None
-    if prefix is not None:
-        test = " && ".join(_c_bytes(base, prefix, False)) or "1"
-    else:
-        test = " && ".join(_c_bytes(base, text, True))
+    data = text_bytes(prefix) if prefix is not None else text_bytes(text) + b"\0"
+    if len(data) > capacity:
+        raise UsageError(f"the filter's string for {what} is {len(data) - (prefix is None)} "
+                         f"bytes; {what} holds at most {capacity - 1}",
+                         "compare a shorter string, or a prefix with ~ 'PREFIX*'")
+    test = c_bytes_equal(base, data)
     return f"({test})" if e.op in ("==", "~") else f"!({test})"
+
+
+def _comm_test(base: str, comm: str) -> str:
+    return c_bytes_equal(base, text_bytes(comm) + b"\0")
 
 
 def _probe_function(probe, plan, abi: Abi) -> str:
     g = _ProbeFn(probe, abi, plan.symbols)
     spec = probe.spec
     ctx_type = "void" if spec.kind == "tracepoint" else "struct pt_regs"
-    out = [f"/* {spec.text} */", f"int {probe.fn}({ctx_type} *ctx)", "{",
+    out = [f"/* spec {probe.index} */", f"int {c_identifier(probe.fn)}({ctx_type} *ctx)", "{",
            "    u64 id = bpf_get_current_pid_tgid();",
            f"    struct probe_event *e = probe_begin(id, {probe.index}, "
            f"{'CTX_TASK' if spec.is_uprobe else 'CTX_UNKNOWN'});",
            "    u64 v = 0;", "    if (!e)", "        return 0;"]
     if plan.options.comm is not None:
-        out.append(f"    if (!({' && '.join(_c_bytes('e->comm', plan.options.comm, True))}))")
+        out.append(f"    if (!({_comm_test('e->comm', plan.options.comm)}))")
         out.append("        return 0;")
     if probe.stash is not None:
         out.append(f"    pair_enter(id, {probe.stash});")
@@ -292,8 +377,8 @@ def _probe_function(probe, plan, abi: Abi) -> str:
             ret = g.read(g.reg(abi.stack_pointer), abi.pointer_size, g.mem_mode(False), 63)
             g.lines += [f"e->ret_ip = {ret};", "e->faults = 0;"]
     used = {}
-    for a, slot in zip(spec.args, probe.layout.slots):
-        g.lines.append(f"/* {a.name} */")
+    for n, (a, slot) in enumerate(zip(spec.args, probe.layout.slots)):
+        g.lines.append(f"/* argument {n} */")
         if slot.is_string:
             used[slot.index] = g.string(a, slot)
         else:
@@ -314,13 +399,13 @@ def _probe_function(probe, plan, abi: Abi) -> str:
 
 
 def _stash_function(stash, comm: str | None) -> str:
-    out = [f"/* entry of {stash.spec.text}: its time, for the latency */",
-           f"int {stash.fn}(struct pt_regs *ctx)", "{",
+    out = [f"/* entry of pair {stash.pair}: its time, for the latency */",
+           f"int {c_identifier(stash.fn)}(struct pt_regs *ctx)", "{",
            "    u64 id = bpf_get_current_pid_tgid();",
            "    if (task_filtered(id))", "        return 0;"]
     if comm is not None:        # as the return probe filters: no entry it would never collect
         out += ["    char c[PROBE_COMM_LEN] = {};", "    bpf_get_current_comm(&c, sizeof(c));",
-                f"    if (!({' && '.join(_c_bytes('c', comm, True))}))", "        return 0;"]
+                f"    if (!({_comm_test('c', comm)}))", "        return 0;"]
     return "\n".join(out + [f"    pair_enter(id, {stash.pair});", "    return 0;", "}"])
 
 
@@ -353,6 +438,6 @@ def probe_program(plan, abi: Abi) -> Program:
 def count_program(targets: int, defs: Mapping[str, object]) -> Program:
     """bpf_c/count.bpf.c with a COUNTER(n) function (count_n) for each target."""
     src = c_dir() / "count.bpf.c"
-    counters = "\n".join(f"COUNTER({n})" for n in range(targets))
+    counters = "\n".join(f"COUNTER({n})" for n in range(int(targets)))
     return Program(src.name, expand_includes(src.read_text(), c_dir()) + "\n" + counters + "\n",
                    tuple(["-w", *define_flags({"COUNT_TARGETS": max(1, targets), **defs})]))

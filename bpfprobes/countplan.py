@@ -11,13 +11,13 @@ compiler clones such as foo.isra.0, the __pfx_ padding symbols).
 """
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import dataclass
 
 from . import features
 from .elfsym import Elf
 from .errors import KernelError, UsageError
+from .kallsyms import Wildcard
 from .kernel import Kernel
 from .loader import Attach
 
@@ -73,10 +73,10 @@ def _tracepoints(k: Kernel, body: str) -> list[Target]:
     root = k.tracefs
     if root is None:
         raise KernelError("tracefs is not mounted", "mount -t tracefs nodev /sys/kernel/tracing")
+    cats, events = Wildcard(cat), Wildcard(event)
     found = sorted(f"{c.name}:{e.name}" for c in (root / "events").iterdir()
-                   if c.is_dir() and fnmatch.fnmatchcase(c.name, cat)
-                   for e in c.iterdir() if (e / "format").exists()
-                   and fnmatch.fnmatchcase(e.name, event))
+                   if c.is_dir() and cats.match(c.name)
+                   for e in c.iterdir() if events.match(e.name) and (e / "format").exists())
     return [Target("tracepoint", t, Attach("tracepoint", t, "")) for t in found]
 
 
@@ -84,12 +84,15 @@ def _uprobes(body: str) -> list[Target]:
     path, sep, func = body.rpartition(":")
     if not sep or not path:
         raise UsageError(f"p:{body}: a user function is p:/PATH:FUNC", "e.g. p:/bin/bash:read*")
-    try:
-        elf = Elf(path)                          # ElfError names the path and the reason
-        names = sorted({s.name for s in elf.functions if fnmatch.fnmatchcase(s.name, func)})
-    except OSError as e:
-        raise KernelError(f"cannot read {path}: {e.strerror}") from e
-    return [Target("uprobe", f"{path}:{n}", Attach("uprobe", n, "", path=path)) for n in names]
+    with Elf(path) as elf:                       # ElfError names the path and the reason
+        # only the names the wildcard matches are indexed (bounded: elfsym.MAX_INDEXED);
+        # a name meaning two places (two static functions) or no code is skipped
+        places = elf.functions_matching(Wildcard(func).match)
+        held = elf.hold()                        # the kernel gets the checked inode (F1)
+    # each at the address read from the resolved file (what probe does, elfsym.place)
+    return [Target("uprobe", f"{path}:{n}", Attach("uprobe", "", "", path=p.path, offset=p.vaddr,
+                                                   kernel_path=held))
+            for n, p in places.items()]
 
 
 def expand(k: Kernel, patterns: list[str], limit: int = DEFAULT_LIMIT,
@@ -113,6 +116,7 @@ def expand(k: Kernel, patterns: list[str], limit: int = DEFAULT_LIMIT,
         raise UsageError(f"{len(out)} targets match, more than {limit}: each one costs on every "
                          f"call", "narrow the pattern, or --force (and --limit N)")
     return [Target(t.kind, t.name, Attach(t.attach.kind, t.attach.target, f"count_{i}",
-                                          path=t.attach.path,
+                                          path=t.attach.path, offset=t.attach.offset,
+                                          kernel_path=t.attach.kernel_path,
                                           pid=pid if t.kind == "uprobe" and pid else -1))
             for i, t in enumerate(out)]

@@ -12,6 +12,8 @@ import struct
 from dataclasses import dataclass
 from functools import cached_property
 
+from .safetext import decode_exact
+
 _CTYPES = {"u8": ctypes.c_uint8, "u16": ctypes.c_uint16, "u32": ctypes.c_uint32,
            "u64": ctypes.c_uint64, "s8": ctypes.c_int8, "s16": ctypes.c_int16,
            "s32": ctypes.c_int32, "s64": ctypes.c_int64}
@@ -64,8 +66,10 @@ class Layout:
 
 
 def cstr(raw: bytes) -> str:
-    """A C string (up to the first NUL) as text; bytes that are not UTF-8 escaped."""
-    return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+    """A C string (up to the first NUL) as text that keeps every byte: bytes that
+    are not UTF-8 become surrogate escapes (safetext.decode_exact), shown as
+    `\\xNN` on a terminal and given back exactly by JSON."""
+    return decode_exact(raw.split(b"\0", 1)[0])
 
 
 OPEN_EVENT = Layout("open_event", (
@@ -135,7 +139,7 @@ def exec_args(raw: bytes, argc: int) -> tuple[list[str], list[int]]:
         head = raw[pos] | raw[pos + 1] << 8
         n = head & ~EXEC_ARG_CUT
         arg = raw[pos + 2:pos + 2 + n].split(b"\0", 1)[0]     # an argument never holds a NUL
-        argv.append(arg.decode("utf-8", "backslashreplace"))
+        argv.append(decode_exact(arg))
         if head & EXEC_ARG_CUT:
             cut.append(i)
         pos += 2 + n

@@ -10,17 +10,19 @@ action is named after the device (many drivers name vectors "eth0-rx-0" or
 from __future__ import annotations
 
 import ctypes
-import fnmatch
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
+from .kallsyms import Wildcard
+from .safetext import for_terminal
 
 PROC_INTERRUPTS = Path("/proc/interrupts")
 SYS = Path("/sys")
 ETHTOOL_GDRVINFO = 0x00000003
+NAME_MAX = 255                  # a path component: longer names are in no directory
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,30 @@ def resolve_block(name: str, lines: dict[int, Line]) -> Device | None:
     return dev
 
 
+def _is_utf8(text: str) -> bool:
+    """False when argv held bytes that are not UTF-8 (surrogate escapes)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _quoted(name: str) -> str:
+    return f"'{for_terminal(name)}'"
+
+
+def _not_a_device(name: str) -> str | None:
+    """Why `name` cannot be a device we can look up, or None. Names are path
+    components under /sys (a '/' in a disk's name shows there as '!'); an interface
+    name that is not UTF-8 is legal, but netlink (pyroute2) cannot be asked about it."""
+    if name in ("", ".", "..") or "/" in name or len(os.fsencode(name)) > NAME_MAX:
+        return "is not a device name"
+    if not _is_utf8(name) and (SYS / "class" / "net" / name).exists():
+        return "is a network interface whose name is not UTF-8, which netlink cannot look up"
+    return None
+
+
 def resolve(name: str | None, irqs: list[int], pattern: str | None,
             lines: dict[int, Line] | None = None) -> Device:
     """The device (or lines) the user named; UsageError if nothing matches."""
@@ -227,21 +253,28 @@ def resolve(name: str | None, irqs: list[int], pattern: str | None,
                              "see cat /proc/interrupts")
         return Device("irq", ",".join(map(str, irqs)), sorted(set(irqs)),
                       evidence=[f"--irq: {', '.join(map(str, irqs))}"])
-    if pattern:
+    if pattern is not None:
+        w = Wildcard(pattern)
         found = sorted(n for n, line in lines.items()
-                       if fnmatch.fnmatch(line.name, pattern)
-                       or any(fnmatch.fnmatch(a.strip(), pattern) for a in line.name.split(",")))
+                       if w.match(line.name)
+                       or any(w.match(a.strip()) for a in line.name.split(",")))
         if not found:
-            raise UsageError(f"no IRQ line named like {pattern!r} in /proc/interrupts",
+            raise UsageError(f"no IRQ line named like {_quoted(pattern)} in /proc/interrupts",
                              "patterns are shell wildcards: --name 'virtio*-input*'")
         return Device("pattern", pattern, found,
-                      evidence=[f"/proc/interrupts: {pattern!r} matches "
+                      evidence=[f"/proc/interrupts: {_quoted(pattern)} matches "
                                 f"{', '.join(map(str, found))}"])
     if name is None:
         return Device("all", "all", evidence=["no device given: every IRQ line"])
-    dev = resolve_net(name, lines) or resolve_block(name, lines)
+    problem = _not_a_device(name)
+    if problem is not None:
+        raise UsageError(f"{_quoted(name)} {problem}",
+                         "name one from ip link or lsblk, or its lines with --irq N "
+                         "(see /proc/interrupts)")
+    # netlink names are UTF-8 (pyroute2): other bytes can only be a block device here
+    dev = (resolve_net(name, lines) if _is_utf8(name) else None) or resolve_block(name, lines)
     if dev is None:
-        raise UsageError(f"{name!r} is neither a network interface nor a block device",
+        raise UsageError(f"{_quoted(name)} is neither a network interface nor a block device",
                          "name one from ip link or lsblk, or use --irq N / --name PATTERN")
     if not dev.irqs:
         raise UsageError(f"{name} ({dev.driver or 'no driver'}) has no IRQ lines of its own",

@@ -8,6 +8,57 @@ from pathlib import Path
 
 KALLSYMS = Path("/proc/kallsyms")
 _TEXT_TYPES = b"tTwW"
+_TEXT_NAME = re.compile(rb" [tTwW] (\S+)(?=[\t\n])")
+
+
+class Wildcard:
+    """A shell wildcard: `*` any run of characters, `?` one character, every other
+    character itself (no [classes]). The package's one wildcard matcher (kernel
+    symbols, tracepoints, ELF symbols, IRQ line names).
+
+    Why not a regex of `.*` (or fnmatch): a backtracking engine retries every
+    split of the name among the stars, polynomial in the name with the number of
+    stars as the power (`*?*?*?*?*?*?*?*?*?*?#` never ended on kallsyms). Here
+    the stars cut the pattern into star-free pieces; the first must match at the
+    start, the last at the end, and each one between at its leftmost place after
+    the one before (the leftmost place leaves the most room for the rest, so it is
+    never retried). Each piece is a quantifier-free regex (`?` is `.`) searched
+    from where the one before ended, so each position of the name is tried at most
+    once in all (`steps`, counted for tests, stays within len(name) + the number
+    of stars), each try comparing at most len(piece) characters, in C."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        pieces = pattern.split("*")
+        self._exact = len(pieces) == 1
+        rx = [re.compile("".join("." if c == "?" else re.escape(c) for c in p), re.S)
+              for p in pieces]
+        self._head, self._tail, self._head_len = rx[0], rx[-1], len(pieces[0])
+        self._mid = [r for r, p in zip(rx[1:-1], pieces[1:-1]) if p]   # ** is *
+        self._tail_len = len(pieces[-1])
+        self._min_len = len(pattern) - pattern.count("*")
+        self.steps = 0
+
+    def match(self, name: str) -> bool:
+        if self._exact:
+            return self._head.fullmatch(name) is not None
+        end = len(name) - self._tail_len
+        if len(name) < self._min_len or self._head.match(name) is None \
+                or self._tail.fullmatch(name, end) is None:      # the ends first: cheap
+            return False
+        pos = self._head_len
+        for piece in self._mid:
+            found = piece.search(name, pos, end)
+            self.steps += (found.start() if found else end) - pos + 1
+            if found is None:
+                return False
+            pos = found.end()
+        return pos <= end
+
+
+def wildcard_match(name: str, pattern: str) -> bool:
+    """`name` matches the shell wildcard `pattern` (see Wildcard)."""
+    return Wildcard(pattern).match(name)
 
 
 @dataclass(frozen=True)
@@ -25,6 +76,7 @@ class Kallsyms:
         self._path = path
         self._text = text
         self._sorted: tuple[list[int], list[Symbol]] | None = None
+        self._names: list[str] | None = None
 
     @property
     def raw(self) -> bytes:
@@ -36,7 +88,7 @@ class Kallsyms:
              kinds: tuple[bytes, ...] = (b"t", b"T", b"w", b"W")) -> list[Symbol]:
         """Symbols called `name` of the kallsyms type letters `kinds` (text by
         default), in `module` if given (None = anywhere)."""
-        raw, out, key = self.raw, [], b" " + name.encode()
+        raw, out, key = self.raw, [], b" " + name.encode("utf-8", "surrogateescape")
         pos = raw.find(key)
         while pos >= 0:
             end = pos + len(key)
@@ -59,14 +111,21 @@ class Kallsyms:
 
     def match(self, pattern: str, limit: int = 0) -> list[str]:
         """Text symbol names matching a shell wildcard (* ?), sorted, unique."""
-        body = "".join({"*": r"\S*", "?": r"\S"}.get(c, re.escape(c)) for c in pattern)
-        rx = re.compile(rb" [tTwW] (" + body.encode() + rb")(?=[\t\n])")
-        names = sorted({m.group(1).decode() for m in rx.finditer(self.raw)})
+        w = Wildcard(pattern)
+        names = sorted({n for n in self._text_names() if w.match(n)})
         return names[:limit] if limit else names
+
+    def _text_names(self) -> list[str]:
+        # one linear pass over the raw text; the wildcard then runs per name
+        if self._names is None:
+            self._names = [m.group(1).decode("utf-8", "surrogateescape")
+                           for m in _TEXT_NAME.finditer(self.raw)]
+        return self._names
 
     def module_symbols(self, module: str) -> list[str]:
         """Text symbol names of a loaded module, sorted, unique."""
-        rx = re.compile(rb" [tTwW] (\S+)\t\[" + re.escape(module.encode()) + rb"\]")
+        name = re.escape(module.encode("utf-8", "surrogateescape"))
+        rx = re.compile(rb" [tTwW] (\S+)\t\[" + name + rb"\]")
         return sorted({m.group(1).decode() for m in rx.finditer(self.raw)})
 
     def modules_of(self, name: str) -> set[str | None]:

@@ -30,6 +30,7 @@ class Attach:
     offset: int = 0             # kprobe +OFFS, or uprobe address when symbol is empty
     maxactive: int = 0
     pid: int = -1               # uprobe: only this process
+    kernel_path: str | None = None  # uprobe: /proc/self/fd/N of the checked binary (`path` shown)
 
     def describe(self) -> str:
         where = f"{self.path}:" if self.path else ""
@@ -91,13 +92,16 @@ class Loaded:
             "tracepoint": lambda: b.attach_tracepoint(tp=how.target, fn_name=how.fn),
             "raw_tracepoint": lambda: b.attach_raw_tracepoint(tp=how.target.encode(),
                                                               fn_name=how.fn.encode()),
-            "uprobe": lambda: b.attach_uprobe(name=how.path, sym=how.target, fn_name=how.fn,
-                                              pid=how.pid, **_uaddr(how)),
-            "uretprobe": lambda: b.attach_uretprobe(name=how.path, sym=how.target,
+            # the held descriptor of the checked file, not a path looked up again (F1)
+            "uprobe": lambda: b.attach_uprobe(name=how.kernel_path or how.path, sym=how.target,
+                                              fn_name=how.fn, pid=how.pid, **_uaddr(how)),
+            "uretprobe": lambda: b.attach_uretprobe(name=how.kernel_path or how.path,
+                                                    sym=how.target,
                                                     fn_name=how.fn, pid=how.pid, **_uaddr(how)),
         }
         failure = None
-        with _stderr_captured() as noise:
+        # an event BCC writes to kprobe/uprobe_events for this attach is recorded as ours
+        with _stderr_captured() as noise, dynevents.bcc_attach(how.kind, how.target):
             try:
                 calls[how.kind]()
             except Exception as e:  # BCC raises bare Exception for every attach failure
@@ -114,6 +118,7 @@ class Loaded:
                 self._detach_in_parallel()
                 self.bpf.cleanup()          # the rest (uprobes), perf buffers, the module
             self.bpf = None
+            dynevents.bcc_detached()        # BCC's events it left (a failed attach): ours, removed
 
     def _detach_in_parallel(self) -> None:
         """Each tracepoint/kprobe detach waits for an RCU grace period in the
@@ -148,17 +153,13 @@ def _uaddr(how: Attach) -> dict:
         if how.offset else {}
 
 
-_BCC_EVENT = re.compile(r"^[pr]:(\S+/\S*_bcc_(\d+))\s", re.M)
-
-
 def reap_stale_events(tracefs) -> list[str]:
-    """Remove kprobe/uprobe events that BCC created for a process that is gone.
-
-    Where the kernel has no kprobe/uprobe PMU, BCC registers dynamic events in
-    tracefs named ..._bcc_PID; a run killed by SIGKILL cannot remove its own.
-    Only events whose PID no longer exists are touched, never other users'.
-    """
-    return [] if tracefs is None else dynevents.remove_dead_events(tracefs, _BCC_EVENT)
+    """Remove what runs of ours that are gone (their lock free) recorded: BCC's
+    kprobe/uprobe events (written to tracefs where the kernel has no PMU, and
+    for every kretprobe with maxactive, `r<N>:`), which a SIGKILLed run cannot
+    remove, and tracefs-backend instances and events. Never by name pattern:
+    `..._bcc_PID` names of other users and other PID namespaces look the same."""
+    return dynevents.reap(tracefs)
 
 
 def compile_program(program: Program, headers: Headers) -> Loaded:

@@ -6,8 +6,10 @@ Text is what perf-tools' kprobe prints from trace_pipe:
     TASK-TID [CPU] TIMESTAMP: EVENT: (caller+0x1c <- func) ret=-2 (ENOENT) latency_ns=1530
 
 with `(fault)` for an argument that could not be read, `..."` for a string
-that filled its slot, and stacks as ` => frame` lines. JSON carries the same
-facts typed: ints as ints, strings as strings.
+that filled its slot, and stacks as ` => frame` lines; each line is escaped
+for the terminal (safetext.for_terminal), a string value also has its `\\` and
+`"` escaped so that its end is never in doubt. JSON carries the same facts
+typed: ints as ints, strings as strings with every byte (decode.cstr).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from .kallsyms import Kallsyms
 from .latency import Reservoir, human_ns
 from .probelayout import Slot, typed
 from .probeplan import Plan, Probe
+from .safetext import for_terminal
 from .tracectx import Context
 from .spec import Field, Retval
 
@@ -99,8 +102,9 @@ class Stats:
             cells = [human_ns(lat[k]) for k in ("p50", "p90", "p99", "max")] if lat else \
                 ["-"] * 4
             rows.append([r["probe"], r["count"], *cells])
-        return tabulate(rows, headers=["PROBE", "COUNT", "P50", "P90", "P99", "MAX"],
+        text = tabulate(rows, headers=["PROBE", "COUNT", "P50", "P90", "P99", "MAX"],
                         colalign=("left", "right", "right", "right", "right", "right"))
+        return "\n".join(map(for_terminal, text.split("\n")))
 
 
 class Decoder:
@@ -220,7 +224,7 @@ def location(ev: Event) -> str | None:
 
 
 def ftrace_text(ev: Event) -> str:
-    """One ftrace-style line, then stack lines if any."""
+    """One ftrace-style line, then stack lines if any, escaped for a terminal."""
     h = ev.head
     where = location(ev)
     args = [f"{s.name}={value_text(ev.probe, s, ev.values[s.name], s.name in ev.truncated)}"
@@ -238,7 +242,8 @@ def ftrace_text(ev: Event) -> str:
             lines += [f" => {f}" for f in frames]
         elif key in ev.stack_errors:
             lines.append(f" {title} unavailable: {ev.stack_errors[key]}")
-    return "\n".join(lines)
+    # comm, string values, symbols and frames come from the traced system
+    return for_terminal(lines[0]) if len(lines) == 1 else "\n".join(map(for_terminal, lines))
 
 
 FTRACE_HEADER = ("# tracer: bpfprobes\n#\n"

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
-from . import features, probefilter, probelayout, tpformat
+from . import elfsym, features, probefilter, probelayout, tpformat
 from .arch import Abi
 from .btf import FUNC, PTR, BtfError
 from .elfsym import Elf
@@ -24,7 +24,7 @@ from .kernel import Kernel
 from .probefilter import Expr, FieldInfo
 from .probelayout import PayloadLayout
 from .spec import (TYPES, ArgType, BtfParam, Deref, FetchArg, ProbeSpec, Retval, Sym,
-                   resolve_btf_params, validate_fields)
+                   resolve_btf_params, validate_fields, why_not_one_word)
 
 STACK_ENTRIES = 2048         # BPF_STACK_TRACE size: 2048 * 127 frames * 8 bytes = 2 MiB
 PAIR_ENTRIES = 10240         # threads inside a timed function at once
@@ -39,9 +39,18 @@ _SYSCALL_PREFIXES = ("__x64_sys_", "__arm64_sys_", "__riscv_sys_", "__s390x_sys_
 
 @dataclass(frozen=True)
 class Uprobe:
-    path: str                # absolute path of the binary
+    """Where a uprobe lands, computed once (elfsym.Elf.place) for both backends."""
+    path: str                # resolved path of the binary that was checked (shown to users)
     file_offset: int         # of SYM+OFFS: what uprobe_events takes
-    vaddr: int               # what BCC's attach_uprobe(addr=) takes
+    vaddr: int               # the same place as BCC's attach_uprobe(addr=) takes it
+    # what the kernel is given: /proc/self/fd/N of the checked file, held open
+    # (elfsym.Elf.hold), so a directory of `path` swapped later cannot redirect it
+    kernel_path: str = ""
+
+    @property
+    def target(self) -> str:
+        """The path to hand the kernel (uprobe_events, BCC's attach_uprobe)."""
+        return self.kernel_path or self.path
 
 
 @dataclass
@@ -53,6 +62,7 @@ class Facts:
     returns: dict[int, ArgType] = field(default_factory=dict)     # kretprobe: BTF return type
     uprobes: dict[int, Uprobe] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)                # for -v / --dry-run
+    warnings: list[str] = field(default_factory=list)             # always shown (--force)
 
 
 def _kprobe_alternatives(k: Kernel, symbol: str) -> str:
@@ -90,6 +100,35 @@ def _check_kprobe(k: Kernel, spec: ProbeSpec, dry_run: bool, notes: list[str]) -
         raise KernelError(f"{spec.symbol} is in the kernel's kprobe blacklist "
                           "(probing it could recurse or crash the kernel)",
                           "probe its caller, or a tracepoint near it")
+
+
+def _kprobe_offset_problem(k: Kernel, spec: ProbeSpec) -> str | None:
+    """SYM+OFFS past SYM's end (the next kallsyms symbol), where that can be seen.
+    Whether OFFS starts an instruction the kernel checks itself (x86 decodes it)."""
+    if not spec.offset or not k.kallsyms.addresses_visible():
+        return None
+    syms = k.kallsyms.find(spec.symbol, spec.module)
+    if len(syms) != 1:
+        return None                          # ambiguous or absent: said elsewhere
+    hit = k.kallsyms.resolve(syms[0].addr + spec.offset)
+    if hit is None or hit[0].addr == syms[0].addr:
+        return None
+    return (f"{spec.symbol}+{spec.offset:#x} is past the end of {spec.symbol}: "
+            f"it is {hit[0].name}+{hit[1]:#x}")
+
+
+_BOUNDARY_HINT = ("a breakpoint that is not on an instruction's first byte corrupts the "
+                  "traced program; pick one (objdump -d), or --force")
+
+
+def _refuse_or_warn(problem: str | None, force: bool, warnings: list[str],
+                    hint: str = _BOUNDARY_HINT) -> None:
+    """A place that may harm the traced code: refused, or with --force a warning."""
+    if problem is None:
+        return
+    if not force:
+        raise UsageError(f"{problem}: refusing to probe there", hint)
+    warnings.append(f"warning: {problem}; probing there anyway (--force)")
 
 
 def _btf_lookup(k: Kernel):
@@ -143,26 +182,56 @@ def _check_tracepoint(k: Kernel, spec: ProbeSpec, dry_run: bool,
     return fields
 
 
-def _check_uprobe(k: Kernel, spec: ProbeSpec, dry_run: bool, notes: list[str]) -> Uprobe:
+def _same_file_for(pid: int | None, elf: Elf) -> None:
+    """With -p, the process must run the file checked (the probe is on that inode: in
+    another mount namespace PATH may be another file, which would never hit it)."""
+    if pid is None:
+        return
+    try:
+        st = os.stat(f"/proc/{pid}/root{elf.path}")
+    except OSError:
+        return                              # no such process: the pid filter says so later
+    if (st.st_dev, st.st_ino) != elf.dev_ino:
+        raise BpfprobesError(f"process {pid} sees another file at {elf.path} (another mount "
+                             "namespace): the probe would not be in the binary it runs",
+                             "trace it without -p, or from inside its namespace")
+
+
+def _check_uprobe(k: Kernel, spec: ProbeSpec, dry_run: bool, notes: list[str],
+                  force: bool = False, warnings: list[str] | None = None,
+                  pid: int | None = None) -> Uprobe:
+    """Resolve the binary's path once, read that file (regular, ELF, this kernel's
+    machine), place SYM+OFFS or the file offset, and check it starts an instruction."""
+    warnings = [] if warnings is None else warnings
     have = features.check(k, "uprobes")
     if not have.available and not dry_run:
         raise KernelError(f"uprobes are not available in this kernel ({have.why})")
-    path = os.path.abspath(spec.path or "")
-    if not os.path.exists(path):
+    if not os.path.lexists(os.path.realpath(spec.path or "")):
         raise BpfprobesError(f"uprobe target {spec.path}: no such file",
                              "give the binary's path, e.g. /usr/bin/bash or "
                              "/lib/x86_64-linux-gnu/libc.so.6")
-    elf = Elf(path)
-    if not spec.symbol:                                   # PATH:0xOFFSET is a file offset
-        vaddr = elf.offset_to_vaddr(spec.offset)
-        if vaddr is None:
-            raise BpfprobesError(f"offset {spec.offset:#x} is not in a loadable segment of {path}")
-        return Uprobe(path, spec.offset, vaddr)
-    sym = elf.symbol(spec.symbol)
-    if sym.kind == "ifunc":
-        notes.append(f"note: {spec.symbol} in {path} is an IFUNC: the probe is on its "
-                     "resolver, not on the implementation chosen at run time")
-    return Uprobe(path, elf.symbol_offset(spec.symbol, spec.offset), sym.value + spec.offset)
+    with Elf(spec.path or "") as elf:
+        if elf.machine not in (k.abi.elf_machine, *k.abi.compat_elf_machines):
+            _refuse_or_warn(f"{spec.path} holds {elf.machine_name} code and this kernel is "
+                            f"{k.abi.name}", force, warnings,
+                            f"its breakpoint would be {k.abi.name}'s; --force to try anyway")
+        if spec.symbol:
+            place = elf.place(spec.symbol, spec.offset)
+            if place.symbol is not None and place.symbol.kind == "ifunc":
+                notes.append(f"note: {spec.symbol} in {elf.path} is an IFUNC: the probe is on "
+                             "its resolver, not on the implementation chosen at run time")
+        else:                                             # PATH:0xOFFSET is a file offset
+            place = elf.place_file_offset(spec.offset)
+        _refuse_or_warn(elfsym.boundary_problem(elf, place, spec.is_return), force, warnings)
+        _same_file_for(pid, elf)
+        held = elf.hold()               # the kernel gets this very inode (issue 11, F1)
+    why = why_not_one_word(elf.path)
+    if why is not None:                  # a symlink's target the kernel could not take
+        raise UsageError(f"{spec.path} resolves to {elf.path!r}, which {why}",
+                         "probe a copy of the binary with a plain name")
+    if elf.path != os.path.abspath(spec.path or ""):
+        notes.append(f"note: {spec.path} is {elf.path}: the probe goes on that file")
+    return Uprobe(elf.path, place.file_offset, place.vaddr, held)
 
 
 def _has_btf_param(node) -> bool:
@@ -184,12 +253,18 @@ def kernel_symbol_address(k: Kernel, name: str) -> int | None:
     return int(m.group(1), 16) if m else None
 
 
-def resolve(specs: Sequence[ProbeSpec], k: Kernel, dry_run: bool = False) -> Facts:
-    """Check every spec on this machine; raises before anything is attached."""
+def resolve(specs: Sequence[ProbeSpec], k: Kernel, dry_run: bool = False,
+            force: bool = False, pid: int | None = None) -> Facts:
+    """Check every spec on this machine; raises before anything is attached.
+    A uprobe's spec comes back with the resolved path of the binary that was
+    checked, so every backend names that same file to the kernel. `force`: a
+    place that may not start an instruction is a warning, not an error. `pid`:
+    the -p filter (BCC then reads the binary through /proc/PID/root)."""
     facts = Facts([])
     for i, spec in enumerate(specs):
         if spec.kind in ("kprobe", "kretprobe"):
             _check_kprobe(k, spec, dry_run, facts.notes)
+            _refuse_or_warn(_kprobe_offset_problem(k, spec), force, facts.warnings)
             if any(_has_btf_param(a.fetch) for a in spec.args):
                 if k.btf is None:
                     raise UsageError("parameter names need the kernel's BTF "
@@ -203,7 +278,9 @@ def resolve(specs: Sequence[ProbeSpec], k: Kernel, dry_run: bool = False) -> Fac
         elif spec.kind == "tracepoint":
             facts.fields[i] = _check_tracepoint(k, spec, dry_run, facts.notes)
         else:
-            facts.uprobes[i] = _check_uprobe(k, spec, dry_run, facts.notes)
+            up = facts.uprobes[i] = _check_uprobe(k, spec, dry_run, facts.notes, force,
+                                                  facts.warnings, pid)
+            spec = replace(spec, path=up.path)
         for a in spec.args:
             for s in _syms(a.fetch):
                 addr = kernel_symbol_address(k, s.name)
@@ -282,6 +359,7 @@ class Plan:
     options: Options
     symbols: Mapping[str, int]
     notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()            # printed to stderr whatever the options
 
     @property
     def pairs(self) -> int:
@@ -382,7 +460,8 @@ def assemble(facts: Facts, options: Options, abi: Abi) -> Plan:
             stashes.append(Stash(pid_, ret.spec, ret.uprobe))
     if options.filter is not None:
         probes = _filtered(probes, options.filter)
-    return Plan(tuple(probes), tuple(stashes), options, dict(facts.symbols), tuple(facts.notes))
+    return Plan(tuple(probes), tuple(stashes), options, dict(facts.symbols), tuple(facts.notes),
+                tuple(facts.warnings))
 
 
 def _filtered(probes: list[Probe], expr: Expr) -> list[Probe]:

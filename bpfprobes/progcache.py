@@ -19,9 +19,29 @@ maxactive) goes through BCC as before, and so does everything where the
 direct ring reader is not offered (perfring.supported()). A cached program
 the kernel refuses is dropped and compiled again by BCC.
 
-The cache is trusted only if it is ours: a directory and files owned by this
-user and writable by no one else (loading bytecode as root from a file anyone
-could write would be a hole).
+The cache is trusted only if it is ours alone (safefs.py): its directories are
+0700 and every component is checked on its open descriptor; an entry is read
+with O_NOFOLLOW and trusted only if it is a regular file of ours that no one
+else can write (loading bytecode as root from a file anyone could write would
+be a hole); entries are written under a unique name and renamed into place.
+
+What the key covers (anything that changes the bytecode):
+- the program (text and -D flags), the kernel (release, version string,
+  machine, possible CPUs), the headers' path and release;
+- the toolchain: BCC's version, libbcc's file and the LLVM it links, read by
+  the compile child from its own mappings (/proc/self/maps), with the identity
+  (device, inode, size, mtime, ctime) of each of those files. Saved as a stamp
+  beside the entries, so a warm start knows them with a few stat calls and
+  without importing bcc; an upgrade changes an identity, the stamp no longer
+  holds, and the next start compiles (and records) afresh;
+- the content of the headers the program includes: clang lists them (-MD into
+  a memfd), and the entry records each one's identity; a warm start re-checks
+  them with one stat each (~150-350 files: 2-5 ms) and compiles afresh if any
+  changed. ctime cannot be set back, so a rewrite of the same size is seen too;
+  a header changed just before or during the compile (ctime within RACY_NS of
+  its start) makes the entry not saved, as git treats "racily clean" files.
+  Hashing the files instead would cost 8-16 ms a start; a stamp over the whole
+  tree could not be checked in less than ~200 ms (16,000 files).
 """
 from __future__ import annotations
 
@@ -29,22 +49,28 @@ import base64
 import ctypes
 import fcntl
 import hashlib
-import importlib.util
 import json
 import os
+import re
+import select
+import signal
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import loader, perfring
+from . import loader, perfring, safefs
 from .codegen import Program
 from .errors import BpfprobesError, CompileError, KernelError
 from .headers import CACHE, Headers
 
-FORMAT = 1
+FORMAT = 2
 DIR = CACHE / "programs"
+TOOLCHAIN = "toolchain.stamp"       # which BCC and LLVM compile here (beside the entries)
+RACY_NS = 2_000_000_000             # a header changed this close to a compile: not cached
+STALE_TEMP_S = 600                  # a temporary entry older than this was left by a killed run
 DISABLE_ENV = "BPFPROBES_NO_PROGRAM_CACHE"
 
 PROG_TYPES = {"kprobe": 2, "kretprobe": 2, "tracepoint": 5, "raw_tracepoint": 17}
@@ -67,30 +93,55 @@ def usable(attaches: list[loader.Attach]) -> bool:
 def load(program: Program, headers: Headers, attaches: list[loader.Attach]):
     """A loaded program: from the cache when it holds this one, else compiled by
     BCC, saved, and loaded the same way. Either kind attaches, closes and hands
-    out maps (`loaded[name].map_fd`) as loader.Loaded does."""
+    out maps (`loaded[name].map_fd`) as loader.Loaded does. Raises
+    safefs.UnsafePath (one line) when the cache is not ours alone."""
     if not usable(attaches):
         return loader.compile_program(program, headers)
+    try:
+        dir_fd = safefs.open_dir(DIR, private_from=DIR.parent)
+    except OSError:                             # read-only or full: run as before the cache
+        return loader.compile_program(program, headers)
+    try:
+        loaded = _load_cached(dir_fd, program, headers, attaches)
+    finally:
+        os.close(dir_fd)
+    return loaded if loaded is not None else loader.compile_program(program, headers)
+
+
+def _load_cached(dir_fd: int, program: Program, headers: Headers,
+                 attaches: list[loader.Attach]):
+    """From the cache in `dir_fd`, or compiled in a child and saved there; None
+    when BCC must load it in this process."""
     generic, values = split_runtime(program)
-    path = DIR / f"{cache_key(generic, headers)}.json"
-    obj = _read(path)
+    tools = _toolchain(dir_fd)                  # None: no compile since the toolchain changed
+    name = f"{cache_key(generic, headers, tools)}.json" if tools is not None else None
+    obj = _read_entry(dir_fd, name, headers) if name is not None else None
     if obj is not None:
         try:
             return DirectLoaded(obj, program, values, origin="cached")
         except (OSError, KeyError, ValueError, TypeError):
-            path.unlink(missing_ok=True)        # refused by this kernel: compile afresh
-    obj = _compile_in_child(generic, headers, attaches)
-    if obj is not None:
+            _discard(dir_fd, name)              # refused by this kernel: compile afresh
+    started = time.time_ns()
+    deps = os.memfd_create("bpfprobes-deps")    # clang lists the headers it read here
+    try:
         try:
-            loaded = DirectLoaded(obj, program, values, origin="compiled")
-        except (OSError, KeyError, ValueError, TypeError):
-            loaded = None                       # BCC loads what we cannot: not cached
-        if loaded is not None:
-            try:
-                _write(path, obj)
-            except OSError:
-                pass                            # no cache this time; the run goes on
-            return loaded
-    return loader.compile_program(program, headers)     # as before the cache
+            obj = _compile_in_child(with_dependencies(generic, deps), headers, attaches)
+        except CompileError:
+            obj = None                          # said again in process, without our flags
+        listed = _read_all(deps)
+    finally:
+        os.close(deps)
+    if obj is None:
+        return None
+    try:
+        loaded = DirectLoaded(obj, program, values, origin="compiled")
+    except (OSError, KeyError, ValueError, TypeError):
+        return None                             # BCC loads what we cannot: not cached
+    try:
+        _save(dir_fd, generic, headers, obj, listed, started)
+    except OSError:
+        pass                                    # no cache this time; the run goes on
+    return loaded
 
 
 def _compile_in_child(program: Program, headers: Headers,
@@ -98,11 +149,29 @@ def _compile_in_child(program: Program, headers: Headers,
     """BCC's compile in a forked child, which sends back the object to cache: LLVM
     (~150 MB) lives and dies there, and the tracing process stays small for the
     whole session. A compile error comes back as the same CompileError; None
-    means the program compiled but cannot be cached."""
+    means the program compiled but cannot be cached.
+
+    Signals: a terminal sends Ctrl-C to the whole process group, and a child that
+    died of it looked like "cannot be cached", so the parent compiled again in
+    process and attached anyway. The child ignores the terminal's signals and
+    dies with its parent (PR_SET_PDEATHSIG); only the parent decides. The parent
+    waits in short steps and, once the process's stop-signal recorder (stream.py
+    installs it; this module sits below stream and finds it as the handler, with
+    `caught` and `check`) has a signal, kills and reaps the child and raises the
+    stop: nothing is compiled again, nothing attached."""
+    stop = next((h for h in map(signal.getsignal, CHILD_IGNORES) if hasattr(h, "caught")), None)
+
+    def stopping() -> bool:
+        return getattr(stop, "caught", None) is not None
+
+    parent = os.getpid()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:                                # the child: never returns
         try:
+            for s in CHILD_IGNORES:
+                signal.signal(s, signal.SIG_IGN)
+            _die_with_parent(parent)
             os.close(read_end)
             try:
                 with loader.compile_program(program, headers) as compiled:
@@ -116,14 +185,44 @@ def _compile_in_child(program: Program, headers: Headers,
         finally:
             os._exit(0)
     os.close(write_end)
-    with os.fdopen(read_end) as f:
-        text = f.read()
-    os.waitpid(pid, 0)
+    chunks: list[bytes] = []
+    done = False
+    try:
+        while not stopping():
+            if select.select([read_end], [], [], CHILD_POLL_S)[0]:
+                chunk = os.read(read_end, 1 << 16)
+                if not chunk:
+                    done = True
+                    break
+                chunks.append(chunk)
+    finally:
+        if not done:                            # a stop signal, or an error here
+            os.kill(pid, signal.SIGKILL)
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    if stopping():                              # not compiled again in process either
+        stop.check("compiling in a child process")
+    text = b"".join(chunks).decode()
     msg = json.loads(text) if text else {"uncacheable": "the compiling child died"}
     if "error" in msg:
         kind, what, hint = msg["error"]
         raise (KernelError if kind == "KernelError" else CompileError)(what, hint)
     return msg.get("object")
+
+
+# what a terminal sends to a whole process group, and what a supervisor may:
+# the compile child ignores them all and leaves the decision to its parent
+CHILD_IGNORES = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTERM, signal.SIGHUP)
+CHILD_POLL_S = 0.05                             # how soon the parent sees a stop signal
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the compile child: SIGKILL when the parent dies (even by SIGKILL)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:                  # it died before prctl: nobody will read
+        os._exit(0)
 
 
 # -D values that differ from run to run (the tool's own PID, a -p filter) would
@@ -153,20 +252,145 @@ def split_runtime(program: Program) -> tuple[Program, dict[str, int]]:
     return Program(program.name, program.text, tuple(flags)), values
 
 
-def cache_key(program: Program, headers: Headers) -> str:
-    """Everything that decides what BCC emits, hashed."""
+def cache_key(program: Program, headers: Headers, toolchain: dict | None = None) -> str:
+    """Everything that decides what BCC emits, hashed. (The headers' content is
+    checked per entry: which files count is known only after a compile.)"""
     u = os.uname()
-    spec = importlib.util.find_spec("bcc")
-    bcc_stamp = ""
-    if spec is not None and spec.origin:
-        st = os.stat(spec.origin)
-        bcc_stamp = f"{spec.origin}:{st.st_size}:{st.st_mtime_ns}"
+    tools = {k: (toolchain or {}).get(k) for k in TOOLCHAIN_KEYED}
     parts = (FORMAT, program.text, "\0".join(program.cflags), u.release, u.version, u.machine,
-             headers.path, headers.release, len(perfring.cpus("possible")), bcc_stamp)
+             headers.path, headers.release, len(perfring.cpus("possible")),
+             json.dumps(tools, sort_keys=True))
     h = hashlib.sha256()
     for part in parts:
         h.update(str(part).encode() + b"\0")
     return h.hexdigest()[:32]
+
+
+# ---- the toolchain: which BCC and LLVM make the bytecode ------------------------------
+
+TOOLCHAIN_KEYED = ("bcc", "libbcc", "llvm", "files")     # the rest only says the stamp holds
+LIBBCC_SONAME = "libbcc.so.0"       # what bcc's Python loads (bcc/libbcc.py)
+LD_SO_CACHE = "/etc/ld.so.cache"    # rewritten by ldconfig: which libbcc.so.0 would load
+_TOOLCHAIN_LIB = re.compile(r"^lib(bcc|LLVM|clang)")
+_LLVM_VERSION = re.compile(r"^libLLVM[-.](?:so\.)?(\d+)")
+
+
+def _mapped(maps: str) -> list[str]:
+    """The toolchain libraries among a /proc/PID/maps text's files."""
+    paths = {fields[5] for fields in (line.split(None, 5) for line in maps.splitlines())
+             if len(fields) == 6 and fields[5].startswith("/")}
+    return sorted(p for p in paths if _TOOLCHAIN_LIB.match(os.path.basename(p)))
+
+
+def toolchain_from(maps: str, bcc_version: str, bcc_file: str | None) -> dict:
+    """The toolchain a process with these mappings compiles with: versions, and
+    the identity of each file that says so (to notice an upgrade by stat)."""
+    libs = _mapped(maps)
+    libbcc = next((p for p in libs if os.path.basename(p).startswith("libbcc.so")), None)
+    # LLVM linked statically into libbcc: libbcc's own identity covers it
+    llvm = next((m.group(1) for p in libs if (m := _LLVM_VERSION.match(os.path.basename(p)))),
+                "in libbcc")
+    files = [p for p in (bcc_file, *libs) if p]
+    links = {}
+    if libbcc is not None:
+        link = os.path.join(os.path.dirname(libbcc), LIBBCC_SONAME)
+        if os.path.islink(link):
+            links[link] = os.readlink(link)
+    watch = {LD_SO_CACHE: safefs.identity(os.stat(LD_SO_CACHE))} \
+        if os.path.exists(LD_SO_CACHE) else {}
+    return {"bcc": bcc_version, "libbcc": os.path.basename(libbcc) if libbcc else None,
+            "llvm": llvm, "files": {p: safefs.identity(os.stat(p)) for p in files},
+            "links": links, "watch": watch, "env": os.environ.get("LD_LIBRARY_PATH", "")}
+
+
+def _toolchain_here() -> dict | None:
+    """In the compile child, where bcc is loaded: its toolchain, or None."""
+    bcc = sys.modules.get("bcc")
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+        return toolchain_from(maps, str(getattr(bcc, "__version__", "unknown")),
+                              getattr(bcc, "__file__", None))
+    except OSError:
+        return None
+
+
+def toolchain_holds(tools: dict) -> bool:
+    """True while every file the stamp names is the one it saw (a few stat calls)."""
+    try:
+        return (tools["env"] == os.environ.get("LD_LIBRARY_PATH", "")
+                and all(safefs.identity(os.stat(p)) == ident
+                        for p, ident in {**tools["files"], **tools["watch"]}.items())
+                and all(os.readlink(link) == target for link, target in tools["links"].items()))
+    except (OSError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _toolchain(dir_fd: int) -> dict | None:
+    data = safefs.read_file(dir_fd, TOOLCHAIN)
+    try:
+        tools = json.loads(data) if data is not None else None
+    except ValueError:
+        return None
+    return tools if isinstance(tools, dict) and toolchain_holds(tools) else None
+
+
+# ---- the headers a program includes ----------------------------------------------------
+
+def with_dependencies(program: Program, fd: int) -> Program:
+    """The program with clang's dependency list (-MD) written to `fd` (a memfd:
+    the compile child inherits it; nothing on disk to clean up)."""
+    return Program(program.name, program.text,
+                   (*program.cflags, "-MD", "-MF", f"/proc/self/fd/{fd}"))
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_dependencies(text: bytes | str) -> list[str]:
+    """The files a make-style dependency list names (BCC's own /virtual/ files
+    come with libbcc, whose identity the key holds)."""
+    if isinstance(text, bytes):
+        text = text.decode(errors="surrogateescape")
+    _target, sep, rest = text.replace("\\\n", " ").partition(": ")
+    if not sep:
+        return []
+    names = [n.replace("\\ ", " ") for n in re.split(r"(?<!\\)\s+", rest.strip()) if n]
+    return list(dict.fromkeys(n for n in names if not n.startswith("/virtual/")))
+
+
+def header_fingerprints(base: str | None, names: list[str], started_ns: int) -> list | None:
+    """[name, identity] of each header (relative names are from `base`, where BCC
+    compiles), or None when they cannot vouch for what the compile read: none
+    listed, one missing, or one changed within RACY_NS of the compile's start."""
+    if not names or base is None:
+        return None
+    out = []
+    for name in names:
+        try:
+            st = os.stat(os.path.join(base, name))
+        except OSError:
+            return None
+        if st.st_ctime_ns >= started_ns - RACY_NS:
+            return None
+        out.append([name, *safefs.identity(st)])
+    return out
+
+
+def headers_current(recorded: object, base: str | None) -> bool:
+    """True when every header an entry was compiled from is still the same file."""
+    if not isinstance(recorded, list) or not recorded or base is None:
+        return False
+    try:
+        return all(safefs.identity(os.stat(os.path.join(base, name))) == ident
+                   for name, *ident in recorded)
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 # ---- saving ---------------------------------------------------------------------------
@@ -201,33 +425,53 @@ def _object(loaded, attaches: list[loader.Attach]) -> dict:
     # every table, used by these functions or not: tools look maps up by name
     maps = {name: perfring.map_info(fd) for name, fd in exported["tables"].items()}
     return {"format": FORMAT, "license": exported["license"],
-            "kern_version": exported["kern_version"], "maps": maps, "functions": funcs}
+            "kern_version": exported["kern_version"], "maps": maps, "functions": funcs,
+            "toolchain": _toolchain_here()}     # the parent keys the entry with it
 
 
-def _trusted(path: Path) -> bool:
-    st = os.stat(path)
-    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+def _save(dir_fd: int, program: Program, headers: Headers, obj: dict, listed: bytes,
+          started_ns: int) -> None:
+    """Keep a compiled object, with the stamps that say when it no longer holds."""
+    tools = obj.get("toolchain")
+    fingerprints = header_fingerprints(headers.path, parse_dependencies(listed), started_ns)
+    if tools is None or fingerprints is None:
+        return                                  # what it was made from is unknown: not kept
+    safefs.sweep_temps(dir_fd, older_than=STALE_TEMP_S)
+    safefs.write_file(dir_fd, TOOLCHAIN, json.dumps(tools).encode())
+    entry = {k: v for k, v in obj.items() if k != "toolchain"}
+    entry["headers"] = fingerprints
+    safefs.write_file(dir_fd, f"{cache_key(program, headers, tools)}.json",
+                      json.dumps(entry).encode())
 
 
-def _write(path: Path, obj: dict) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not _trusted(path.parent):
-        return
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)                       # readers see a whole file or none
+def _parse_entry(data: bytes | None) -> dict | None:
+    try:
+        obj = json.loads(data) if data is not None else None
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) and obj.get("format") == FORMAT else None
+
+
+def _read_entry(dir_fd: int, name: str, headers: Headers) -> dict | None:
+    """The entry `name` if it is ours alone and its headers are unchanged."""
+    obj = _parse_entry(safefs.read_file(dir_fd, name))
+    return obj if obj is not None and headers_current(obj.get("headers"), headers.path) else None
 
 
 def _read(path: Path) -> dict | None:
+    """The entry at `path` if ours alone and of this format (headers not checked)."""
     try:
-        if not (_trusted(path.parent) and _trusted(path)):
-            return None
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError):
+        with safefs.opened_dir(path.parent, private_from=path.parent, create=False) as fd:
+            return _parse_entry(safefs.read_file(fd, path.name))
+    except (OSError, safefs.UnsafePath):
         return None
-    return obj if obj.get("format") == FORMAT else None
+
+
+def _discard(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
 
 
 # ---- loading and attaching without BCC --------------------------------------------------

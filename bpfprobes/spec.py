@@ -26,7 +26,10 @@ string read through a `+u` dereference, and every string in a uprobe, into
 `ustring`, so consumers only look at ArgType.kind. `$comm` is always `string`.
 
 Everything is validated here, before anything touches the kernel; every bad
-input raises UsageError(what, hint). No bcc, no root.
+input raises UsageError(what, hint). No bcc, no root. Spec text must be UTF-8,
+and a uprobe PATH one word the kernel reads back as itself (why_not_one_word:
+no space, control character or 0xA0 byte), so that to_kprobe_events, which
+checks its own line again, can never write a second event or argument.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ __all__ = [
     "ArgType", "TYPES", "Reg", "Arg", "Retval", "Comm", "Stack", "StackPtr", "Sym", "Deref",
     "Field", "BtfParam", "Node", "FetchArg", "ProbeSpec", "DEFAULT_GROUP",
     "parse", "parse_all", "resolve_btf_params", "validate_fields", "to_kprobe_events",
+    "why_not_one_word",
 ]
 
 DEFAULT_GROUP = "bpfprobes"
@@ -479,11 +483,34 @@ def _kernel_target(tok: str, is_return: bool) -> _Target:
     return _Target(is_return, m[1], module or None, None, offset)
 
 
+# Bytes the kernel's argv_split() takes for spaces (lib/ctype.c: 0xA0 too, which is
+# inside the UTF-8 of many letters): a path holding one would reach uprobe_events
+# as two words, i.e. as another argument.
+_KERNEL_SPACE = re.compile(rb"[\t\n\v\f\r \xa0]")
+
+
+def why_not_one_word(text: str) -> str | None:
+    """Why `text` cannot be one word of a kprobe_events line, or None."""
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds bytes that are not UTF-8"
+    if not text.isprintable():
+        return "holds a control, format or space character"
+    if _KERNEL_SPACE.search(raw):
+        return "holds a character the kernel would read as a space"
+    return None
+
+
 def _user_target(tok: str, is_return: bool) -> _Target:
     path, sep, loc = tok.rpartition(":")
     if not sep or not path or not loc:
         raise UsageError(f"bad uprobe target {tok!r}",
                          "expected PATH:SYM[+OFFS] or PATH:0xOFFSET, e.g. /bin/bash:readline")
+    why = why_not_one_word(path)
+    if why is not None:
+        raise UsageError(f"uprobe path {path!r} {why}: uprobe_events cannot name it",
+                         "probe it through a symlink or a copy with a plain name")
     if _NUM_RE.fullmatch(loc):
         return _Target(is_return, "", None, path, _int(loc, f"offset in {tok!r}"))
     m = _SYM_OFFS_RE.fullmatch(loc)
@@ -548,6 +575,10 @@ def parse(text: str, abi: Abi) -> ProbeSpec:
     """Parse and fully validate one probe spec for architecture `abi`."""
     if not isinstance(text, str):
         raise UsageError(f"probe spec must be text, not {type(text).__name__}", FORMS)
+    try:
+        text.encode("utf-8")        # argv holds undecodable bytes as surrogate escapes
+    except UnicodeEncodeError:
+        raise UsageError(f"probe spec {text!r} is not valid UTF-8", FORMS) from None
     text = text.strip()
     tokens = text.split()
     if not tokens:
@@ -715,23 +746,40 @@ def _target_text(spec: ProbeSpec, uprobe_offset: int | None) -> str:
     offs = f"+{spec.offset}" if spec.offset else ""
     if spec.path is None:
         return (f"{spec.module}:" if spec.module else "") + spec.symbol + offs
+    if uprobe_offset is not None:               # already SYM+OFFS: never add OFFS again
+        return f"{spec.path}:{uprobe_offset:#x}"
     if not spec.symbol:
         return f"{spec.path}:{spec.offset:#x}"
-    if uprobe_offset is not None:
-        return f"{spec.path}:{uprobe_offset + spec.offset:#x}"
     return f"{spec.path}:{spec.symbol}{offs}"
+
+
+def _one_line(parts: list[str]) -> str:
+    """The words joined, or UsageError unless the kernel will split the line into
+    exactly these words (parse() refuses such input first; this is the backstop)."""
+    for part in parts:
+        why = "is empty" if not part else why_not_one_word(part)
+        if why is not None:
+            raise UsageError(f"refusing to write a dynamic event: {part!r} {why}",
+                             "bpfprobes should have refused this spec earlier: please report it")
+    line = " ".join(parts)
+    if [w for w in _KERNEL_SPACE.split(line.encode()) if w] != [p.encode() for p in parts]:
+        raise UsageError(f"refusing to write a dynamic event: {line!r} is not "
+                         f"{len(parts)} words", "please report it")
+    return line
 
 
 def to_kprobe_events(spec: ProbeSpec, abi: Abi, uprobe_offset: int | None = None) -> str | None:
     """The spec's line for kprobe_events / uprobe_events, as perf-tools would write it.
 
     $argN becomes the arch register; BtfParam must be resolved first. For a
-    uprobe, `uprobe_offset` is the file offset of spec.symbol (ELF lookup is done
-    elsewhere); without it the line keeps PATH:SYM. Tracepoints have no line: None.
+    uprobe, `uprobe_offset` is the file offset where the probe lands, SYM+OFFS
+    included (elfsym.Elf.place computes it; spec.path should be the path it
+    resolved); without it the line keeps PATH:SYM[+OFFS]. Tracepoints have no
+    line: None. The line is always one line of exactly the words meant.
     """
     if spec.kind == "tracepoint":
         return None
     head = f"r{spec.maxactive or ''}" if spec.is_return else "p"
     parts = [f"{head}:{spec.group}/{spec.event}", _target_text(spec, uprobe_offset)]
     parts += [_arg_text(a, spec, abi) for a in spec.args]
-    return " ".join(parts)
+    return _one_line(parts)

@@ -12,10 +12,11 @@ submit), or perf's LOST records without one.
 """
 from __future__ import annotations
 
-import contextlib
+import atexit
 import ctypes
 import signal
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -171,26 +172,102 @@ class PerfBuffer:
             self._rings.close()
 
 
-class _Signals:
-    """SIGINT/SIGTERM/SIGHUP set a flag; the loop notices within one poll."""
+# The signals that end a run. SIGPIPE is not among them: Python ignores it, and a
+# write to a closed stdout raises BrokenPipeError, which ends the run as
+# "output-closed" (a handler for it would also fire for any socket we write).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
-    NAMES = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+class Stopped(Exception):
+    """A stop signal seen during set-up (before the run loop): raised by
+    StopSignals.check at the next phase boundary, so that every `with`/ExitStack
+    on the way out tears down what exists; cli/common.main says it in one line."""
+
+    def __init__(self, signum: int, phase: str) -> None:
+        self.signum = signum
+        self.phase = phase
+        super().__init__(f"stopped by {self.name} during set-up ({phase})")
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+class StopSignals:
+    """The process's one handler of stop signals, installed at the start of a
+    tool's main (install_stop_signals), before anything is planned or created.
+
+    The handler only records: it never raises, because an exception at an
+    arbitrary bytecode could fall between creating a kernel object and recording
+    it for teardown, and a second Ctrl-C could cut a teardown half way. Set-up
+    calls check(phase) between its steps, the run loop reads `caught`, and a
+    blocking wait below this layer (progcache's compile child) finds the
+    recorder with signal.getsignal() and reads `caught` too (duck-typed: those
+    modules sit below this one and cannot import it)."""
 
     def __init__(self) -> None:
-        self.caught: int | None = None
+        self.caught: int | None = None      # the first stop signal; later ones change nothing
         self._saved: dict = {}
 
-    def _handler(self, signum, _frame):
-        self.caught = signum
+    def __call__(self, signum: int, _frame) -> None:
+        if self.caught is None:
+            self.caught = signum
 
-    def __enter__(self) -> "_Signals":
-        for s in self.NAMES:
-            self._saved[s] = signal.signal(s, self._handler)
+    def check(self, phase: str) -> None:
+        """Raise Stopped if a stop signal came; `phase` says where set-up was."""
+        if self.caught is not None:
+            raise Stopped(self.caught, phase)
+
+    @property
+    def reason(self) -> str | None:
+        """The run's stop reason (`signal:SIGINT`), or None."""
+        return None if self.caught is None else f"signal:{signal.Signals(self.caught).name}"
+
+    def install(self) -> "StopSignals":
+        for s in STOP_SIGNALS:
+            # ignored by whoever started us (nohup; a script's background job, whose
+            # SIGINT/SIGQUIT the shell ignores): it stays ignored, as they meant
+            if signal.getsignal(s) != signal.SIG_IGN:
+                self._saved[s] = signal.signal(s, self)
+        return self
+
+    # a context manager for library callers that run without a tool's main
+    def __enter__(self) -> "StopSignals":
         return self
 
     def __exit__(self, *exc) -> None:
-        for s, h in self._saved.items():
-            signal.signal(s, h)
+        pass
+
+
+_process: StopSignals | None = None
+
+
+def install_stop_signals() -> StopSignals:
+    """The one place that installs the stop-signal handlers (cli/common.main calls
+    it first thing); idempotent: later callers get the same recorder. Off the main
+    thread (a library caller's worker) nothing can be installed: a recorder that
+    sees no signal is returned, and the caller's own handling stays."""
+    global _process
+    if _process is None:
+        if threading.current_thread() is not threading.main_thread():
+            return StopSignals()
+        _process = StopSignals().install()
+        atexit.register(_ignore_from_now_on, _process)
+    return _process
+
+
+def _ignore_from_now_on(recorder: StopSignals) -> None:
+    """At interpreter exit, after teardown: Python would put the default actions
+    back for its last steps, and one more Ctrl-C would then kill the process and
+    change its exit status; ignored, it cannot."""
+    for s in recorder._saved:
+        signal.signal(s, signal.SIG_IGN)
+
+
+def stop_signals() -> StopSignals:
+    """The process's recorder: installed by the tool's main, else here (a caller
+    that uses this module without a tool's main, e.g. a test)."""
+    return install_stop_signals()
 
 
 class Gate:
@@ -239,22 +316,22 @@ class Gate:
                 self.stop = "max-events"
 
 
-def catch_signals() -> _Signals:
-    """SIGINT/SIGTERM/SIGHUP caught from here on (a context manager), for a caller
-    that announces it is live before run() starts: a signal sent at once is not lost."""
-    return _Signals()
+def catch_signals() -> StopSignals:
+    """The process's stop-signal recorder (a context manager, for callers written
+    against the earlier per-loop handler); installed by now in every tool."""
+    return stop_signals()
 
 
 def run(transport: PerfBuffer, gate: Gate, limits: Limits,
         on_lost: Callable[[int, int], None], on_tick: Callable[[], None] | None = None,
-        poll_ms: int = POLL_MS, signals: _Signals | None = None,
+        poll_ms: int = POLL_MS, signals: StopSignals | None = None,
         on_throttled: Callable[[int, int], None] | None = None) -> Summary:
     """Poll an opened transport until a signal, the duration or the event limit.
 
     New loss is reported as it grows (`on_lost(delta, total)`), then once more
     after the final drain so that nothing counted is left unsaid; events over
     --rate-limit likewise (`on_throttled`), at most once a second. `signals`:
-    an entered catch_signals() to use instead of catching them here.
+    the process's StopSignals (the default: stop_signals()).
     """
     start = time.monotonic()
     deadline = start + limits.duration if limits.duration is not None else None
@@ -276,20 +353,26 @@ def run(transport: PerfBuffer, gate: Gate, limits: Limits,
                 on_throttled(total - throttled[0], total)
                 throttled[:] = [total, now]
 
-    with contextlib.nullcontext(signals) if signals is not None else _Signals() as sig:
-        while not gate.stop:
-            wait = poll_ms if deadline is None else \
-                max(0, min(poll_ms, int((deadline - time.monotonic()) * 1000)))
-            transport.poll(wait)
-            transport.drain()
+    sig = signals if signals is not None else stop_signals()
+    while not gate.stop:
+        wait = poll_ms if deadline is None else \
+            max(0, min(poll_ms, int((deadline - time.monotonic()) * 1000)))
+        transport.poll(wait)
+        transport.drain()
+        try:
             report_loss()
             if on_tick is not None:
                 on_tick()
-            if sig.caught is not None:
-                gate.stop = gate.stop or f"signal:{signal.Signals(sig.caught).name}"
-            elif deadline is not None and time.monotonic() >= deadline:
-                gate.stop = gate.stop or "duration"
-        getattr(transport, "finish", transport.drain)()    # bounded, the rest counted lost
+        except BrokenPipeError:             # stdout closed under a flush: as in the Gate
+            gate.stop = gate.stop or "output-closed"
+        if sig.caught is not None:
+            gate.stop = gate.stop or sig.reason
+        elif deadline is not None and time.monotonic() >= deadline:
+            gate.stop = gate.stop or "duration"
+    getattr(transport, "finish", transport.drain)()    # bounded, the rest counted lost
+    try:
         report_loss(final=True)
+    except BrokenPipeError:
+        gate.stop = gate.stop or "output-closed"
     return Summary(events=gate.events, lost=reported, reason=gate.stop,
                    elapsed=time.monotonic() - start, throttled=throttled[0])

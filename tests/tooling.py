@@ -1,9 +1,17 @@
 """Helpers for tests that drive the real tools as a user would: a subprocess
-running `bpfprobes TOOL ...`, waiting until it is live, stopping it cleanly."""
+running `bpfprobes TOOL ...`, waiting until it is live, stopping it cleanly.
+
+Other tracers may run on the machine at the same time (another opensnoop, a
+bpftrace one-liner, a second test run): a test finds the kernel objects of the
+run under test by id or by that run's pid, never by program or event name."""
 from __future__ import annotations
 
+import configparser
+import importlib.metadata
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +19,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -52,6 +61,26 @@ class Tool:
             self.err.append(line.rstrip("\n"))
             if ": live after" in line:
                 self._live.set()
+
+    def held(self) -> "Held":
+        """The BPF programs and maps this run holds now (once live: all of its own)."""
+        return held_by(self.proc.pid)
+
+    def pause(self) -> None:
+        """SIGSTOP: the reader stops reading, so a small buffer surely overflows."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def wait_until(self, ready: Callable[[], object], timeout: float = 30.0) -> bool:
+        """Poll `ready()` until it is true, the tool ends or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                return bool(ready())
+            time.sleep(0.05)
+        return True
 
     def wait_live(self) -> "Tool":
         if not self._live.wait(self.live_timeout) or self.proc.poll() is not None \
@@ -108,19 +137,157 @@ class Tool:
         self.stop()
 
 
-def run_tool(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
-    """Run a tool to completion (for bad input, --help, -d, --max-events)."""
-    return subprocess.run([PYTHON, "-m", "bpfprobes.cli.main", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, errors="replace")
+def run_tool(*args: str, timeout: float = 120.0,
+             env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a tool to completion (for bad input, --help, -d, --max-events). Besides
+    returncode/stdout/stderr: `pid`, and `held`, every BPF program and map the
+    run was seen holding (its fds are read every 20 ms while it runs)."""
+    proc = subprocess.Popen([PYTHON, "-m", "bpfprobes.cli.main", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            errors="replace", env={**os.environ, **env} if env else None)
+    seen, done = [Held()], threading.Event()
+
+    def watch() -> None:
+        while True:
+            seen[0] = seen[0] | held_by(proc.pid)
+            if done.wait(0.02):
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    finally:
+        done.set()
+        watcher.join()
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    r.pid, r.held = proc.pid, seen[0]
+    return r
 
 
 def settle(seconds: float = 0.3) -> None:
-    """Let batched samples reach the reader (the tools drain every 100 ms)."""
+    """Let batched samples reach the reader (the tools drain every 100 ms). Not
+    what a test's correctness rests on: a stop's final drain reads everything
+    written before it (or counts it lost); this only spares that drain a backlog."""
     time.sleep(seconds)
 
 
+RUN_DIR = Path("/run/bpfprobes")     # runtoken.py: a run's lock, TOKEN.lock, held open
+_LOCK = re.compile(r"/run/bpfprobes/([0-9a-f]{16})\.lock")
+
+
+class Held(NamedTuple):
+    """Ids of BPF programs and maps (ids are not reused while the kernel runs),
+    and the run tokens that name a run's tracefs objects."""
+    progs: frozenset = frozenset()
+    maps: frozenset = frozenset()
+    tokens: frozenset = frozenset()
+
+    def __or__(self, other: "Held") -> "Held":
+        return Held(self.progs | other.progs, self.maps | other.maps,
+                    self.tokens | other.tokens)
+
+    def __bool__(self) -> bool:
+        return bool(self.progs or self.maps)
+
+
+def held_by(pid: int) -> Held:
+    """What process `pid` holds fds of: BPF programs and maps (fdinfo's prog_id:
+    and map_id: lines) and its run lock (the token): a run's own objects,
+    whatever else is loaded."""
+    progs, maps, tokens = set(), set(), set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fdinfo")
+    except OSError:
+        return Held()
+    for fd in fds:
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                text = f.read()
+            m = _LOCK.fullmatch(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue                        # closed meanwhile
+        for key, value in re.findall(r"^(prog_id|map_id):\s*(\d+)$", text, re.M):
+            (progs if key == "prog_id" else maps).add(int(value))
+        if m:
+            tokens.add(m.group(1))
+    return Held(frozenset(progs), frozenset(maps), frozenset(tokens))
+
+
+def _bpf_ids(kind: str) -> set[int]:
+    out = subprocess.run(["bpftool", kind, "show", "--json"], capture_output=True, text=True,
+                         check=True)
+    return {p["id"] for p in json.loads(out.stdout or "[]")}
+
+
+def recursion_misses(progs: frozenset) -> int:
+    """Runs of these programs the kernel skipped: a tracepoint or kprobe program
+    does not run while another BPF program runs on that CPU (an interrupt that
+    lands in one, with other tracers busy), and the kernel counts each skip."""
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True,
+                         check=True)
+    return sum(p.get("recursion_misses", 0) for p in json.loads(out.stdout or "[]")
+               if p["id"] in progs)
+
+
+def still_loaded(held: Held, timeout: float = 5.0) -> Held:
+    """Which of `held` still exist, after up to `timeout` s for the kernel to free
+    them (programs and maps go once their last reference, freed after an RCU
+    grace period, is dropped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = Held(frozenset(held.progs & _bpf_ids("prog")) if held.progs else frozenset(),
+                    frozenset(held.maps & _bpf_ids("map")) if held.maps else frozenset())
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+def _tokens_of(pid: int) -> set[str]:
+    """Tokens of the run locks that process `pid` created (the lock's first
+    record names its pid; the file stays while the run left something)."""
+    tokens = set()
+    for lock in RUN_DIR.glob("*.lock") if RUN_DIR.is_dir() else []:
+        try:
+            with open(lock) as f:
+                first = json.loads(f.readline())
+        except (OSError, ValueError):
+            continue
+        if isinstance(first, dict) and first.get("pid") == pid:
+            tokens.add(lock.stem)
+    return tokens
+
+
+def tracefs_objects_of(pid: int, held: Held = Held()) -> list[str]:
+    """kprobe/uprobe_events lines and trace instances of the run with this pid:
+    named for its token (seen held, or in a lock file of that pid) or, as BCC
+    names its events, `..._bcc_PID`."""
+    tokens = sorted(held.tokens | _tokens_of(pid))
+    names = [rf"_bcc_{pid}(?!\d)", rf"bpfprobes_{pid}(?!\d)",
+             *[rf"bpfprobes_{t}(?![0-9a-f])" for t in tokens]]
+    name = re.compile("|".join(names))
+    found = [ln for ln in dynamic_events().splitlines() if name.search(ln)]
+    instances = Path("/sys/kernel/tracing/instances")
+    if instances.is_dir():
+        found += [f"instances/{d.name}" for d in instances.iterdir()
+                  if d.name in {f"bpfprobes-{x}" for x in [pid, *tokens]}]
+    return found
+
+
+def leftovers(pid: int, held: Held) -> list:
+    """What a stopped run left in the kernel: its programs and maps still loaded
+    (by id), its tracefs events and instance."""
+    left = still_loaded(held)
+    return [*sorted(left.progs), *sorted(left.maps), *tracefs_objects_of(pid, held)]
+
+
 def loaded_bpf_programs() -> list[str]:
-    """Names of every BPF program loaded in the kernel now (bpftool)."""
+    """Names of every BPF program loaded in the kernel now (bpftool). By name:
+    only where nothing else traces (the VM); on a host use held_by/still_loaded."""
     out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True,
                          check=True)
     return [p.get("name", "") for p in json.loads(out.stdout or "[]")]
@@ -136,14 +303,45 @@ def dynamic_events() -> str:
     return text
 
 
+def unprivileged_copy(dest: Path) -> Path:
+    """The package (bpfprobes/ and bpf_c/ as in the checkout) and the distributions
+    setup.cfg requires, copied from this environment into `dest`, readable by any
+    user (dirs 0755, files 0644): an ordinary user cannot read a checkout or a
+    .venv in a 0700 directory, and must still get the tool's own error."""
+    def copy(src: Path, rel: str) -> None:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest / rel)
+
+    for top in ("bpfprobes", "bpf_c"):
+        for src in (ROOT / top).rglob("*"):
+            if src.is_file() and "__pycache__" not in src.parts:
+                copy(src, str(src.relative_to(ROOT)))
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    for req in cfg["options"]["install_requires"].split():
+        dist = importlib.metadata.distribution(re.split(r"[<>=!~;\[ ]", req)[0])
+        for f in dist.files or []:
+            if not str(f).startswith("..") and "__pycache__" not in f.parts:
+                copy(Path(f.locate()), str(f))
+    for path in [dest, *dest.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return dest
+
+
+# The interpreter a venv was made from (/usr/bin/python3: BCC in its dist-packages),
+# which any user can run, unlike a venv's inside a private checkout
+BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
 class Workload:
     """tests/workload.py in a child: its pid is known before it opens anything."""
 
-    def __init__(self, comm: str, *ops: str) -> None:
+    def __init__(self, comm: str, *ops: str, nice: int = 0) -> None:
         self.comm = comm
-        self.proc = subprocess.Popen([PYTHON, str(ROOT / "tests" / "workload.py"), comm, "--wait",
-                                      *ops], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
+        # nice: a storm that must not starve the tool whose response time is measured
+        self.proc = subprocess.Popen(["nice", "-n", str(nice), PYTHON,
+                                      str(ROOT / "tests" / "workload.py"), comm, "--wait", *ops],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.pid = int(self.proc.stdout.readline())
 
     def go(self) -> list[int]:

@@ -7,7 +7,8 @@ OP: open:PATH:FLAGS:MODE  (FLAGS like O_WRONLY|O_CREAT; MODE octal)
     storm:PREFIX:N            (N opens+closes of PREFIX-i that fail with ENOENT)
     diskio:PATH:N             (N O_DIRECT 4 KiB writes to PATH, each with fsync)
     udp:N                     (N datagrams to itself over loopback)
-    paced:PREFIX:K:SECONDS    (K opens of PREFIX-i every 0.1 s for SECONDS)
+    paced:PREFIX:K:SECONDS    (K opens of PREFIX-i every 0.1 s for SECONDS, from just after
+                               a turn of the CLOCK_MONOTONIC second)
     read:PATH:N               (N one-byte preads of PATH)
 Prints its pid first, then one line per op: the fd or -errno it got.
 """
@@ -90,8 +91,12 @@ def do_udp(n: str) -> int:
 
 
 def do_paced(prefix: str, per_tick: str, seconds: str) -> int:
-    """per_tick failing opens every 0.1 s for `seconds`: a steady rate."""
+    """per_tick failing opens every 0.1 s for `seconds`: a steady rate. It starts
+    0.05 s after the monotonic clock turns a second (bpf_ktime_get_ns() is that
+    clock), so the seconds a run touches, and --rate-limit's windows, fall the
+    same way every time."""
     import time  # noqa: PLC0415
+    time.sleep(1.05 - time.monotonic() % 1.0)
     t0, i = time.monotonic(), 0
     while time.monotonic() - t0 < float(seconds):
         for _ in range(int(per_tick)):
@@ -122,10 +127,12 @@ OPS = {"open": do_open, "openat2": do_openat2, "storm": do_storm, "diskio": do_d
 def main() -> None:
     comm, *rest = sys.argv[1:]
     set_comm(comm)
+    libc.prctl(1, 9, 0, 0, 0)       # PR_SET_PDEATHSIG, SIGKILL: never outlive the test
     print(os.getpid(), flush=True)
     if rest and rest[0] == "--wait":
         rest = rest[1:]
-        sys.stdin.readline()
+        if sys.stdin.readline() != "go\n":
+            return                  # the test ended (stdin closed) without saying go
     for op in rest:
         kind, *params = op.split(":")
         print(OPS[kind](*params), flush=True)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import mmap
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -13,6 +16,8 @@ from ..codegen import Program
 from ..errors import BpfprobesError, KernelError, UsageError
 from ..kernel import Kernel
 from ..output import JsonOutput, TextOutput
+from ..probelayout import COMM_SIZE
+from ..safetext import for_terminal, write_line
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,38 +32,95 @@ def parser(prog: str, description: str, examples: str) -> Parser:
                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def int_type(minimum: int, what: str) -> Callable[[str], int]:
+def shown(text: str, most: int = 40) -> str:
+    """User input quoted for a one-line message: escaped, and cut if long."""
+    cut = text if len(text) <= most else text[:most] + "..."
+    return "'" + for_terminal(cut).replace("'", "\\'") + "'"
+
+
+# the forms a number is taken in (ASCII blanks around are harmless: a quoted " 5 ")
+_ASCII_INT = re.compile(r"[ \t]*[+-]?(?:0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+|[0-9]+)[ \t]*")
+_ASCII_SECONDS = re.compile(r"[ \t]*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[ \t]*")
+
+
+def int_type(minimum: int, what: str, maximum: int | None = None,
+             why: str = "") -> Callable[[str], int]:
+    """A whole number (decimal, 0x, 0o, 0b) in [minimum, maximum]; `why` says where
+    the maximum comes from."""
     def parse(text: str) -> int:
         try:
+            # ASCII only: int() also reads other scripts' digits, "_" and spaces
+            if not _ASCII_INT.fullmatch(text):
+                raise ValueError(text)
             value = int(text, 0)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a whole number, not {text!r}")
+            raise argparse.ArgumentTypeError(f"{what} must be a whole number, not {shown(text)}")
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}, not {value}")
+            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}, "
+                                             f"not {shown(text)}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{what} must be at most {maximum}{why}, "
+                                             f"not {shown(text)}")
         return value
     return parse
 
 
-pid_arg = int_type(1, "a PID")
-count_arg = int_type(1, "a count")
-uid_arg = int_type(0, "a UID")
+# the kernel's bounds: PID_MAX_LIMIT (pid_max can be set no higher), uid_t with
+# (uid_t)-1 meaning "no user"; beyond them a filter would compare truncated values.
+# Every number has a bound: one of 5,000 hex digits has no decimal text to print.
+PID_MAX = 4 * 1024 * 1024 - 1
+UID_MAX = 2**32 - 2
+pid_arg = int_type(1, "a PID", PID_MAX, " (the kernel's PID_MAX_LIMIT)")
+count_arg = int_type(1, "a count", 2**63 - 1, " (64 bits)")
+uid_arg = int_type(0, "a UID", UID_MAX, " (uid_t)")
+
+# -d/-i: the run loop's timers count whole milliseconds; inf, nan and 1e300 are
+# not durations (without -d a tool runs until stopped)
+MIN_SECONDS = 0.001
+MAX_SECONDS = 366 * 24 * 3600
 
 
 def seconds_arg(text: str) -> float:
     try:
+        # a plain ASCII decimal: float() also reads 1e3, inf, "_", other scripts' digits
+        if not _ASCII_SECONDS.fullmatch(text):
+            raise ValueError(text)
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a duration must be a number of seconds, not {text!r}")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"a duration must be positive, not {text}")
+        raise argparse.ArgumentTypeError(
+            f"a duration must be a number of seconds, not {shown(text)}")
+    if not MIN_SECONDS <= value <= MAX_SECONDS:          # nan fails both comparisons
+        raise argparse.ArgumentTypeError(
+            f"a duration must be {MIN_SECONDS} to {MAX_SECONDS} seconds (a year), "
+            f"not {shown(text)}")
     return value
+
+
+# perf/ring buffer pages per CPU: 2^16 is 256 MiB a CPU with 4 KiB pages; beyond,
+# the kernel refuses the ring (or it takes the machine's memory)
+MAX_PAGES = 2**16
 
 
 def pages_arg(text: str) -> int:
-    value = int_type(1, "--buffer-pages")(text)
+    value = int_type(1, "--buffer-pages", MAX_PAGES,
+                     f" ({MAX_PAGES * mmap.PAGESIZE >> 20} MiB per CPU)")(text)
     if value & (value - 1):
         raise argparse.ArgumentTypeError(f"--buffer-pages must be a power of two, not {value}")
     return value
+
+
+def comm_arg(text: str) -> str:
+    """A task name compared byte for byte with the kernel's: the bytes given (argv's
+    undecodable bytes included, as surrogate escapes), 1 to 15 of them (TASK_COMM_LEN
+    with its NUL). Longer is refused, not cut: the kernel cuts a longer name at 15
+    bytes, even inside a UTF-8 character, and the hint shows what it keeps."""
+    raw = codegen.text_bytes(text)              # the bytes codegen compares
+    if not 0 < len(raw) < COMM_SIZE:
+        kept = f"; the kernel keeps the first {COMM_SIZE - 1}: " \
+            f"'{for_terminal(raw[:COMM_SIZE - 1])}'" if raw else ""
+        raise argparse.ArgumentTypeError(
+            f"a task name has 1 to {COMM_SIZE - 1} bytes, not {len(raw)}{kept}")
+    return text
 
 
 @dataclass(frozen=True)
@@ -79,9 +141,7 @@ def rate_arg(text: str) -> RateLimit:
     number, slash, scope = text.partition("/")
     if slash and scope != "cpu":
         raise argparse.ArgumentTypeError(f"--rate-limit takes N or N/cpu, not {text!r}")
-    value = int_type(1, "--rate-limit")(number)
-    if value >= 2**31:
-        raise argparse.ArgumentTypeError(f"--rate-limit must be below 2^31, not {value}")
+    value = int_type(1, "--rate-limit", 2**31 - 1)(number)
     return RateLimit(value, bool(slash))
 
 
@@ -158,18 +218,32 @@ class Clock:
 
 
 def main(tool: str, body: Callable[[Sequence[str]], int], argv: Sequence[str] | None) -> int:
-    """Run a tool's body; expected failures become one line and an exit status."""
+    """Run a tool's body; expected failures become one line and an exit status.
+
+    Stop signals are caught from the first line on (before planning, compiling or
+    creating anything), so none is lost in any phase: one during set-up ends the
+    tool at the next phase boundary with `TOOL: stopped by SIG during set-up
+    (PHASE)` and the shell's status for a signal, 128+N (nothing was traced, no
+    summary); one in the run loop ends the run with its summary and status 0."""
+    stream.install_stop_signals()
     try:
-        return body(sys.argv[1:] if argv is None else argv)
+        return _flushed(body(sys.argv[1:] if argv is None else argv))
+    except stream.Stopped as e:
+        _flushed(0)
+        print(f"{tool}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except BpfprobesError as e:
         sys.stdout.flush()
-        print(f"{tool}: error: {e.what}", file=sys.stderr)
+        # messages echo user input and kernel text (names, paths): escaped, and
+        # a non-UTF-8 argv byte shows as \xNN rather than raising
+        write_line(sys.stderr, f"{tool}: error: {for_terminal(e.what)}")
         if e.hint:
-            print(f"{tool}: hint: {e.hint}", file=sys.stderr)
+            write_line(sys.stderr, f"{tool}: hint: {for_terminal(e.hint)}")
         return e.exit_code
     except PermissionError as e:
         # a root-only file read before the root check could say so (tracefs, debugfs)
-        print(f"{tool}: error: permission denied: {e.filename or e}", file=sys.stderr)
+        write_line(sys.stderr, f"{tool}: error: permission denied: "
+                               f"{for_terminal(str(e.filename or e))}")
         print(f"{tool}: hint: run as root", file=sys.stderr)
         return 1
     except BrokenPipeError:
@@ -178,6 +252,16 @@ def main(tool: str, body: Callable[[Sequence[str]], int], argv: Sequence[str] | 
         return 0
     except KeyboardInterrupt:
         return 130
+
+
+def _flushed(status: int) -> int:
+    """Flush stdout now, so that a closed pipe (| head) is noticed here rather than
+    as Python's "Exception ignored" complaint at exit."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return status
 
 
 @dataclass
@@ -201,14 +285,27 @@ class Pipeline:
     at_exit: Callable[[], dict] | None = None    # last words before the summary; extra summary keys
 
     def run(self) -> stream.Summary:
+        stop = stream.stop_signals()
         started = time.monotonic()
-        for stale in loader.reap_stale_events(self.kernel.tracefs):
-            if self.verbose:
-                print(f"{self.tool}: removed {stale}, left by a killed run", file=sys.stderr)
-        # from the program cache when it holds this program: no BCC compile, no LLVM
-        loaded = progcache.load(self.program, self.kernel.headers, self.attaches) \
-            if self.cacheable else loader.compile_program(self.program, self.kernel.headers)
-        with loaded:
+        # teardown is registered before the first kernel object exists: whatever
+        # ends set-up or the run (a stop signal at a phase boundary, an error, a
+        # closed stdout) leaves through here, and a signal during it is only recorded
+        with contextlib.ExitStack() as teardown:
+            stop.check("planning")          # what the tool did before calling us
+            for stale in loader.reap_stale_events(self.kernel.tracefs):
+                if self.verbose:
+                    print(f"{self.tool}: removed {stale}, left by a killed run", file=sys.stderr)
+            stop.check("reaping")
+            headers = self.kernel.headers   # a first start may merge a headers tree here
+            stop.check("finding kernel headers")
+            # from the program cache when it holds this program: no BCC compile, no LLVM
+            # (a first start compiles in a child, which a stop signal kills)
+            loaded = teardown.enter_context(
+                progcache.load(self.program, headers, self.attaches)
+                if self.cacheable else loader.compile_program(self.program, headers))
+            # BCC compiling in this process cannot be interrupted: checked right after
+            stop.check("loading the program" if getattr(loaded, "origin", "") == "cached"
+                       else "compiling")
             if self.on_loaded is not None:
                 self.on_loaded(loaded)
             sink_event = self.sink.event
@@ -224,26 +321,29 @@ class Pipeline:
             gate = stream.Gate(on_event, self.limits.max_events)
             transport = stream.PerfBuffer(loaded, pages=self.pages,
                                           wakeup_events=self.wakeup_events)
+            teardown.callback(transport.close)
             transport.open(gate)
             self.meta["transport"] = transport.kind
             for how in self.attaches:
+                stop.check("attaching")
                 loaded.attach(how)
+            stop.check("attaching")
             self.meta["probes"] = [a.describe() for a in loaded.attached]
             self.meta["program"] = getattr(loaded, "origin", "compiled")
             self.meta["startup_s"] = round(time.monotonic() - started, 3)
-            # caught from before "live" is said: a signal sent on seeing it counts
-            with stream.catch_signals() as signals:
-                if self.verbose:
-                    for a in loaded.attached:
-                        print(f"{self.tool}: attached {a.describe()}", file=sys.stderr)
-                    print(f"{self.tool}: live after {self.meta['startup_s']} s "
-                          f"(program {self.meta['program']})", file=sys.stderr)
-                self.sink.meta(self.meta)
-                self.sink.flush()
-                summary = stream.run(transport, gate, self.limits, self.sink.lost,
-                                     on_tick=self._tick, signals=signals,
-                                     on_throttled=self.sink.throttled)
-        transport.close()
+            if self.verbose:
+                for a in loaded.attached:
+                    print(f"{self.tool}: attached {for_terminal(a.describe())}",
+                          file=sys.stderr)
+                print(f"{self.tool}: live after {self.meta['startup_s']} s "
+                      f"(program {self.meta['program']})", file=sys.stderr)
+            self.sink.meta(self.meta)
+            self.sink.flush()
+            # a signal from here on (one sent on seeing "live" too) ends the run
+            # with a summary: the loop reads what the handler recorded
+            summary = stream.run(transport, gate, self.limits, self.sink.lost,
+                                 on_tick=self._tick, signals=stop,
+                                 on_throttled=self.sink.throttled)
         extra = self.at_exit() if self.at_exit is not None else {}
         if "rate_limit" in self.meta:
             extra["throttled"] = summary.throttled

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from typing import Sequence
@@ -20,6 +19,7 @@ from .. import __version__, codegen, countplan, loader, stream
 from ..decode import cstr
 from ..kernel import Kernel, current
 from ..output import JsonOutput
+from ..safetext import for_terminal
 from . import common
 
 PROG = "bpfprobes count"
@@ -101,7 +101,10 @@ def rows(counts: dict, names: list[str], seconds: float, by: str | None) -> list
 def text_table(rs: list[dict], by: str | None) -> str:
     cols = ["target", *(c for c in ("pid", "comm") if by and c in by), "count", "rate"]
     head = {"target": "FUNC", "pid": "PID", "comm": "COMM", "count": "COUNT", "rate": "RATE/s"}
-    return tabulate([[r[c] for c in cols] for r in rs], headers=[head[c] for c in cols],
+    # targets (ELF symbols of any binary) and comms come from the traced system
+    text = {"target", "comm"}
+    return tabulate([[for_terminal(r[c]) if c in text and r[c] is not None else r[c]
+                      for c in cols] for r in rs], headers=[head[c] for c in cols],
                     disable_numparse=True, colalign=["left"] * (len(cols) - 2) + ["right"] * 2) \
         if rs else "(no calls)"
 
@@ -115,30 +118,36 @@ def count_targets(k: Kernel, targets: list[countplan.Target], args, prog: str = 
     program = codegen.count_program(len(targets), defs)
     names = [t.name for t in targets]
     sink = JsonOutput(prog) if args.json else None
+    stop = stream.stop_signals()
+    stop.check("planning")
     started = time.monotonic()
     for stale in loader.reap_stale_events(k.tracefs):
         if args.verbose:
             print(f"{prog}: removed {stale}, left by a killed run", file=sys.stderr)
+    stop.check("reaping")
+    # BCC compiles in this process (uninterruptible): a signal during it is seen after
     with loader.compile_program(program, k.headers) as loaded:
-        with stream.catch_signals() as signals:
-            for t in targets:
-                loaded.attach(t.attach)
-            live = time.monotonic()
-            meta = {"version": __version__, "kernel": k.release, "targets": len(targets),
-                    "by": args.by, "pid": pid, "startup_s": round(live - started, 3)}
-            if args.verbose:
-                for a in loaded.attached:
-                    print(f"{prog}: attached {a.describe()}", file=sys.stderr)
-            if sink is not None:
-                sink.meta(meta)
-                sink.flush()
-            else:
-                print(f"Counting {len(targets)} targets ({', '.join(names[:3])}"
-                      f"{', ...' if len(targets) > 3 else ''}). Ctrl-C to end.", flush=True)
-            counts = Counts(loaded["counts"], args.by)
-            reason = _wait(args, signals, counts, names, sink, live)
-            final, ended = counts.read(), time.monotonic()
-            drops = sum(loaded["drops"][loaded["drops"].Key(0)])
+        stop.check("compiling")
+        for t in targets:
+            stop.check("attaching")
+            loaded.attach(t.attach)
+        stop.check("attaching")
+        live = time.monotonic()
+        meta = {"version": __version__, "kernel": k.release, "targets": len(targets),
+                "by": args.by, "pid": pid, "startup_s": round(live - started, 3)}
+        if args.verbose:
+            for a in loaded.attached:
+                print(f"{prog}: attached {for_terminal(a.describe())}", file=sys.stderr)
+        if sink is not None:
+            sink.meta(meta)
+            sink.flush()
+        else:
+            print(f"Counting {len(targets)} targets ({for_terminal(', '.join(names[:3]))}"
+                  f"{', ...' if len(targets) > 3 else ''}). Ctrl-C to end.", flush=True)
+        counts = Counts(loaded["counts"], args.by)
+        reason = _wait(args, stop, counts, names, sink, live)
+        final, ended = counts.read(), time.monotonic()
+        drops = sum(loaded["drops"][loaded["drops"].Key(0)])
     elapsed = ended - live
     table = rows(final, names, elapsed, args.by)
     calls = sum(final.values())
@@ -161,7 +170,7 @@ def _wait(args, signals, counts: Counts, names: list[str], sink, live: float) ->
     while True:
         now = time.monotonic()
         if signals.caught is not None:
-            return f"signal:{signal.Signals(signals.caught).name}"
+            return signals.reason
         if deadline is not None and now >= deadline:
             return "duration"
         if next_report is not None and now >= next_report:

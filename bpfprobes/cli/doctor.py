@@ -10,6 +10,7 @@ from tabulate import tabulate
 
 from .. import __version__, features
 from ..kernel import Kernel, current
+from ..safetext import for_terminal
 from . import common
 
 EXAMPLES = """\
@@ -55,16 +56,22 @@ def table(r: dict) -> str:
     p = r["privileges"]
     rows.append(("privileges", "root" if p["root"] else f"euid {p['euid']}",
                  ", ".join(k for k in features.CAPS if p[k]) or "no BPF capabilities"))
-    out = [f"kernel {r['kernel']['release']} ({r['kernel']['arch']})", "",
+    # evidence quotes what the machine holds (paths, config lines, errors)
+    rows = [[for_terminal(str(cell)) for cell in row] for row in rows]
+    out = [for_terminal(f"kernel {r['kernel']['release']} ({r['kernel']['arch']})"), "",
            tabulate(rows, headers=["feature", "state", "evidence"]), "",
            tabulate(sorted(r["tools"].items()), headers=["tool", "will use"])]
     return "\n".join(out)
 
 
-def run(argv: Sequence[str]) -> int:
+def build_parser() -> common.Parser:
     p = common.parser("bpfprobes doctor", "Report what this kernel offers for tracing.", EXAMPLES)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    args = p.parse_args(argv)
+    return p
+
+
+def run(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
     r = report(current())
     print(json.dumps(r, indent=2) if args.json else table(r))
     return 0

@@ -16,6 +16,7 @@ from ..errors import KernelError
 from ..kernel import Kernel, current
 from ..loader import Attach
 from ..output import Column, JsonOutput, TextOutput
+from ..safetext import for_terminal
 from . import common
 
 SYSCALLS = ("execve", "execveat")
@@ -51,17 +52,20 @@ def _regex(text: str) -> re.Pattern:
     try:
         return re.compile(text)
     except re.error as e:
-        raise argparse.ArgumentTypeError(f"bad regular expression {text!r}: {e}")
+        raise argparse.ArgumentTypeError(f"bad regular expression {common.shown(text)}: {e}")
+    except (OverflowError, RecursionError) as e:     # a{99999999999}; parentheses 1000 deep
+        raise argparse.ArgumentTypeError(
+            f"regular expression {common.shown(text)} is too large: {e}")
 
 
 def _user(text: str) -> int:
     """A user name or a numeric UID, as BCC's -u takes it."""
-    if text.isdigit():
-        return int(text)
+    if text.isascii() and text.isdigit():      # not int('²'), which isdigit() too
+        return common.uid_arg(str(int(text)))      # 007 is 7, not octal
     try:
         return pwd.getpwnam(text).pw_uid
-    except KeyError:
-        raise argparse.ArgumentTypeError(f"no such user {text!r}")
+    except (KeyError, ValueError):                 # ValueError: a NUL or a surrogate
+        raise argparse.ArgumentTypeError(f"no such user {common.shown(text)}")
 
 
 def build_parser() -> common.Parser:
@@ -112,16 +116,17 @@ def _task_offsets(k: Kernel) -> tuple[dict, str]:
                       "install the headers of the running kernel (linux-headers-$(uname -r))")
 
 
-# Text output escapes control characters so one exec stays one line; with -q
-# the argument is also quoted with \ and " escaped, so the line is unambiguous.
-_CONTROL = {**{c: f"\\x{c:02x}" for c in (*range(32), 127)}, 9: "\\t", 10: "\\n", 13: "\\r"}
-_QUOTED = {**_CONTROL, ord("\\"): "\\\\", ord('"'): '\\"'}
+# Text output escapes every argument for the terminal (safetext.for_terminal:
+# controls, bidi overrides, bytes that are not UTF-8), which also keeps one exec
+# on one line; with -q the argument is first quoted with \\ and " escaped, so
+# the line is unambiguous (a literal backslash shows doubled, an escape single).
+_QUOTED = {ord("\\"): "\\\\", ord('"'): '\\"'}
 
 
 def _render_args(quote: bool) -> Callable[[dict], str]:
     """ARGS column: BCC's look; a cut argument ends in "...", missing ones add " ..."."""
     def one(arg: str, cut: bool) -> str:
-        text = f'"{arg.translate(_QUOTED)}"' if quote else arg.translate(_CONTROL)
+        text = f'"{for_terminal(arg.translate(_QUOTED))}"' if quote else for_terminal(arg)
         return text + "..." if cut else text
 
     def render(e: dict) -> str:
@@ -135,15 +140,16 @@ def _columns(args, clock: common.Clock, started: float) -> list[Column]:
     def hms(e: dict) -> str:
         return time.strftime("%H:%M:%S", time.localtime(clock.wall(e["ts_ns"])))
 
-    cols = [Column("TIME", -8, hms)] if args.time else []
-    cols += [Column("TIME(s)", -8, lambda e: f"{clock.wall(e['ts_ns']) - started:.3f}")] \
-        if args.timestamp else []
-    cols += [Column("UID", -6, lambda e: e["uid"])] if args.print_uid else []
+    cols = [Column("TIME", -8, hms, escape=False)] if args.time else []
+    cols += [Column("TIME(s)", -8, lambda e: f"{clock.wall(e['ts_ns']) - started:.3f}",
+                    escape=False)] if args.timestamp else []
+    cols += [Column("UID", -6, lambda e: e["uid"], escape=False)] if args.print_uid else []
+    # ARGS escapes each argument itself (before -q's quotes and the joining spaces)
     return cols + [Column("PCOMM", -16, lambda e: e["comm"]),
-                   Column("PID", -7, lambda e: e["pid"]),
-                   Column("PPID", -7, lambda e: e["ppid"]),
-                   Column("RET", 3, lambda e: e["ret"]),
-                   Column("ARGS", 0, _render_args(args.quote))]
+                   Column("PID", -7, lambda e: e["pid"], escape=False),
+                   Column("PPID", -7, lambda e: e["ppid"], escape=False),
+                   Column("RET", 3, lambda e: e["ret"], escape=False),
+                   Column("ARGS", 0, _render_args(args.quote), escape=False)]
 
 
 def _decoder(args, clock: common.Clock) -> Callable[[bytes], dict | None]:

@@ -9,6 +9,7 @@ per IRQ and CPU. Softirq vectors and tasklets too.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from ..kernel import Kernel, current
 from ..latency import Reservoir, human_ns
 from ..loader import Attach
 from ..output import Column, JsonOutput, Quiet, TextOutput
+from ..safetext import for_terminal, write_line
 from . import common
 
 # include/linux/interrupt.h: the vectors in order, the same on every kernel since 5.x
@@ -35,6 +37,7 @@ IRQ_RETURNS = {0: "IRQ_NONE", 1: "IRQ_HANDLED", 2: "IRQ_WAKE_THREAD",
 KERNEL_FILTER_SLOTS = 16          # bpf_c/irq.bpf.c IRQ_0 .. IRQ_15
 NO_LINE = 0x7FFFFFFF              # an unused slot: no IRQ has this number
 STACK_ENTRIES = 4096
+_SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,510}")     # KSYM_NAME_LEN 512 with the NUL
 PROG = "bpfprobes irq"
 
 EXAMPLES = """\
@@ -54,8 +57,16 @@ EXAMPLES = """\
 
 def _irq_list(text: str) -> list[int]:
     """'36' or '36,37'."""
-    irq = common.int_type(0, "an IRQ number")
+    irq = common.int_type(0, "an IRQ number", NO_LINE - 1)
     return [irq(part.strip()) for part in text.split(",")]
+
+
+def _symbol(text: str) -> str:
+    """A kernel function name as kallsyms spells it (foo, foo.isra.0): it becomes a
+    kprobe target, so nothing else gets through."""
+    if not _SYMBOL.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{common.shown(text)} is not a kernel function name")
+    return text
 
 
 def _softirq_list(text: str) -> int:
@@ -87,7 +98,7 @@ def build_parser() -> common.Parser:
     p.add_argument("--tasklet", action="store_true", help="tasklets run (irq:tasklet_entry/exit)")
     p.add_argument("--tasklet-schedule", action="store_true",
                    help="tasklets scheduled (a kprobe on __tasklet_schedule; with -s: by whom)")
-    p.add_argument("--handler", action="append", default=[], metavar="FUNC",
+    p.add_argument("--handler", action="append", default=[], type=_symbol, metavar="FUNC",
                    help="kprobe this handler function (repeatable); else the known one")
     p.add_argument("--attach", choices=policy.CHOICES,
                    help="force kprobes on the handlers or the irq tracepoints "
@@ -339,16 +350,19 @@ def _sort_key(label: str) -> tuple:
 
 
 def _columns() -> list[Column]:
+    # escaped as printed: IRQ line names (drivers name them after devices),
+    # handler symbols and the interrupted task's comm; cut before escaping, so
+    # that an escape is never cut in half
     return [Column("TIME", -15, lambda e: time.strftime("%H:%M:%S", time.localtime(e["ts"]))
-                   + f".{int(e['ts'] * 1e6) % 1000000:06d}"),
-            Column("CPU", 3, lambda e: e["cpu"]),
-            Column("CTX", 4, lambda e: e["context"]["flags"]),
+                   + f".{int(e['ts'] * 1e6) % 1000000:06d}", escape=False),
+            Column("CPU", 3, lambda e: e["cpu"], escape=False),
+            Column("CTX", 4, lambda e: e["context"]["flags"], escape=False),
             Column("IRQ", 5, lambda e: _label(e) if e["kind"] != "tasklet_schedule" else "-"),
             Column("NAME", -16, lambda e: (e["name"] or "-")[:16]),
             Column("HANDLER", -22, lambda e: (e["handler"] or "-")[:22]),
             Column("TIME(us)", 9, lambda e: "-" if e["duration_ns"] is None
-                   else f"{e['duration_ns'] / 1000:.3f}"),
-            Column("RET", -11, lambda e: e["ret"] or "-"),
+                   else f"{e['duration_ns'] / 1000:.3f}", escape=False),
+            Column("RET", -11, lambda e: e["ret"] or "-", escape=False),
             Column("INTERRUPTED", 0, lambda e: f"{e['comm']} ({e['pid']})")]
 
 
@@ -358,7 +372,7 @@ class _TextSink(TextOutput):
     def event(self, e: dict) -> None:
         super().event(e)
         for frame in e.get("stack", ()):
-            self.out.write(f"        {frame}\n")
+            self.out.write(f"        {for_terminal(frame)}\n")
 
 
 def run(argv: Sequence[str]) -> int:
@@ -371,8 +385,8 @@ def run(argv: Sequence[str]) -> int:
     common.apply_rate_limit(args.rate_limit, limit, rate_meta)
     program, attaches = program_and_attaches(p, k, args.stack, limit)
     if args.verbose:
-        for line in p.describe():
-            print(f"{PROG}: {line}", file=sys.stderr)
+        for line in p.describe():       # device, driver and IRQ line names
+            write_line(sys.stderr, f"{PROG}: {for_terminal(line)}")
     events = Events(p, k, common.Clock(), args.stack)
     sink = JsonOutput(PROG) if args.json else \
         _TextSink(PROG, _columns(), header=not args.quiet)

@@ -1,9 +1,19 @@
-"""`bpfprobes TOOL ...`: one entry point for every tool."""
+"""`bpfprobes TOOL ...`: one entry point for every tool, and the console scripts'
+entry functions (setup.cfg).
+
+Importing a tool takes most of a second (BCC, ctypes); a Ctrl-C meanwhile
+would be Python's KeyboardInterrupt traceback. So this module imports almost
+nothing at its top, and an entry records stop signals from its first line (a
+handler that only records, as stream.StopSignals does), imports the tool, then
+hands what it caught to the tool's recorder: a signal during the imports ends the
+tool with one line `TOOL: stopped by SIGX during set-up (loading)` and 128+N.
+"""
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .. import __version__
 
@@ -28,21 +38,94 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+# the module's name for a tool in its messages (common.main's first argument)
+PROGS = {"doctor": "bpfprobes doctor", "probe": "bpfprobes probe", "count": "bpfprobes count",
+         "irq": "bpfprobes irq", "opensnoop": "opensnoop", "execsnoop": "execsnoop",
+         "kprobe": "kprobe"}
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)  # stream's
+
+
+class _Early:
+    """Records the first stop signal while the tool is imported (stream is not yet)."""
+
+    def __init__(self) -> None:
+        self.caught: int | None = None
+        self.saved = {}
+
+    def __call__(self, signum: int, _frame) -> None:
+        if self.caught is None:
+            self.caught = signum
+
+    def install(self) -> "_Early":
+        for s in STOP_SIGNALS:
+            if signal.getsignal(s) != signal.SIG_IGN:      # ignored by our parent: stays so
+                self.saved[s] = signal.signal(s, self)
+        return self
+
+
+def _loaded(prog: str, load: Callable[[], Callable[[list[str]], int]],
+            argv: list[str]) -> int:
+    """Import a tool (load) with stop signals recorded, then run it; a signal in
+    the imports: one line and 128+N, nothing was created. Only on the main thread
+    (a library caller's worker cannot take signals): there, just run it."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return load()(argv)
+    early = _Early().install()
+    try:
+        tool_main = load()
+    finally:
+        # the tool's recorder takes over, carrying a signal that came meanwhile
+        # (stream was imported by the tool; cheap now)
+        from .. import stream
+        for s, old in early.saved.items():
+            signal.signal(s, old)
+        recorder = stream.install_stop_signals()
+        if recorder.caught is None:
+            recorder.caught = early.caught
+    if recorder.caught is not None:
+        name = signal.Signals(recorder.caught).name
+        print(f"{prog}: stopped by {name} during set-up (loading)", file=sys.stderr)
+        return 128 + recorder.caught
+    return tool_main(argv)
+
+
+def _entry(module: str, function: str, prog: str) -> Callable[[], int]:
+    def entry() -> int:
+        return _loaded(prog, lambda: getattr(importlib.import_module(f"bpfprobes.cli.{module}"),
+                                             function), sys.argv[1:])
+    entry.__doc__ = f"The `{prog}` console script."
+    return entry
+
+
+opensnoop = _entry("opensnoop", "main", "opensnoop")
+execsnoop = _entry("execsnoop", "main", "execsnoop")
+kprobe = _entry("probe", "kprobe_main", "kprobe")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
+        print("bpfprobes: error: no tool given", file=sys.stderr)
+        print("bpfprobes: hint: tools: " + ", ".join(TOOLS) + "; bpfprobes --help says more",
+              file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print(usage())
-        return 0 if argv else 2
+        return 0
     if argv[0] == "--version":
         print(__version__)
         return 0
     entry = TOOLS.get(argv[0])
     if entry is None:
-        print(f"bpfprobes: error: unknown tool {argv[0]!r}", file=sys.stderr)
+        from ..safetext import for_terminal
+        # escaped: argv may hold control characters and bytes that are not UTF-8
+        print(f"bpfprobes: error: unknown tool '{for_terminal(argv[0])}'", file=sys.stderr)
         print("bpfprobes: hint: tools: " + ", ".join(TOOLS), file=sys.stderr)
         return 2
-    module = importlib.import_module(f"bpfprobes.cli.{entry[0]}")
-    return getattr(module, entry[1])(argv[1:])
+    return _loaded(PROGS.get(argv[0], f"bpfprobes {argv[0]}"),
+                   lambda: getattr(importlib.import_module(f"bpfprobes.cli.{entry[0]}"), entry[1]),
+                   argv[1:])
 
 
 if __name__ == "__main__":

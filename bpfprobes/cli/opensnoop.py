@@ -127,16 +127,18 @@ def _columns(args) -> list[Column]:
     def path(e):
         return e["path"] + " [truncated]" if e["truncated"] else e["path"]
 
-    cols = [Column("TIME(s)", -14, rel_time)] if args.timestamp else []
+    # numbers are escape=False; COMM and PATH come from any user (a file named
+    # with ESC sequences) and are escaped as they are printed
+    cols = [Column("TIME(s)", -14, rel_time, escape=False)] if args.timestamp else []
     # plain fields through itemgetter: a C call per cell on the storm path
-    cols += [Column("UID", 6, itemgetter("uid"))] if args.print_uid else []
-    cols += [Column("PID", 7, itemgetter("pid")),
+    cols += [Column("UID", 6, itemgetter("uid"), escape=False)] if args.print_uid else []
+    cols += [Column("PID", 7, itemgetter("pid"), escape=False),
              Column("COMM", -16, itemgetter("comm")),
-             Column("FD", 4, lambda e: e["ret"] if e["ret"] >= 0 else -1),
-             Column("ERR", 3, lambda e: -e["ret"] if e["ret"] < 0 else 0)]
+             Column("FD", 4, lambda e: e["ret"] if e["ret"] >= 0 else -1, escape=False),
+             Column("ERR", 3, lambda e: -e["ret"] if e["ret"] < 0 else 0, escape=False)]
     if args.extended_fields:
-        cols += [Column("FLAGS", 8, lambda e: f"{e['flags']:08o}"),
-                 Column("MODE", 5, lambda e: f"{e['mode']:04o}")]
+        cols += [Column("FLAGS", 8, lambda e: f"{e['flags']:08o}", escape=False),
+                 Column("MODE", 5, lambda e: f"{e['mode']:04o}", escape=False)]
     return cols + [Column("PATH", 0, path)]
 
 

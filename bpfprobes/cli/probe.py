@@ -3,6 +3,7 @@ tracepoints on any function, with arguments in the kernel's fetcharg syntax."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -14,6 +15,7 @@ from .. import __version__, codegen, countplan, features, loader, probefilter, p
 from ..errors import CompileError, KernelError, UsageError
 from ..kernel import Kernel, current
 from ..output import Column, JsonOutput, Quiet, TextOutput
+from ..safetext import decode_exact, for_terminal
 from . import common, count, probe_tracefs
 
 EXAMPLES = """\
@@ -52,7 +54,8 @@ def _options(p: argparse.ArgumentParser) -> None:
                    help="stop after COUNT events")
     p.add_argument("-p", "--pid", type=common.pid_arg, help="only this process (tgid)")
     p.add_argument("-L", "--tid", type=common.pid_arg, help="only this thread")
-    p.add_argument("--comm", metavar="NAME", help="only tasks with this exact name")
+    p.add_argument("--comm", type=common.comm_arg, metavar="NAME",
+                   help="only tasks with this exact name (1 to 15 bytes, as the kernel keeps it)")
     p.add_argument("-H", "--header", action="store_true", help="print a header line first")
     p.add_argument("-s", "--stack", action="store_true", help="kernel stack trace per event")
     p.add_argument("-U", "--user-stack", action="store_true", help="user stack trace per event")
@@ -85,6 +88,9 @@ def _options(p: argparse.ArgumentParser) -> None:
                    metavar="N", help=f"perf buffer pages per CPU (default {stream.DEFAULT_PAGES})")
     p.add_argument("-v", "--dry-run", action="store_true",
                    help="print the generated program and kprobe_events lines; attach nothing")
+    p.add_argument("--force", action="store_true",
+                   help="probe a user address even where it cannot be shown to start an "
+                        "instruction (a warning instead of a refusal)")
     p.add_argument("--verbose", action="store_true",
                    help="say what is attached and where the filter runs, then trace")
 
@@ -129,8 +135,9 @@ def _attach_for(k: Kernel, s: spec.ProbeSpec, fn: str, up: probeplan.Uprobe | No
     if s.kind == "tracepoint":
         return loader.Attach("tracepoint", f"{s.group}:{s.event}", fn)
     if up is not None:
-        return loader.Attach(kind, s.symbol, fn, path=up.path,
-                             offset=s.offset if s.symbol else up.vaddr, pid=pid or -1)
+        # the address probeplan placed and checked, not BCC's own symbol lookup
+        return loader.Attach(kind, "", fn, path=up.path, offset=up.vaddr, pid=pid or -1,
+                             kernel_path=up.kernel_path or None)
     maxactive = (s.maxactive or default_maxactive()) if kind == "kretprobe" else 0
     return loader.Attach(kind, _kernel_target(k, s), fn, offset=s.offset, maxactive=maxactive)
 
@@ -212,9 +219,9 @@ def describe(k: Kernel, plan: probeplan.Plan) -> list[str]:
 def dry_run(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach]) -> int:
     out = sys.stdout
     for line in describe(k, plan):
-        out.write(f"# {line}\n")
+        out.write(f"# {for_terminal(line)}\n")
     for a in attaches:
-        out.write(f"# attach: {a.describe()} -> {a.fn}\n")
+        out.write(f"# attach: {for_terminal(a.describe())} -> {a.fn}\n")
     defs = codegen.define_flags(codegen.probe_defines(plan))
     out.write(f"# cflags: {' '.join(defs)}\n")
     out.write(codegen.probe_source(plan, k.abi))
@@ -234,7 +241,7 @@ def _mechanisms(k: Kernel, plan: probeplan.Plan) -> list[dict]:
 def _usym(loaded: loader.Loaded, module: bool = True):
     def usym(addr: int, pid: int) -> str:
         name = loaded.bpf.sym(addr, pid, show_module=module, show_offset=True)
-        text = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+        text = decode_exact(name) if isinstance(name, bytes) else str(name)
         return f"0x{addr:x}" + text[len("[unknown]"):] if text.startswith("[unknown]") else text
     return usym
 
@@ -243,18 +250,25 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach], args,
           prog: str) -> stream.Summary:
     clock = common.Clock()
     sink = JsonOutput(prog) if args.json else \
-        TextOutput(prog, [Column(probefmt.FTRACE_HEADER, 0, lambda text: text)],
+        TextOutput(prog, [Column(probefmt.FTRACE_HEADER, 0, lambda text: text,
+                                 escape=False)],         # ftrace_text escapes each line
                    header=args.header)
     shown = Quiet(sink) if args.quiet else sink
     stats = probefmt.Stats(plan)
     notes: list[str] = []
+    stop = stream.stop_signals()
+    stop.check("planning")
     started = time.monotonic()
     reap = getattr(loader, "reap_stale_events", None)      # BCC events of killed runs
     for stale in (reap(k.tracefs) if reap else []):
         notes.append(f"removed {stale}, left by a killed run")
+    stop.check("reaping")
     program = codegen.probe_program(plan, k.abi)
-    loaded = loader.compile_program(program, k.headers)
-    with loaded:
+    # teardown registered before the first kernel object exists; a signal during
+    # the in-process BCC compile (uninterruptible) is seen right after it
+    with contextlib.ExitStack() as teardown:
+        loaded = teardown.enter_context(loader.compile_program(program, k.headers))
+        stop.check("compiling")
         stacks = plan.options.kstack or plan.options.ustack
         decoder = probefmt.Decoder(plan, k.kallsyms,
                                    (lambda sid: loaded["stacks"].walk(sid)) if stacks else None,
@@ -273,35 +287,31 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach], args,
 
         gate = stream.Gate(on_event, args.max_events)
         transport = stream.PerfBuffer(loaded, pages=args.buffer_pages)
+        teardown.callback(transport.close)
         transport.open(gate)
         for how in attaches:
+            stop.check("attaching")
             _attach(loaded, how, notes)
+        stop.check("attaching")
         meta = {"version": __version__, "kernel": k.release, "arch": k.abi.name,
                 "transport": transport.kind, "attach": [a.describe() for a in loaded.attached],
                 "probes": _mechanisms(k, plan),
                 "filter": probefilter.text(plan.options.filter) if plan.options.filter else None,
                 "startup_s": round(time.monotonic() - started, 3),
                 **({"rate_limit": args.rate_limit.meta()} if args.rate_limit else {})}
-        try:
-            # caught from before "live" is said: a signal sent on seeing it counts
-            with stream.catch_signals() as signals:
-                if args.verbose:
-                    for line in describe(k, plan) + notes:
-                        print(f"{prog}: {line}", file=sys.stderr)
-                    for a in loaded.attached:
-                        print(f"{prog}: attached {a.describe()}", file=sys.stderr)
-                    print(f"{prog}: live after {meta['startup_s']} s", file=sys.stderr)
-                sink.meta(meta)
-                sink.flush()
-                summary = stream.run(transport, gate,
-                                     stream.Limits(args.duration, args.max_events),
-                                     sink.lost, on_tick=sink.flush, signals=signals,
-                                     on_throttled=sink.throttled)
-            misses = kretprobe_misses(k, loaded.attached)     # readable only while attached
-        finally:
-            close = getattr(transport, "close", None)
-            if close is not None:
-                close()
+        if args.verbose:
+            for line in describe(k, plan) + notes:
+                print(f"{prog}: {for_terminal(line)}", file=sys.stderr)   # specs: paths
+            for a in loaded.attached:
+                print(f"{prog}: attached {for_terminal(a.describe())}", file=sys.stderr)
+            print(f"{prog}: live after {meta['startup_s']} s", file=sys.stderr)
+        sink.meta(meta)
+        sink.flush()
+        # a signal from here on (one sent on seeing "live" too) ends the run with a summary
+        summary = stream.run(transport, gate, stream.Limits(args.duration, args.max_events),
+                             sink.lost, on_tick=sink.flush, signals=stop,
+                             on_throttled=sink.throttled)
+        misses = kretprobe_misses(k, loaded.attached)     # readable only while attached
     extra: dict = {}
     if misses:
         extra["kretprobe_misses"] = sum(misses.values())
@@ -329,9 +339,7 @@ def _plan(k: Kernel, texts: list[str], filter_text: str | None, args) -> tuple:
     if args.latency and not any(s.is_return for s in specs):
         raise UsageError("--latency times return probes, and no spec is one",
                          "add an r: spec, e.g. 'r:do_sys_openat2 ret=$retval'")
-    if args.comm is not None and not 0 < len(args.comm.encode()) < probelayout.COMM_SIZE:
-        raise UsageError(f"--comm {args.comm!r}: task names have 1 to 15 bytes")
-    facts = probeplan.resolve(specs, k, dry_run=args.dry_run)
+    facts = probeplan.resolve(specs, k, dry_run=args.dry_run, force=args.force, pid=args.pid)
     options = probeplan.Options(string_size=args.string_size, kstack=args.stack,
                                 ustack=args.user_stack, latency=args.latency, pid=args.pid,
                                 tid=args.tid, comm=args.comm, skip_pid=os.getpid(), filter=expr,
@@ -353,6 +361,8 @@ def run(argv: Sequence[str], prog: str = "bpfprobes probe", kprobe_style: bool =
         common.require_root()        # before planning: tracefs is root-only
     k = current()
     plan, attaches = _plan(k, texts, filter_text, args)
+    for warning in plan.warnings:
+        print(f"{prog}: {for_terminal(warning)}", file=sys.stderr)
     if args.dry_run:
         return dry_run(k, plan, attaches)
     if args.count:
@@ -369,7 +379,7 @@ def run(argv: Sequence[str], prog: str = "bpfprobes probe", kprobe_style: bool =
                 or any(p.spec.kind == "tracepoint" for p in plan.probes):
             raise
         why = f"the BPF backend cannot run here ({e.what}): using the kernel's dynamic events"
-        print(f"{prog}: {why}", file=sys.stderr)
+        print(f"{prog}: {for_terminal(why)}", file=sys.stderr)
         return probe_tracefs.trace(k, plan, args, prog, why)
     return 0
 

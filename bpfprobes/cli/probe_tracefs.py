@@ -8,6 +8,7 @@ tracepoint specs, --filter, --latency pairs, user stacks, counting, rate limits.
 from __future__ import annotations
 
 import os
+import re
 import select
 import sys
 import time
@@ -18,6 +19,7 @@ from ..errors import KernelError, UsageError
 from ..kernel import Kernel
 from ..output import JsonOutput
 from ..probeplan import Plan
+from ..safetext import decode_exact, for_terminal, write_line
 from . import common
 
 READ_BYTES = 1 << 20
@@ -45,10 +47,18 @@ def _kind_letter(slot) -> str:
     return "symbol" if k == "symbol" else k if k in ("u", "s", "x") else "string"
 
 
-def _json(plan: Plan, ln: tracepipe.Line, wall, ctx: tracectx.Context) -> dict:
+def _json(plan: Plan, ln: tracepipe.Line, wall, ctx: tracectx.Context,
+          counts: dict | None = None) -> dict:
+    """An event as the BPF backend's JSON; an ambiguous one (see tracepipe) says so,
+    with its raw text, and null for what could not be split. A value that does not
+    read as its type is null too, counted in counts["unparsed"]."""
     p = next(q for q in plan.probes if q.event == ln.event)
-    values = {s.name: tracepipe.typed(ln.values.get(s.name, "(fault)"), _kind_letter(s))
-              for s in p.layout.slots}
+    values = {}
+    for s in p.layout.slots:
+        text = ln.values.get(s.name)
+        values[s.name] = tracepipe.typed(text, _kind_letter(s))
+        if values[s.name] is None and text not in (None, tracepipe.FAULT) and counts is not None:
+            counts["unparsed"] = counts.get("unparsed", 0) + 1
     out = {"probe": ln.event, "pid": ln.pid, "tid": ln.tid, "comm": ln.comm, "cpu": ln.cpu,
            "ts": wall(ln.ts_ns), "ts_ns": ln.ts_ns, "args": values,
            "context": ctx.as_dict()}
@@ -61,7 +71,15 @@ def _json(plan: Plan, ln: tracepipe.Line, wall, ctx: tracectx.Context) -> dict:
         out["errno"] = names
     if ln.stack:
         out["kstack"] = ln.stack
+    if ln.ambiguous:
+        out["ambiguous"] = True
+        out["raw"] = _raw(ln)
     return out
+
+
+def _raw(ln: tracepipe.Line) -> str:
+    """The text the event was read from, stray lines before it included."""
+    return f"{ln.lead}\n{ln.raw}" if ln.lead else ln.raw
 
 
 def trace(k: Kernel, plan: Plan, args, prog: str, why: str) -> int:
@@ -73,64 +91,88 @@ def trace(k: Kernel, plan: Plan, args, prog: str, why: str) -> int:
         if not features.check(k, need).available:
             raise KernelError(f"cannot use kernel dynamic events for {p.spec.text}: "
                               f"{features.check(k, need).why}")
+    stop = stream.stop_signals()
+    stop.check("planning")
     started = time.monotonic()
     notes = [f"removed {r}, left by a killed run" for r in dynevents.reap(k.tracefs)]
+    stop.check("reaping")
     sink = JsonOutput(prog) if args.json else None
-    names_of = {p.event: [s.name for s in p.layout.slots] for p in plan.probes}
+    names_of = {p.event: [(s.name, _kind_letter(s)) for s in p.layout.slots]
+                for p in plan.probes}
     ctx = tracectx.Decoder(k.abi.name)
     clock = common.Clock()
     buffer_kb = max(4, args.buffer_pages * os.sysconf("SC_PAGE_SIZE") // 1024)
     with dynevents.Session(k.tracefs, buffer_kb=buffer_kb, stacks=args.stack) as session:
+        # the Session removes whatever it holds on the way out; the recorder never
+        # raises, so a signal cannot fall between writing an event and recording it
+        stop.check("creating the trace instance")
         (session.instance / "trace_clock").write_text("mono")  # bpf_ktime_get_ns()'s clock
         lines = []
         for p in plan.probes:
+            stop.check("adding events")
             up = p.uprobe.file_offset if p.uprobe else None
             s = replace(p.spec, group=session.group, event=p.event)
-            line = spec.to_kprobe_events(s, k.abi, uprobe_offset=up)
-            session.add("uprobe" if p.spec.is_uprobe else "kprobe", line, p.event)
+            line = spec.to_kprobe_events(s, k.abi, uprobe_offset=up)      # shown: the real path
+            # written: /proc/self/fd/N of the checked file, held open, which the kernel
+            # resolves to that inode whatever a directory of the path became (F1)
+            written = line if p.uprobe is None else \
+                spec.to_kprobe_events(replace(s, path=p.uprobe.target), k.abi, uprobe_offset=up)
+            session.add("uprobe" if p.spec.is_uprobe else "kprobe", written, p.event)
             lines.append(line)
+        stop.check("adding events")
         fd = session.pipe()
         try:
+            stop.check("opening trace_pipe")
             meta = {"version": __version__, "kernel": k.release, "arch": k.abi.name,
                     "backend": "tracefs", "why": why, "instance": str(session.instance),
                     "events": lines, "startup_s": round(time.monotonic() - started, 3)}
             with stream.catch_signals() as signals:
                 if args.verbose:
                     for line in notes + [f"tracefs: {ln}" for ln in lines]:
-                        print(f"{prog}: {line}", file=sys.stderr)
+                        print(f"{prog}: {for_terminal(line)}", file=sys.stderr)
                     print(f"{prog}: live after {meta['startup_s']} s", file=sys.stderr)
                 if sink is not None:
                     sink.meta(meta)
                     sink.flush()
                 elif args.header:
                     print(probefmt.FTRACE_HEADER, flush=True)
-                summary = _loop(fd, session, plan, args, names_of, ctx, clock, sink, signals,
-                                prog)
+                summary, counts = _loop(fd, session, plan, args, names_of, ctx, clock, sink,
+                                        signals, prog)
         finally:
             os.close(fd)            # before the instance goes: an open pipe keeps it busy
+    # ambiguous: shown flagged, not counted as events (the traced program could
+    # have forged them); unparsed: values that did not read as their type (null)
     done = {"events": summary.events, "lost": summary.lost, "reason": summary.reason,
-            "elapsed": round(summary.elapsed, 3)}
+            "elapsed": round(summary.elapsed, 3), "ambiguous": counts.get("ambiguous", 0),
+            "unparsed": counts.get("unparsed", 0)}
     if sink is not None:
         sink.summary(done)
     else:
         sys.stdout.flush()
-        print(f"{prog}: {done['events']} events, {done['lost']} lost (trace buffer overrun), "
-              f"{done['elapsed']:.1f} s, stopped by {done['reason']}", file=sys.stderr)
+        odd = "".join(f", {done[k]} {k}" for k in ("ambiguous", "unparsed") if done[k])
+        print(f"{prog}: {done['events']} events{odd}, {done['lost']} lost (trace buffer "
+              f"overrun), {done['elapsed']:.1f} s, stopped by {done['reason']}", file=sys.stderr)
     return 0
 
 
 class TracePipe:
     """Our instance's trace_pipe as a stream.run transport: parsed Lines go to the
-    sample callback (a Gate), the buffer's overrun is the loss. A Line is handed
-    on once its stack lines (-s) are in: when the next event comes, or a poll
-    finds nothing more."""
+    sample callback (a Gate), the buffer's overrun is the loss. Each read() is
+    checked as a whole by tracepipe.Reader against the records it consumed (the
+    per-CPU `read events` counters: nobody else reads our instance), so a line
+    that a string value or a comm forged is never handed on as a normal event.
+    A Line is handed on once its stack lines (-s) are in: when the next event
+    comes, or a poll finds nothing more."""
 
-    def __init__(self, fd: int, session: dynevents.Session,
-                 names_of: dict[str, list[str]]) -> None:
-        self.fd, self.session, self.names_of = fd, session, names_of
+    def __init__(self, fd: int, session: dynevents.Session | None,
+                 names_of: dict[str, list]) -> None:
+        self.fd, self.session = fd, session
+        self.reader = tracepipe.Reader(names_of)
         self.on_sample = None
         self.partial = b""
-        self.pending: tracepipe.Line | None = None
+        self.partial_records = 0
+        self.stats = _open_stats(session)
+        self.consumed = self._records_read()
 
     def open(self, on_sample) -> None:
         self.on_sample = on_sample
@@ -141,22 +183,47 @@ class TracePipe:
     def drain(self) -> None:
         """What trace_pipe has now, read without waiting: its poll wakes only at
         buffer_percent, so a quiet trickle is read on the run loop's timer."""
-        if not self._read() and self.pending is not None:
-            self._hand_on()                 # no more stack lines can follow after a quiet poll
+        if not self._read():
+            self._hand_on(self.reader.flush())  # no more stack lines can follow a quiet poll
+        else:
+            self._hand_on(self.reader.take())
 
     def finish(self) -> None:
         """What was traced up to the stop."""
         self._read()
-        if self.pending is not None:
-            self._hand_on()
+        if self.partial:                    # a line the kernel never ended: not trusted
+            self.reader.feed([decode_exact(self.partial)], -1)   # -1 records: tainted
+            self.partial = b""
+        self._hand_on(self.reader.flush())
+
+    def close(self) -> None:
+        """The per-CPU stats files: open, they keep the instance from being removed."""
+        for f in self.stats:
+            os.close(f)
+        self.stats = []
 
     @property
     def lost(self) -> int:
-        return self.session.overrun()
+        return self.session.overrun() if self.session is not None else 0
 
-    def _hand_on(self) -> None:
-        line, self.pending = self.pending, None
-        self.on_sample(line)
+    def _hand_on(self, lines: list) -> None:
+        for line in lines:
+            self.on_sample(line)
+
+    def _records_read(self) -> int | None:
+        """Records consumed from our instance so far (every CPU), or None."""
+        if not self.stats:
+            return None
+        total = 0
+        for f in self.stats:
+            try:
+                m = _READ_EVENTS.search(os.pread(f, 4096, 0))
+            except OSError:
+                return None
+            if m is None:
+                return None
+            total += int(m.group(1))
+        return total
 
     def _read(self) -> bool:
         got_any = False
@@ -168,24 +235,47 @@ class TracePipe:
             if not chunk:
                 return got_any
             got_any = True
-            text = (self.partial + chunk).decode("utf-8", "backslashreplace")
-            *complete, rest = text.split("\n")
-            self.partial = rest.encode()
-            for raw in complete:
-                got = tracepipe.parse(raw, self.names_of)
-                if got is None:             # e.g. the "<stack trace>" line before frames
-                    continue
-                if isinstance(got, str):
-                    if self.pending is not None:
-                        self.pending.stack.append(got)
-                    continue
-                if self.pending is not None:
-                    self._hand_on()
-                self.pending = got
+            now = self._records_read()
+            records = None if now is None or self.consumed is None else now - self.consumed
+            self.consumed = now
+            # the kernel fills a read with whole records, each ending in a newline; a
+            # read that does not end in one is kept and checked with the next
+            data, self.partial = self.partial + chunk, b""
+            if records is not None:
+                records += self.partial_records
+            if not data.endswith(b"\n"):
+                self.partial, self.partial_records = data, records or 0
+                continue
+            self.partial_records = 0
+            # split as bytes, then decode each whole line keeping every byte (the
+            # kernel prints strings raw, not always UTF-8)
+            lines = [decode_exact(raw) for raw in data.split(b"\n")[:-1]]
+            self.reader.feed(lines, records)
+
+
+_READ_EVENTS = re.compile(rb"^read events: (\d+)", re.M)
+
+
+def _open_stats(session: dynevents.Session | None) -> list[int]:
+    """Our instance's per-CPU stats files, open for the run (read with pread)."""
+    if session is None:
+        return []
+    per_cpu = session.instance / "per_cpu"
+    fds = []
+    try:
+        for cpu in sorted(per_cpu.iterdir()):
+            fds.append(os.open(cpu / "stats", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        for f in fds:
+            os.close(f)
+        return []
+    return fds
 
 
 def _loop(fd: int, session: dynevents.Session, plan: Plan, args, names_of, ctx, clock, sink,
-          signals, prog: str) -> stream.Summary:
+          signals, prog: str) -> tuple[stream.Summary, dict]:
+    counts: dict[str, int] = {}
+
     def on_event(ln: tracepipe.Line) -> bool:
         if ln.pid is None:
             ln.pid = _tgid_of(ln.tid)
@@ -193,11 +283,19 @@ def _loop(fd: int, session: dynevents.Session, plan: Plan, args, names_of, ctx, 
             return False
         if args.tid is not None and ln.tid != args.tid:
             return False
+        if ln.comm == UNKNOWN_COMM:
+            ln.comm = _comm_of(ln.tid)
         if sink is not None:
-            sink.event(_json(plan, ln, clock.wall, ctx(_ctx_fields(ln))))
+            sink.event(_json(plan, ln, clock.wall, ctx(_ctx_fields(ln)), counts))
         elif not args.quiet:
-            sys.stdout.write(ln.raw + "".join(f"\n => {f}" for f in ln.stack) + "\n")
-        return True
+            # trace_pipe prints comm and strings raw: escaped for the terminal (a
+            # swallowed line's newline shows as \n: one output line per event)
+            mark = f" {AMBIGUOUS_MARK}" if ln.ambiguous else ""
+            write_line(sys.stdout, "\n".join([for_terminal(_raw(ln)) + mark,
+                                              *(f" => {for_terminal(f)}" for f in ln.stack)]))
+        if ln.ambiguous:                    # shown, but not an event the limit or total counts
+            counts["ambiguous"] = counts.get("ambiguous", 0) + 1
+        return not ln.ambiguous
 
     def on_lost(count: int, total: int) -> None:
         if sink is not None:
@@ -209,9 +307,28 @@ def _loop(fd: int, session: dynevents.Session, plan: Plan, args, names_of, ctx, 
     gate = stream.Gate(on_event, args.max_events)
     transport = TracePipe(fd, session, names_of)
     transport.open(gate)
-    return stream.run(transport, gate, stream.Limits(args.duration, args.max_events), on_lost,
-                      on_tick=sink.flush if sink is not None else sys.stdout.flush,
-                      signals=signals)
+    try:
+        return stream.run(transport, gate, stream.Limits(args.duration, args.max_events),
+                          on_lost, on_tick=sink.flush if sink is not None else sys.stdout.flush,
+                          signals=signals), counts
+    finally:
+        transport.close()           # its stats files hold the instance busy, as the pipe does
+
+
+AMBIGUOUS_MARK = "[ambiguous]"
+UNKNOWN_COMM = "<...>"       # ftrace's name for a task its comm cache does not hold
+
+
+def _comm_of(tid: int) -> str:
+    """The name of a task ftrace printed as "<...>": its saved_cmdlines cache
+    (shared by every tracefs user, recycled) knows a task only once it was
+    switched while tracing, and may have dropped it. From /proc while the task
+    or its zombie is there (not cached: exec renames it); else "<...>" as is."""
+    try:
+        with open(f"/proc/{tid}/comm", "rb") as f:
+            return decode_exact(f.read().removesuffix(b"\n")) or UNKNOWN_COMM
+    except OSError:
+        return UNKNOWN_COMM
 
 
 _TGIDS: dict[int, int] = {}

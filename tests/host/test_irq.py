@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
-from tooling import Tool, Workload, loaded_bpf_programs, run_tool, settle, unique
+from tooling import Tool, Workload, leftovers, recursion_misses, run_tool, settle, unique
 
 from bpfprobes import interrupts
 
@@ -64,28 +63,41 @@ def test_eth0_resolves_through_pyroute2_like_sysfs():
 
 
 def test_disk_interrupts_equal_the_proc_interrupts_delta(tmp_path):
-    """Every interrupt of the disk in a window, counted by the tool, equals what
-    /proc/interrupts says for those lines over the same window (±2 at the edges)."""
+    """Every interrupt of the disk while the tool is attached, counted by the
+    tool, against the kernel's own /proc/interrupts, with no clock involved: the
+    tool's count lies between the lines' delta over a window inside its run
+    (read once it is live, and before it stops) and over one around it (read
+    before it starts and after it exits). Exact on a quiet disk, honest when
+    other processes use the disk too; our 300 synced writes are in both. With
+    other tracers busy, an interrupt that lands while a BPF program runs on its
+    CPU does not run ours: the kernel counts those skips, and so does the test."""
     work = Path("/var/tmp") / unique("irqdisk")
     work.mkdir()
     try:
         disk = disk_of(work)
         w = Workload(unique("bpfp-dio")[:15], f"diskio:{work / 'data'}:300")
+        outer_before = {n: line.total for n, line in interrupts.read_lines().items()}
         with Tool("irq", disk, "--json") as t:
             meta = t.meta()
             irqs = meta["device"]["irqs"]
             assert irqs and meta["attach"] == "tracepoint"
-            settle(0.3)
-            t0, before = time.time(), proc_counts(irqs)
+            ours = t.held()
+            inner_before = proc_counts(irqs)
             assert w.go() == [300]
-            after, t1 = proc_counts(irqs), time.time()
-            settle(0.5)
-        events = [e for e in t.json() if t0 <= e["ts"] <= t1]
-        caused = sum(after[n] - before[n] for n in irqs)
-        assert caused >= 300, (before, after)        # every write and fsync was waited for
+            inner_after = proc_counts(irqs)
+            skipped = recursion_misses(ours.progs)      # since attach, any line: a bound
+        outer_after = proc_counts(irqs)
+        assert t.proc.returncode == 0 and t.json("summary")[0]["lost"] == 0
+        events = t.json()
+        caused = sum(inner_after[n] - inner_before[n] for n in irqs)
+        assert caused >= 300, (inner_before, inner_after)   # every write and fsync waited for
         for n in irqs:
             seen = sum(1 for e in events if e["irq"] == n)
-            assert abs(seen - (after[n] - before[n])) <= 2, (n, seen, before[n], after[n])
+            inner = inner_after[n] - inner_before[n]
+            outer = outer_after[n] - outer_before[n]
+            # +2: an interrupt that comes while its line is in progress on another
+            # CPU runs the handler once more without being counted in /proc
+            assert inner - skipped <= seen <= outer + 2, (n, inner, skipped, seen, outer)
         for e in events:
             assert e["kind"] == "hardirq" and e["ret"] == "IRQ_HANDLED"
             assert 0 < e["duration_ns"] < 50_000_000
@@ -150,14 +162,13 @@ def test_softirq_net_rx_in_the_task_that_sent_the_packets():
 def test_tasklet_mode_attaches_and_detaches():
     """Tasklets: nothing here schedules them on demand, so this checks the mode
     attaches its two tracepoints, reports, and leaves nothing behind."""
-    before = set(loaded_bpf_programs())
     r = run_tool("irq", "--tasklet", "--json", "-d", "0.5")
     assert r.returncode == 0, r.stderr
     meta = json.loads(r.stdout.splitlines()[0])
     assert meta["tasklets"] is True
     assert meta["probes"] == ["tracepoint irq:tasklet_entry", "tracepoint irq:tasklet_exit"]
     assert json.loads(r.stdout.splitlines()[-1])["reason"] == "duration"
-    assert set(loaded_bpf_programs()) <= before
+    assert r.held.progs and leftovers(r.pid, r.held) == []     # by id: its own programs
 
 
 def test_text_output_and_stop_on_signal(tmp_path):

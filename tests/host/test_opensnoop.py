@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -153,8 +154,11 @@ def test_storm_captured_plus_lost_is_exact(tmp_path):
     prefix = str(tmp_path / unique("storm"))
     w = Workload("bpfp-storm", f"storm:{prefix}:{n}")
     with Tool("opensnoop", "--json", "-p", str(w.pid), "--buffer-pages", "1") as t:
-        w.go()
-        settle(0.5)
+        t.pause()            # the reader stopped: n events surely overflow one page
+        try:
+            w.go()
+        finally:
+            t.resume()
     captured = sum(1 for e in t.json() if e["path"].startswith(prefix))
     lost_lines = sum(x["count"] for x in t.json("lost"))
     [summary] = t.json("summary")
@@ -170,14 +174,22 @@ def test_same_events_as_libbpf_tools_opensnoop(tmp_path):
     for f in files[:3]:
         Path(f).write_text("x")
     w = Workload("bpfp-peer", *[f"open:{f}:O_RDONLY:" for f in files])
-    peer = subprocess.Popen([peer_bin, "-p", str(w.pid)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    # line-buffered: the peer prints its header once attached, which is its 'live'
+    peer = subprocess.Popen(["stdbuf", "-oL", peer_bin, "-p", str(w.pid)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    header = peer.stdout.readline()
+    assert header.split()[:2] == ["PID", "COMM"], header
+    peer_lines: list[str] = []
+    reader = threading.Thread(target=lambda: peer_lines.extend(peer.stdout), daemon=True)
+    reader.start()
     with Tool("opensnoop", "--json", "-p", str(w.pid)) as t:
-        time.sleep(1.0)      # the peer has no 'live' signal; it attaches in well under 1 s
         results = w.go()
-        settle(0.5)
+        t.wait_until(lambda: len([e for e in t.json() if e["path"] in files]) >= 5)
+        t.wait_until(lambda: sum(ln.rstrip().endswith(tuple(files)) for ln in peer_lines) >= 5)
     peer.send_signal(signal.SIGINT)
-    peer_out = peer.communicate(timeout=10)[0]
+    peer.wait(10)
+    reader.join(5)
+    peer_out = "".join(peer_lines)
     ours = {(e["pid"], e["path"], e["fd"], e["err"]) for e in t.json() if e["path"] in files}
     theirs = set()
     for line in peer_out.splitlines():

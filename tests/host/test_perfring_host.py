@@ -49,7 +49,7 @@ def storm(tmp_path, ringbuf: bool, pages: int, n: int = N) -> tuple[int, int, st
         transport.open(stream.Gate(lambda raw: seen.append(raw) or True, None))
         for a in attaches:
             loaded.attach(a)
-        w.go()
+        w.go()          # the whole storm runs before the first read: a 1-page ring surely overflows
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
             transport.poll(50)

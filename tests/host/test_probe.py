@@ -14,7 +14,7 @@ import pytest
 
 from bpfprobes import arch, elfsym, features
 from bpfprobes.kernel import current
-from tooling import PYTHON, ROOT, Tool, dynamic_events, run_tool, settle, unique
+from tooling import PYTHON, ROOT, Tool, leftovers, run_tool, settle, unique
 
 HERE = Path(__file__).resolve().parent
 ABI = arch.host()
@@ -54,6 +54,7 @@ def traced(binary: str, *args: str, targets: int = 1, pid_filter: bool = False,
     ts = [Target(binary, **kw) for _ in range(targets)]
     extra = ["-p", str(ts[0].pid)] if pid_filter else []
     tool = Tool("probe", *extra, *args).wait_live()
+    tool.ours = tool.held()             # its programs by id, for leftover checks
     for t in ts:
         t.go()
     settle(0.5)
@@ -234,7 +235,7 @@ def test_context_of_a_uprobe_and_a_tracepoint(target_bin):
 
 def test_nothing_left_behind(target_bin):
     tool, _ = traced(target_bin, "--json", f"r:{target_bin}:echo ret=$retval", iterations=1)
-    assert f"_bcc_{tool.proc.pid}" not in dynamic_events()
+    assert tool.ours.progs and leftovers(tool.proc.pid, tool.ours) == []
 
 
 # ---------------------------------------------------------------- before attaching

@@ -45,9 +45,10 @@ def test_opensnoop_shown_plus_throttled_is_every_open(tmp_path, limit):
 
 
 def test_the_limit_holds_second_after_second(tmp_path):
-    """300 opens a second for 3.2 s under --rate-limit 100: about 100 shown in
-    each second the run touched (3.2 s touch 4 or 5 of the kernel's clock
-    seconds), the rest throttled, every one accounted for."""
+    """300 opens a second for 3.2 s under --rate-limit 100, started just after a
+    turn of the kernel's clock second: the run touches 4 of its seconds, 0.95 s
+    of the first and 2 whole ones (100 shown each), 0.25 s of a 4th (at most
+    100), the rest throttled, every one accounted for."""
     prefix = str(tmp_path / unique("paced"))
     w = Workload("bpfp-paced", f"paced:{prefix}:30:3.2")
     with Tool("opensnoop", "--json", "-p", str(w.pid), "--rate-limit", "100") as t:
@@ -56,7 +57,7 @@ def test_the_limit_holds_second_after_second(tmp_path):
     shown = [e for e in t.json() if e["path"].startswith(prefix)]
     throttled, lost, _ = accounted(t)
     assert len(shown) + throttled + lost == n and lost == 0
-    assert n >= 900 and 300 <= len(shown) <= 500, (n, len(shown))
+    assert throttled > 0 and 300 <= len(shown) <= 400 + 2, (n, len(shown))
 
 
 def test_execsnoop_fork_storm_shown_plus_throttled(tmp_path):
@@ -67,13 +68,14 @@ def test_execsnoop_fork_storm_shown_plus_throttled(tmp_path):
               f"    os.waitpid(pid, 0)\n")
     parent = subprocess.Popen([PYTHON, "-c", f"import sys; sys.stdin.readline()\n{script}"],
                               stdin=subprocess.PIPE, text=True)
-    with Tool("execsnoop", "--json", "-P", str(parent.pid), "--rate-limit", "50") as t:
+    # 200 execs take well under 10 s even on a loaded machine: over 20 a second
+    with Tool("execsnoop", "--json", "-P", str(parent.pid), "--rate-limit", "20") as t:
         parent.communicate("go\n", timeout=120)
         settle(0.5)
     shown = sum(1 for e in t.json() if tag in e["argv"])
     throttled, lost, _ = accounted(t)
     assert shown + throttled + lost == n and throttled > 0, (shown, throttled, lost)
-    assert shown >= 50
+    assert shown >= 20
 
 
 def test_probe_uprobe_shown_plus_throttled(tmp_path):

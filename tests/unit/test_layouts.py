@@ -58,6 +58,7 @@ def test_unpack_golden_bytes():
     assert (e["comm"], e["path"]) == ("cat", "/etc/")
 
 
-def test_non_utf8_paths_are_escaped_not_fatal():
-    assert decode.cstr(b"caf\xe9\0junk") == "caf\\xe9"
+def test_non_utf8_paths_are_kept_exactly_not_fatal():
+    # surrogateescape: the exact bytes for JSON; safetext.for_terminal shows \xe9
+    assert decode.cstr(b"caf\xe9\0junk") == "caf\udce9"
     assert decode.cstr("é ü".encode() + b"\0") == "é ü"

@@ -535,9 +535,20 @@ def test_kretprobes_are_attached_with_an_explicit_maxactive():
     assert probe_cli.attachments(k2, plan)[2].target == "9pnet_virtio:p9_virtio_request"
 
 
-def test_uprobe_attachments_use_symbol_or_address():
+def test_uprobe_attachments_use_the_placed_address():
+    """BCC attaches at the address probeplan placed and checked (SYM+OFFS already in
+    it), never by its own symbol lookup: both backends land on the same byte."""
     up = {0: Uprobe("/bin/x", 0x1139, 0x401139), 1: Uprobe("/bin/x", 0x1200, 0x401200)}
     plan = plan_for(["p:/bin/x:f+4", "r:/bin/x:0x1200"], uprobes=up, pid=99)
     a, b = probe_cli.attachments(SimpleNamespace(), plan)
-    assert (a.kind, a.target, a.path, a.offset, a.pid) == ("uprobe", "f", "/bin/x", 4, 99)
+    assert (a.kind, a.target, a.path, a.offset, a.pid) == ("uprobe", "", "/bin/x", 0x401139, 99)
     assert (b.kind, b.target, b.offset) == ("uretprobe", "", 0x401200)
+
+
+def test_string_filters_go_to_the_kernel_only_when_their_bytes_fit():
+    """15 letters can be 30 bytes: a kernel compare of those would read past the
+    16-byte comm; such a literal is decided in userspace instead."""
+    comm = probefilter.FieldInfo("str", 16)
+    assert probefilter.kernel_ok(probefilter.parse('comm == "abcdefghijklmno"'), comm)
+    assert not probefilter.kernel_ok(probefilter.parse('comm == "' + "é" * 15 + '"'), comm)
+    assert not probefilter.kernel_ok(probefilter.parse('comm ~ "' + "é" * 9 + '*"'), comm)

@@ -472,10 +472,14 @@ def test_to_kprobe_events(text: str, line: str) -> None:
     assert to_kprobe_events(parse(line, X86), X86) == line
 
 
-def test_uprobe_offset() -> None:
+def test_uprobe_offset_is_where_the_probe_lands() -> None:
+    """uprobe_offset is the file offset of SYM+OFFS (elfsym computes it): the line
+    must not add OFFS a second time (issue 11: xmalloc+4 landed at xmalloc+8)."""
     s = parse("p:rl /bin/bash:readline+8 %di:u32", X86)
-    assert to_kprobe_events(s, X86, uprobe_offset=0x1000) == \
+    assert to_kprobe_events(s, X86, uprobe_offset=0x1008) == \
         "p:bpfprobes/rl /bin/bash:0x1008 arg1=%di:u32"
+    raw = parse("p:x /bin/bash:0x4a0", X86)
+    assert to_kprobe_events(raw, X86, uprobe_offset=0x4a0) == "p:bpfprobes/x /bin/bash:0x4a0"
 
 
 @pytest.mark.parametrize("abi", arch.ALL, ids=lambda a: a.name)

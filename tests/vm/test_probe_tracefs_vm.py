@@ -46,10 +46,10 @@ def runs(tmp_path_factory):
 
 def test_tracefs_backend_used_its_own_instance(runs):
     m = runs["tracefs"]["meta"]
-    pid = runs["tracefs"]["tool"].proc.pid
-    assert m["backend"] == "tracefs" and m["instance"].endswith(f"bpfprobes-{pid}")
-    assert m["events"][0].startswith("p:bpfprobes_") and "+0(%si):string" in m["events"][0]
-    assert m["events"][1].startswith("r:bpfprobes_") and "$retval" in m["events"][1]
+    token = Path(m["instance"]).name.removeprefix("bpfprobes-")     # the run's token, no PID
+    assert m["backend"] == "tracefs" and len(token) == 16 and not token.isdigit()
+    assert m["events"][0].startswith(f"p:bpfprobes_{token}/") and "+0(%si):string" in m["events"][0]
+    assert m["events"][1].startswith(f"r:bpfprobes_{token}/") and "$retval" in m["events"][1]
 
 
 def test_same_events_as_the_bpf_backend(runs):
