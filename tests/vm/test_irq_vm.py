@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tooling import IN_VM, Tool, Workload, dynamic_events, loaded_bpf_programs, run_tool, settle
+from tooling import IN_VM, Tool, Workload, leftovers, run_tool, settle
 
 from bpfprobes import interrupts
 
@@ -73,7 +73,6 @@ def test_tasklet_schedule_kprobe_attaches_and_leaves_nothing():
     checks the program compiles, attaches, reports and detaches cleanly."""
     if not IN_VM:
         return
-    before = set(loaded_bpf_programs())
     r = run_tool("irq", "--tasklet-schedule", "-s", "--json", "-d", "1", timeout=600)
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
@@ -81,5 +80,5 @@ def test_tasklet_schedule_kprobe_attaches_and_leaves_nothing():
     assert lines[-1]["type"] == "summary" and lines[-1]["reason"] == "duration"
     for e in lines[1:-1]:
         assert e["kind"] == "tasklet_schedule" and e["handler"] and e["stack"]
-    assert set(loaded_bpf_programs()) <= before
-    assert "__tasklet_schedule" not in dynamic_events()
+    # nothing of this run left: the programs it held and its kprobe events, by id and name
+    assert r.held.progs and leftovers(r.pid, r.held) == []

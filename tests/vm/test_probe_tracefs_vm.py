@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tooling import IN_VM, ROOT, Tool, Workload, settle, unique
+from tooling import IN_VM, ROOT, Tool, Workload, leftovers, settle, unique
 
 SPECS = ("p:do_sys_openat2 file=+0(%si):string", "r:do_sys_openat2 ret=$retval")
-TRACEFS = Path("/sys/kernel/tracing")
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +25,7 @@ def runs(tmp_path_factory):
                      f"open:{missing}:O_RDONLY:")
         t = Tool("probe", "--json", "--backend", backend, "-p", str(w.pid), *SPECS,
                  live_timeout=600).wait_live()
+        held = t.held()
         results = w.go()
         settle(1.0)
         t.stop(timeout=120)
@@ -37,10 +37,10 @@ def runs(tmp_path_factory):
                 events.append(("open", names[e["args"]["file"]]))
             elif e["probe"] == "do_sys_openat2__return" and events and events[-1][0] == "open":
                 events.append(("return", e["args"]["ret"], (e.get("errno") or {}).get("ret")))
-        out[backend] = {"tool": t, "events": events, "results": results, "pid": w.pid,
+        out[backend] = {"tool": t, "held": held, "events": events, "results": results, "pid": w.pid,
                         "meta": t.json("meta")[0]}
-    out["after"] = ((TRACEFS / "kprobe_events").read_text(),
-                    [p.name for p in (TRACEFS / "instances").iterdir()])
+    out["after"] = {b: leftovers(out[b]["tool"].proc.pid, out[b]["held"])
+                    for b in ("bpf", "tracefs")}
     return out
 
 
@@ -68,6 +68,6 @@ def test_context_from_the_ftrace_columns(runs):
 
 
 def test_nothing_left_behind(runs):
-    events, instances = runs["after"]
-    assert "bpfprobes_" not in events
-    assert not [i for i in instances if i.startswith("bpfprobes-")]
+    """By what each run held (program ids, its token), never by name."""
+    assert runs["bpf"]["held"].progs and runs["tracefs"]["held"].tokens
+    assert runs["after"] == {"bpf": [], "tracefs": []}
