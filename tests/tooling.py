@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -137,12 +137,13 @@ class Tool:
         self.stop()
 
 
-def run_tool(*args: str, timeout: float = 120.0,
-             env: dict | None = None) -> subprocess.CompletedProcess:
+def run_tool(*args: str, timeout: float = 120.0, env: dict | None = None,
+             entry: Sequence[str] = ("-m", "bpfprobes.cli.main")) -> subprocess.CompletedProcess:
     """Run a tool to completion (for bad input, --help, -d, --max-events). Besides
     returncode/stdout/stderr: `pid`, and `held`, every BPF program and map the
-    run was seen holding (its fds are read every 20 ms while it runs)."""
-    proc = subprocess.Popen([PYTHON, "-m", "bpfprobes.cli.main", *args], cwd=ROOT,
+    run was seen holding (its fds are read every 20 ms while it runs). `entry`:
+    what python runs before `args` (another entry point, e.g. the kprobe alias)."""
+    proc = subprocess.Popen([PYTHON, *entry, *args], cwd=ROOT, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             errors="replace", env={**os.environ, **env} if env else None)
     seen, done = [Held()], threading.Event()
@@ -177,7 +178,7 @@ def settle(seconds: float = 0.3) -> None:
 
 
 RUN_DIR = Path("/run/bpfprobes")     # runtoken.py: a run's lock, TOKEN.lock, held open
-_LOCK = re.compile(r"/run/bpfprobes/([0-9a-f]{16})\.lock")
+_LOCK = re.compile(r"/run/bpfprobes/([0-9a-f]{16})\.(?:lock|new)")   # .new: before its rename
 
 
 class Held(NamedTuple):

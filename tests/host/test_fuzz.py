@@ -30,7 +30,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections import Counter
@@ -43,7 +42,7 @@ from hypothesis import strategies as st
 from bpfprobes import dynevents, loader, progcache, stream
 from bpfprobes.cli import common, count, doctor, execsnoop, irq, opensnoop, probe
 from bpfprobes.cli import main as cli_main
-from tooling import PYTHON, ROOT, Held, held_by, leftovers, tracefs_objects_of
+from tooling import held_by, leftovers, run_tool, tracefs_objects_of
 
 FUZZ_SECONDS = float(os.environ.get("FUZZ_SECONDS", "60"))
 SUBPROCESS_SHARE = 0.35          # of the budget: real runs (~1-3 s each)
@@ -461,31 +460,10 @@ def run_subprocess(tool: str, argv: list[str]) -> subprocess.CompletedProcess:
     entry = ["-c", "import sys; from bpfprobes.cli.probe import kprobe_main; "
                    "sys.exit(kprobe_main())"] if tool == "kprobe" else \
         ["-m", "bpfprobes.cli.main", tool]
-    proc = subprocess.Popen([PYTHON, *entry, *argv], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    seen, done = [Held(frozenset(), frozenset())], threading.Event()
-
-    def watch() -> None:
-        while True:
-            seen[0] = seen[0] | held_by(proc.pid)
-            if done.wait(0.02):
-                return
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
     try:
-        out, err = proc.communicate(timeout=EXAMPLE_TIMEOUT)
+        return run_tool(*argv, timeout=EXAMPLE_TIMEOUT, entry=entry)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise AssertionError(f"{_said(tool, argv)} ran longer than {EXAMPLE_TIMEOUT} s")
-    finally:
-        done.set()
-        watcher.join()
-    r = subprocess.CompletedProcess(proc.args, proc.returncode,
-                                    out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
-    r.pid, r.held = proc.pid, seen[0]
-    return r
+        raise AssertionError(f"{_said(tool, argv)} ran longer than {EXAMPLE_TIMEOUT} s") from None
 
 
 def bounded(tool: str, argv: list[str]) -> list[str]:

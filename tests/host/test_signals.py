@@ -45,7 +45,7 @@ from pathlib import Path
 import pytest
 
 from bpfprobes import dynevents, interrupts, progcache, runtoken
-from tooling import PYTHON, ROOT, dynamic_events
+from tooling import PYTHON, ROOT, dynamic_events, held_by
 
 HERE = Path(__file__).parent
 TRACEFS = Path("/sys/kernel/tracing")
@@ -61,7 +61,6 @@ POLL_S = 0.005
 # the signals at their defaults, as a terminal starts a command (the test runner
 # itself may have been started with some ignored, which the tool would honour)
 AS_FROM_A_TERMINAL = ["env", "--default-signal=INT,QUIT,TERM,HUP"]
-LOCK = re.compile(re.escape(str(runtoken.RUN_DIR)) + r"/([0-9a-f]{16})\.(?:lock|new)")
 
 
 def _busiest_irq() -> int:
@@ -104,43 +103,6 @@ def _children(pid: int) -> set[int]:
     except OSError:
         pass
     return out
-
-
-def _bpf_ids(pid: int) -> set[tuple[str, int]]:
-    """("prog"|"map", id) of every BPF object process `pid` holds an fd of."""
-    found = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return found
-    for fd in fds:
-        try:
-            if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("anon_inode:bpf"):
-                continue
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                text = f.read()
-        except OSError:
-            continue                    # closed meanwhile
-        found.update((k, int(v)) for k, v in re.findall(r"^(prog|map)_id:\s*(\d+)$", text, re.M))
-    return found
-
-
-def _run_tokens(pid: int) -> set[str]:
-    """The token of the run lock process `pid` holds open (runtoken.py): what its
-    tracefs objects are named for."""
-    found = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return found
-    for fd in fds:
-        try:
-            m = LOCK.match(os.readlink(f"/proc/{pid}/fd/{fd}"))    # or "... (deleted)"
-        except OSError:
-            continue
-        if m:
-            found.add(m.group(1))
-    return found
 
 
 def _lock_tokens(pid: int, since: float) -> set[str]:
@@ -194,8 +156,10 @@ class Watch(threading.Thread):
             kids = _children(self.pid)
             self.children |= kids
             for p in (self.pid, *kids):
-                self.bpf |= _bpf_ids(p)
-            self.tokens |= _run_tokens(self.pid)
+                held = held_by(p)
+                self.bpf |= {("prog", i) for i in held.progs} | {("map", i) for i in held.maps}
+                if p == self.pid:
+                    self.tokens |= held.tokens
             self.instances |= {d for d in _instances() if _names_run(d, self.pid, self.tokens)}
             self.done.wait(POLL_S * 2)
 
