@@ -210,8 +210,17 @@ def syscall_tracepoint_attaches(tps: list[str], exit_fn: str) -> tuple[list[load
 class Clock:
     """bpf_ktime_get_ns() is CLOCK_MONOTONIC: map it to wall-clock seconds."""
 
-    def __init__(self) -> None:
-        self.offset = time.time() - time.clock_gettime(time.CLOCK_MONOTONIC)
+    def __init__(self, samples: int = 5) -> None:
+        # a preemption between the two reads would shift every timestamp by its
+        # length: keep the sample whose monotonic reads bracket the wall read closest
+        best = None
+        for _ in range(samples):
+            m0 = time.clock_gettime(time.CLOCK_MONOTONIC)
+            wall = time.time()
+            m1 = time.clock_gettime(time.CLOCK_MONOTONIC)
+            if best is None or m1 - m0 < best[0]:
+                best = (m1 - m0, wall - (m0 + m1) / 2)
+        self.offset = best[1]
 
     def wall(self, ts_ns: int) -> float:
         return round(self.offset + ts_ns / 1e9, 6)
