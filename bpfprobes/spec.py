@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Sequence, Union
 
 from .arch import Abi
 from .errors import UsageError
+from .safetext import for_terminal
 
 __all__ = [
     "ArgType", "TYPES", "Reg", "Arg", "Retval", "Comm", "Stack", "StackPtr", "Sym", "Deref",
@@ -578,7 +579,7 @@ def parse(text: str, abi: Abi) -> ProbeSpec:
     try:
         text.encode("utf-8")        # argv holds undecodable bytes as surrogate escapes
     except UnicodeEncodeError:
-        raise UsageError(f"probe spec {text!r} is not valid UTF-8", FORMS) from None
+        raise UsageError(f"probe spec '{for_terminal(text)}' is not valid UTF-8", FORMS) from None
     text = text.strip()
     tokens = text.split()
     if not tokens:
