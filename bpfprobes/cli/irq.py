@@ -19,6 +19,7 @@ from tabulate import tabulate
 
 from .. import __version__, codegen, features, interrupts, irqhandlers, policy, stream, \
     tracectx
+from .. import errnos
 from ..decode import irq_event
 from ..errors import KernelError
 from ..kernel import Kernel, current
@@ -37,6 +38,7 @@ IRQ_RETURNS = {0: "IRQ_NONE", 1: "IRQ_HANDLED", 2: "IRQ_WAKE_THREAD",
 KERNEL_FILTER_SLOTS = 16          # bpf_c/irq.bpf.c IRQ_0 .. IRQ_15
 NO_LINE = 0x7FFFFFFF              # an unused slot: no IRQ has this number
 STACK_ENTRIES = 4096
+NO_STACK = -1                 # bpf_c/irq.bpf.c kstack(): this event wants no stack
 _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,510}")     # KSYM_NAME_LEN 512 with the NUL
 PROG = "bpfprobes irq"
 
@@ -294,6 +296,10 @@ class Events:
                "context": c.as_dict()}
         if self.stacks is not None and e["kstack"] >= 0:
             out["stack"] = [self.k.kallsyms.format(a) for a in self.stacks.walk(e["kstack"])]
+        elif self.stacks is not None and e["kstack"] != NO_STACK:
+            # the kernel could not keep it (EEXIST: another stack hashed to its bucket);
+            # said, as probe -s says it, never silently left out
+            out["stack_error"] = errnos.name(e["kstack"]) or str(e["kstack"])
         self.table.add(out)
         return out
 
@@ -373,6 +379,8 @@ class _TextSink(TextOutput):
         super().event(e)
         for frame in e.get("stack", ()):
             self.out.write(f"        {for_terminal(frame)}\n")
+        if "stack_error" in e:
+            self.out.write(f"        stack unavailable: {e['stack_error']}\n")
 
 
 def run(argv: Sequence[str]) -> int:

@@ -49,12 +49,17 @@ def test_events_have_the_handler_its_stack_and_hardirq_context(run):
     assert len(mine) >= 100, len(mine)      # a write and a flush per iteration
     for e in mine:
         assert e["ret"] == "IRQ_HANDLED" and e["duration_ns"] > 0
-        assert e["stack"][0].startswith("vring_interrupt")
-        assert any("handle_irq_event" in f for f in e["stack"]), e["stack"]
         c = e["context"]
         # Debian's kernel lists per-CPU symbols in kallsyms: preempt_count is read
         assert c["source"] == "preempt_count" and c["context"] == "hardirq", c
         assert c["flags"][0] == "d" and c["flags"][2] in "hH"
+        if "stack" not in e:
+            # the stack map's hash bucket was taken by another stack: said, not hidden
+            assert e["stack_error"] == "EEXIST", e
+            continue
+        assert e["stack"][0].startswith("vring_interrupt")
+        assert any("handle_irq_event" in f for f in e["stack"]), e["stack"]
+    assert sum("stack" in e for e in mine) > len(mine) // 2
 
 
 def test_counts_equal_the_proc_interrupts_delta(run):
