@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import signal
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -81,6 +82,11 @@ class Loaded:
 
     def __getitem__(self, name: str):
         return self.bpf[name]
+
+    def prog_fds(self) -> list[int]:
+        """The fds of the programs BCC loaded for this run (for their info:
+        recursion misses); none once closed."""
+        return [f.fd for f in self.bpf.funcs.values()] if self.bpf is not None else []
 
     def attach(self, how: Attach) -> None:
         b = self.bpf
@@ -162,6 +168,52 @@ def reap_stale_events(tracefs) -> list[str]:
     return dynevents.reap(tracefs)
 
 
+class CompileInterrupted(Exception):
+    """A stop signal came while BCC compiled in this process. LLVM cannot be
+    interrupted, and a process must not finalize while it runs on another thread:
+    the caller says so in one line and leaves with os._exit. Nothing is attached
+    yet; what the compile loads dies with the process."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} during set-up (compiling)")
+
+
+def _stop_recorder():
+    """The stop-signal recorder every tool installs first (stream.StopSignals),
+    found through its handler: this module sits below stream in the data path."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        handler = signal.getsignal(s)
+        if hasattr(handler, "caught"):
+            return handler
+    return None
+
+
+def _interruptible(call):
+    """`call()` on a worker thread, the main thread watching for a stop signal
+    (a Python handler cannot run while the main thread is inside LLVM)."""
+    stop = _stop_recorder()
+    if stop is None or threading.current_thread() is not threading.main_thread():
+        return call()
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller below
+            box["error"] = e
+
+    worker = threading.Thread(target=work, name="bcc-compile", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.05)
+        if stop.caught is not None and worker.is_alive():
+            raise CompileInterrupted(stop.caught)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def compile_program(program: Program, headers: Headers) -> Loaded:
     """Compile and load (not attach). Failures become one-line CompileErrors."""
     bcc = _import_bcc()
@@ -176,8 +228,11 @@ def compile_program(program: Program, headers: Headers) -> Loaded:
         failure = None
         with _stderr_captured() as noise:
             try:
-                bpf = bcc.BPF(text=program.text.encode(), cflags=list(program.cflags),
-                              allow_rlimit=False)
+                bpf = _interruptible(lambda: bcc.BPF(text=program.text.encode(),
+                                                     cflags=list(program.cflags),
+                                                     allow_rlimit=False))
+            except CompileInterrupted:
+                raise
             except Exception as e:  # BCC raises bare Exception for compile and load errors
                 failure = e
         if failure is not None:

@@ -136,6 +136,37 @@ def map_info(map_fd: int) -> dict:
             "flags": flags}
 
 
+# struct bpf_prog_info (include/uapi/linux/bpf.h): offsets checked with offsetof
+# against the uapi header; recursion_misses came in 5.12, so an older kernel's
+# info is shorter than its end and the count is 0 there.
+_PROG_INFO_SIZE = 232                    # sizeof(struct bpf_prog_info), 6.x
+_PROG_INFO_ID = struct.Struct("<4xI")    # __u32 id at 4
+_RECURSION_MISSES = struct.Struct("<Q")  # __u64 recursion_misses at 208
+_RECURSION_MISSES_AT = 208
+
+
+def parse_prog_info(raw: bytes, info_len: int) -> dict:
+    """The fields we use of a bpf_prog_info the kernel filled `info_len` bytes of."""
+    (prog_id,) = _PROG_INFO_ID.unpack_from(raw)
+    misses = 0
+    if info_len >= _RECURSION_MISSES_AT + _RECURSION_MISSES.size:
+        (misses,) = _RECURSION_MISSES.unpack_from(raw, _RECURSION_MISSES_AT)
+    return {"id": prog_id, "recursion_misses": misses}
+
+
+def prog_info(prog_fd: int) -> dict:
+    """A program's id and recursion_misses (BPF_OBJ_GET_INFO_BY_FD): runs the
+    kernel skipped because another BPF program was running on that CPU."""
+    info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
+    # the kernel writes back how much of the info it filled (attr.info.info_len):
+    # this attr buffer, not a copy, so that it can be read
+    attr = ctypes.create_string_buffer(struct.pack("<IIQ", prog_fd, _PROG_INFO_SIZE,
+                                                   ctypes.addressof(info)), 128)
+    _syscall("bpf", ctypes.c_int(BPF_OBJ_GET_INFO_BY_FD), attr, ctypes.c_uint(128))
+    (info_len,) = struct.unpack_from("<I", attr.raw, 4)
+    return parse_prog_info(info.raw, info_len)
+
+
 def cpus(kind: str = "online") -> list[int]:
     """CPU numbers from /sys/devices/system/cpu/{online,possible} ("0-3,6")."""
     text = open(f"/sys/devices/system/cpu/{kind}").read().strip()

@@ -615,6 +615,10 @@ class DirectLoaded:
     def __getitem__(self, name: str) -> MapRef:
         return MapRef(name, self._maps[name])
 
+    def prog_fds(self) -> list[int]:
+        """The fds of this run's programs (for their info: recursion misses)."""
+        return list(self._progs.values())
+
     def attach(self, how: loader.Attach) -> None:
         try:
             self._events.append(self._attach(how))

@@ -8,7 +8,8 @@ reader: every `wakeup_events` samples), and the loop drains whatever is there
 on every poll timeout, at once again while a backlog remains. perfring.py's
 direct reader (x86-64) keeps up with a storm where BCC's per-sample ctypes
 callback cannot. Loss is the BPF program's `drops` counter (every failed
-submit), or perf's LOST records without one.
+submit), or perf's LOST records without one, plus the kernel's recursion misses
+of the run's programs (runs it skipped: events that happened, never shown).
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class Summary:
     elapsed: float = 0.0
     extra: dict = field(default_factory=dict)
     throttled: int = 0                 # over --rate-limit, not sent (reported, never silent)
+    recursion_misses: int = 0          # of `lost`: program runs the kernel skipped
 
 
 def output_defines(pages: int) -> dict[str, object]:
@@ -81,6 +83,7 @@ class PerfBuffer:
         self._bcc_lost = 0
         self.skipped = 0                       # left unread at a stop (finish), counted lost
         self._throttled_map: str | None = None     # "" once known absent
+        self._misses = 0                       # last read: kept once the programs are closed
 
     @property
     def perf_lost(self) -> int:
@@ -151,12 +154,30 @@ class PerfBuffer:
         return self._per_cpu_total(self._throttled_map) if self._throttled_map else 0
 
     @property
+    def recursion_misses(self) -> int:
+        """Runs of the run's programs the kernel skipped since they were loaded
+        (one would have nested in another BPF program on that CPU: an interrupt
+        in a tracer). Each is an event that happened and was never submitted."""
+        fds = getattr(self._loaded, "prog_fds", None)
+        if fds is not None:
+            total = 0
+            for fd in fds():
+                try:
+                    total += perfring.prog_info(fd)["recursion_misses"]
+                except OSError:
+                    pass        # closed meanwhile: its count is in the last total
+            self._misses = max(self._misses, total)
+        return self._misses
+
+    @property
     def lost(self) -> int:
         """Every failed submit is in the program's drops counter, full rings
         included; perf's LOST records count those same samples again (and only
         once a ring has room), so they are the figure only without a counter.
-        Plus what a stop left unread (finish)."""
-        return (self.kernel_drops() if self._drops_map else self.perf_lost) + self.skipped
+        Plus what a stop left unread (finish), plus the runs the kernel skipped
+        (recursion misses: never submitted, so in no other count)."""
+        return ((self.kernel_drops() if self._drops_map else self.perf_lost) + self.skipped
+                + self.recursion_misses)
 
     def finish(self) -> None:
         """The last read, at a stop: what was written up to now, within FINISH_S;
@@ -375,4 +396,5 @@ def run(transport: PerfBuffer, gate: Gate, limits: Limits,
     except BrokenPipeError:
         gate.stop = gate.stop or "output-closed"
     return Summary(events=gate.events, lost=reported, reason=gate.stop,
-                   elapsed=time.monotonic() - start, throttled=throttled[0])
+                   elapsed=time.monotonic() - start, throttled=throttled[0],
+                   recursion_misses=getattr(transport, "recursion_misses", 0))

@@ -241,6 +241,11 @@ def main(tool: str, body: Callable[[Sequence[str]], int], argv: Sequence[str] | 
         _flushed(0)
         print(f"{tool}: {e}", file=sys.stderr)
         return 128 + e.signum
+    except loader.CompileInterrupted as e:
+        # every `with` on the way here has torn down; LLVM still runs on its thread
+        _flushed(0)
+        print(f"{tool}: {e}", file=sys.stderr, flush=True)
+        os._exit(128 + e.signum)
     except BpfprobesError as e:
         sys.stdout.flush()
         # messages echo user input and kernel text (names, paths): escaped, and
@@ -354,6 +359,7 @@ class Pipeline:
                                  on_tick=self._tick, signals=stop,
                                  on_throttled=self.sink.throttled)
         extra = self.at_exit() if self.at_exit is not None else {}
+        extra["recursion_misses"] = summary.recursion_misses    # of lost: runs skipped
         if "rate_limit" in self.meta:
             extra["throttled"] = summary.throttled
         self.sink.summary({"events": summary.events, "lost": summary.lost,

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from tabulate import tabulate
 
-from .. import __version__, codegen, countplan, loader, stream
+from .. import __version__, codegen, countplan, loader, perfring, stream
 from ..decode import cstr
 from ..kernel import Kernel, current
 from ..output import JsonOutput
@@ -148,13 +148,16 @@ def count_targets(k: Kernel, targets: list[countplan.Target], args, prog: str = 
         reason = _wait(args, stop, counts, names, sink, live)
         final, ended = counts.read(), time.monotonic()
         drops = sum(loaded["drops"][loaded["drops"].Key(0)])
+        # runs the kernel skipped (nested in another BPF program): calls not counted
+        misses = sum(perfring.prog_info(fd)["recursion_misses"] for fd in loaded.prog_fds())
+        drops += misses
     elapsed = ended - live
     table = rows(final, names, elapsed, args.by)
     calls = sum(final.values())
     if sink is not None:
         sink.table("totals", table, "")
         sink.summary({"events": calls, "lost": drops, "reason": reason,
-                      "elapsed": round(elapsed, 3)})
+                      "elapsed": round(elapsed, 3), "recursion_misses": misses})
     else:
         print(time.strftime("%H:%M:%S ") + "totals\n" + text_table(table, args.by), flush=True)
         print(f"{prog}: {calls} calls, {drops} lost, {elapsed:.1f} s, stopped by {reason}",

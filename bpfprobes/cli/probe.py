@@ -326,6 +326,7 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach], args,
         else:
             sink.flush()
             print(stats.table(), flush=True)
+    extra["recursion_misses"] = summary.recursion_misses    # of lost: runs skipped
     if args.rate_limit:
         extra["throttled"] = summary.throttled
     sink.summary({"events": summary.events, "lost": summary.lost, "reason": summary.reason,

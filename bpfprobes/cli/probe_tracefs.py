@@ -144,7 +144,7 @@ def trace(k: Kernel, plan: Plan, args, prog: str, why: str) -> int:
     # have forged them); unparsed: values that did not read as their type (null)
     done = {"events": summary.events, "lost": summary.lost, "reason": summary.reason,
             "elapsed": round(summary.elapsed, 3), "ambiguous": counts.get("ambiguous", 0),
-            "unparsed": counts.get("unparsed", 0)}
+            "unparsed": counts.get("unparsed", 0), "recursion_misses": summary.recursion_misses}
     if sink is not None:
         sink.summary(done)
     else:

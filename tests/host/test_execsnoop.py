@@ -217,7 +217,7 @@ def test_json_lines_meta_events_summary_and_clean_detach():
     assert set(events[0]) == {"type", "pid", "tid", "ppid", "uid", "comm", "ret", "errno",
                               "syscall", "argv", "truncated", "truncation", "cut_args", "ts"}
     assert summary == {"type": "summary", "events": 3, "lost": 0, "reason": "signal:SIGINT",
-                       "elapsed": summary["elapsed"]}
+                       "elapsed": summary["elapsed"], "recursion_misses": 0}
     assert "execsnoop: attach tracepoint:" in tool.stderr
     assert "parent PIDs from BTF" in tool.stderr
     assert ours.progs and leftovers(tool.proc.pid, ours) == []
