@@ -86,7 +86,8 @@ class TextOutput:
     def summary(self, s: dict) -> None:
         self.out.flush()
         extra = for_terminal("".join(f", {k} {v}" for k, v in s.items()
-                                     if k not in ("events", "lost", "reason", "elapsed")))
+                                     if k not in ("events", "lost", "reason", "elapsed")
+                                     and not (k in SAID_WHEN_NONZERO and not v)))
         self.err.write(f"{self.tool}: {s['events']} events, {s['lost']} lost, "
                        f"{s['elapsed']:.1f} s, stopped by {s['reason']}{extra}\n")
         self.err.flush()
@@ -101,6 +102,10 @@ class TextOutput:
 
     def flush(self) -> None:
         self.out.flush()
+
+
+# summary figures the text line names only when they are not 0 (JSON always has them)
+SAID_WHEN_NONZERO = frozenset({"recursion_misses"})
 
 
 class JsonOutput:

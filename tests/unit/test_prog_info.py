@@ -56,3 +56,14 @@ def test_offset_matches_the_uapi_header(tmp_path: Path) -> None:
     assert (id_at, misses_at) == (4, perfring._RECURSION_MISSES_AT)
     assert size >= misses_at + 8      # our buffer (_PROG_INFO_SIZE) reaches past it
     assert perfring._PROG_INFO_SIZE >= misses_at + 8
+
+
+def test_text_summary_names_recursion_misses_only_when_there_are_some():
+    import io
+    from bpfprobes.output import TextOutput
+    for misses, said in ((0, False), (3, True)):
+        err = io.StringIO()
+        TextOutput("t", [], out=io.StringIO(), err=err).summary(
+            {"events": 5, "lost": misses, "reason": "duration", "elapsed": 1.0,
+             "recursion_misses": misses})
+        assert ("recursion_misses 3" in err.getvalue()) is said, err.getvalue()
