@@ -170,6 +170,16 @@ def run_tool(*args: str, timeout: float = 120.0, env: dict | None = None,
     return r
 
 
+def build_probe_target(dest: Path, *flags: str) -> str:
+    """tests/host/probe_target.c built with gcc into `dest` (the uprobe tests' target)."""
+    if shutil.which("gcc") is None:
+        raise RuntimeError("gcc is needed to build the probe target (make setup-test installs it)")
+    out = dest / "probe_target"
+    subprocess.run(["gcc", *flags, "-o", str(out), str(ROOT / "tests" / "host" / "probe_target.c")],
+                   check=True)
+    return str(out)
+
+
 def settle(seconds: float = 0.3) -> None:
     """Let batched samples reach the reader (the tools drain every 100 ms). Not
     what a test's correctness rests on: a stop's final drain reads everything

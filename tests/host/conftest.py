@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tooling import unprivileged_copy
+from tooling import build_probe_target, unprivileged_copy
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -18,6 +18,12 @@ def _real_bpf_possible():
         import bcc  # noqa: F401
     except ImportError:
         pytest.fail("BCC is not importable: run the tests from .venv (make test)", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def target_bin(tmp_path_factory) -> str:
+    """The probe target at -O0 (every PROBED function a real call), shared by the tests."""
+    return build_probe_target(tmp_path_factory.mktemp("target"), "-O0")
 
 
 @pytest.fixture(scope="session")

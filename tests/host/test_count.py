@@ -3,21 +3,14 @@ many as the test made, on tracepoints and uprobes (no kprobes here)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
 
 from tooling import Tool, Workload, run_tool, settle, unique
 
-HERE = os.path.dirname(__file__)
 
 
-@pytest.fixture(scope="module")
-def target_bin(tmp_path_factory) -> str:
-    out = str(tmp_path_factory.mktemp("count") / "probe_target")
-    subprocess.run(["gcc", "-O0", "-o", out, os.path.join(HERE, "probe_target.c")], check=True)
-    return out
 
 
 def totals(t: Tool) -> dict:

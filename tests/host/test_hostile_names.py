@@ -15,13 +15,11 @@ import shutil
 import signal
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
 from tooling import PYTHON, ROOT, settle, unique
 
-HERE = Path(__file__).resolve().parent
 
 # the pieces of every hostile name, and how text output must show them
 PIECES = [(b"\033]0;pwned\007", "\\x1b]0;pwned\\x07"),     # OSC: retitles the terminal
@@ -223,21 +221,15 @@ def test_execsnoop_text_and_json(tmp_path):
 
 # ---------------------------------------------------------------- tracefs backend
 
-@pytest.fixture(scope="module")
-def target_bin(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("hostile-tracefs") / "probe_target"
-    subprocess.run(["gcc", "-O0", "-o", str(out), str(HERE / "probe_target.c")], check=True)
-    return out
 
 
 @pytest.mark.parametrize("json_out", [False, True], ids=["text", "json"])
-def test_tracefs_backend_uprobe_string(target_bin, json_out):
+def test_tracefs_backend_uprobe_string(target_bin, json_out, tmp_path):
     """trace_pipe prints comm and string values raw. The tag has no newline here:
     the kernel would end the trace_pipe line inside the value."""
     tag, shown = hostile(unique("tfs"), newline=False)
-    link = target_bin.parent / os.fsdecode(COMM)
-    if not link.exists():
-        link.symlink_to(target_bin)
+    link = tmp_path / os.fsdecode(COMM)
+    link.symlink_to(target_bin)
     target = subprocess.Popen([bytes(link), tag, b"2", b"0", b"/nonexistent"],
                               stdin=subprocess.PIPE)
     r = Run("probe", "--backend", "tracefs", "--verbose", *(["--json"] if json_out else []),

@@ -12,20 +12,13 @@ import subprocess
 import threading
 from pathlib import Path
 
-import pytest
 
 from bpfprobes import dynevents, loader, runtoken
 from tooling import PYTHON, ROOT, run_tool, settle, unique
 
-HERE = Path(__file__).parent
 TRACEFS = Path("/sys/kernel/tracing")
 
 
-@pytest.fixture(scope="module")
-def target_bin(tmp_path_factory) -> str:
-    out = str(tmp_path_factory.mktemp("ownership") / "probe_target")
-    subprocess.run(["gcc", "-O0", "-o", out, str(HERE / "probe_target.c")], check=True)
-    return out
 
 
 def entry_offset(path: str) -> int:

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from bpfprobes import arch, elfsym, features
 from bpfprobes.kernel import current
-from tooling import PYTHON, ROOT, Tool, leftovers, run_tool, settle, unique
+from tooling import PYTHON, ROOT, Tool, build_probe_target, leftovers, run_tool, settle, unique
 
-HERE = Path(__file__).resolve().parent
 ABI = arch.host()
 R1, R2, R3 = (f"%{r}" for r in ABI.func_args[:3])    # %di %si %dx on x86_64
 NAP_US = 50_000
@@ -24,13 +21,9 @@ NAP_US = 50_000
 
 @pytest.fixture(scope="module")
 def target_bin(tmp_path_factory) -> str:
-    if shutil.which("gcc") is None:
-        pytest.fail("gcc is needed to build the probe target (make setup-test installs it)")
-    out = tmp_path_factory.mktemp("probe") / "probe_target"
     # frame pointers: the kernel unwinds user stacks by them
-    subprocess.run(["gcc", "-O1", "-g", "-fno-omit-frame-pointer", "-o", str(out),
-                    str(HERE / "probe_target.c")], check=True)
-    return str(out)
+    return build_probe_target(tmp_path_factory.mktemp("probe"), "-O1", "-g",
+                              "-fno-omit-frame-pointer")
 
 
 class Target:

@@ -9,19 +9,12 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import pytest
 
 from tooling import Tool, leftovers, run_tool, settle, tracefs_objects_of, unique
 
-HERE = Path(__file__).parent
 TRACEFS = Path("/sys/kernel/tracing")
 
 
-@pytest.fixture(scope="module")
-def target_bin(tmp_path_factory) -> str:
-    out = str(tmp_path_factory.mktemp("tracefs") / "probe_target")
-    subprocess.run(["gcc", "-O0", "-o", out, str(HERE / "probe_target.c")], check=True)
-    return out
 
 
 def start_target(binary: str, iterations: int, tag: str) -> subprocess.Popen:
