@@ -118,6 +118,20 @@ def stop_all(runs: list[Run]) -> None:
         r.stop(signalled=True)
 
 
+def drive(target: subprocess.Popen, runs: list) -> None:
+    """Once every run is live, let the target do its work (it waits for a line on
+    stdin); the runs are stopped whatever happens."""
+    try:
+        for r in runs:
+            r.wait_live()
+        target.communicate(b"go\n", timeout=60)
+        assert target.returncode == 0
+        settle(0.6)
+    finally:
+        target.kill()
+        stop_all(runs)
+
+
 # a process that names itself COMM (prctl), says its pid, waits for a line, then
 # opens each path given (hex: argv is no place for a newline in a test log)
 OPENER = """\
@@ -147,15 +161,7 @@ def opened(tmp_path_factory):
             "opensnoop_json": Run("opensnoop", "-v", "--json", "-p", str(pid)),
             "probe": Run("probe", "--verbose", "-p", str(pid), tp),
             "probe_json": Run("probe", "--verbose", "--json", "-p", str(pid), tp)}
-    try:
-        for r in runs.values():
-            r.wait_live()
-        w.communicate(b"go\n", timeout=60)
-        assert w.returncode == 0
-        settle(0.6)
-    finally:
-        w.kill()
-        stop_all(list(runs.values()))
+    drive(w, list(runs.values()))
     return {"runs": runs, "pid": pid, "path": path, "shown": shown, "dir": bytes(d)}
 
 
@@ -234,14 +240,7 @@ def test_tracefs_backend_uprobe_string(target_bin, json_out, tmp_path):
                               stdin=subprocess.PIPE)
     r = Run("probe", "--backend", "tracefs", "--verbose", *(["--json"] if json_out else []),
             "-p", str(target.pid), f"p:{target_bin}:three s=+0($arg3):string")
-    try:
-        r.wait_live()
-        target.communicate(b"go\n", timeout=60)
-        assert target.returncode == 0
-        settle(0.6)
-    finally:
-        target.kill()
-        stop_all([r])
+    drive(target, [r])
     if json_out:
         assert bytes(r.out).isascii()
         evs = [e for e in r.json() if e["pid"] == target.pid]

@@ -189,6 +189,13 @@ def _first_line(proc: subprocess.Popen, timeout: float = 120) -> str:
     return proc.stdout.readline() if select.select([proc.stdout], [], [], timeout)[0] else ""
 
 
+def _killed(proc: subprocess.Popen, o, problem: str) -> int | None:
+    """A run that did not stop when it should have: said, its group killed, its status."""
+    o.problems.append(problem)
+    os.killpg(proc.pid, signal.SIGKILL)
+    return exited(proc, 10)
+
+
 def _reap(proc: subprocess.Popen) -> None:
     """Reap the run, ending its whole group first if a failed check left it running
     (a test must not wait forever on what it is testing)."""
@@ -376,9 +383,7 @@ class Runner:
             (os.killpg if group else os.kill)(proc.pid, sig)
             rc = exited(proc, PROMPT_S)
             if rc is None:
-                o.problems.append(f"still running {PROMPT_S} s after {name}")
-                os.killpg(proc.pid, signal.SIGKILL)
-                rc = exited(proc, 10)
+                rc = _killed(proc, o, f"still running {PROMPT_S} s after {name}")
             o.exit_s = time.monotonic() - sent
             watch.stop()
             stdout, stderr = self._read(out), self._read(err)
@@ -412,9 +417,7 @@ class Runner:
                 trigger(binary)             # something to write, into the closed pipe
                 time.sleep(0.1)
             if rc is None:
-                o.problems.append(f"still running {PROMPT_S} s after its stdout closed")
-                os.killpg(proc.pid, signal.SIGKILL)
-                rc = exited(proc, 10)
+                rc = _killed(proc, o, f"still running {PROMPT_S} s after its stdout closed")
             o.exit_s = time.monotonic() - closed
             watch.stop()
             stderr = self._read(err)
