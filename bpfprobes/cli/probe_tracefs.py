@@ -14,7 +14,8 @@ import sys
 import time
 from dataclasses import replace
 
-from .. import __version__, dynevents, features, probefmt, spec, stream, tracectx, tracepipe
+from .. import __version__, dynevents, features, ftracetask, probefmt, spec, stream, tracectx, \
+    tracepipe
 from ..errors import KernelError, UsageError
 from ..kernel import Kernel
 from ..output import JsonOutput
@@ -207,6 +208,8 @@ class TracePipe:
         return self.session.overrun() if self.session is not None else 0
 
     def _hand_on(self, lines: list) -> None:
+        if self.session is not None:    # ftrace's process column is a cache: checked
+            ftracetask.resolve(lines, self.session.tracefs)
         for line in lines:
             self.on_sample(line)
 
@@ -277,14 +280,10 @@ def _loop(fd: int, session: dynevents.Session, plan: Plan, args, names_of, ctx, 
     counts: dict[str, int] = {}
 
     def on_event(ln: tracepipe.Line) -> bool:
-        if ln.pid is None:
-            ln.pid = _tgid_of(ln.tid)
         if args.pid is not None and ln.pid != args.pid:
             return False
         if args.tid is not None and ln.tid != args.tid:
             return False
-        if ln.comm == UNKNOWN_COMM:
-            ln.comm = _comm_of(ln.tid)
         if sink is not None:
             sink.event(_json(plan, ln, clock.wall, ctx(_ctx_fields(ln)), counts))
         elif not args.quiet:
@@ -316,35 +315,6 @@ def _loop(fd: int, session: dynevents.Session, plan: Plan, args, names_of, ctx, 
 
 
 AMBIGUOUS_MARK = "[ambiguous]"
-UNKNOWN_COMM = "<...>"       # ftrace's name for a task its comm cache does not hold
-
-
-def _comm_of(tid: int) -> str:
-    """The name of a task ftrace printed as "<...>": its saved_cmdlines cache
-    (shared by every tracefs user, recycled) knows a task only once it was
-    switched while tracing, and may have dropped it. From /proc while the task
-    or its zombie is there (not cached: exec renames it); else "<...>" as is."""
-    try:
-        with open(f"/proc/{tid}/comm", "rb") as f:
-            return decode_exact(f.read().removesuffix(b"\n")) or UNKNOWN_COMM
-    except OSError:
-        return UNKNOWN_COMM
-
-
-_TGIDS: dict[int, int] = {}
-
-
-def _tgid_of(tid: int) -> int:
-    """The process of a thread ftrace printed without one: record-tgid knows a
-    task's process only once the scheduler switched it while tracing (it shows
-    "(-------)" before). From /proc while the thread lives; else its own id."""
-    if tid not in _TGIDS:
-        try:
-            with open(f"/proc/{tid}/status") as f:
-                _TGIDS[tid] = next(int(ln.split()[1]) for ln in f if ln.startswith("Tgid:"))
-        except (OSError, StopIteration, ValueError):
-            return tid
-    return _TGIDS[tid]
 
 
 def _ctx_fields(ln: tracepipe.Line) -> dict:

@@ -71,7 +71,8 @@ def test_sym_plus_offset_lands_exactly_there_and_the_process_survives(target, ba
     at10 = [e["args"] for e in events if e["probe"] == "placed_10"]
     at13 = [e["args"] for e in events if e["probe"] == "placed_13"]
     # after the movabs, before the mov: r11 holds MAGIC; after the mov: r10 == rdi
-    assert [(_as_int(a["magic"]), a["x"]) for a in at10] == [(MAGIC, x + i) for i in range(calls)]
+    assert [(_as_int(a["magic"]), a["x"]) for a in at10] == [(MAGIC, x + i) for i in range(calls)], \
+        (tool.lines, tool.stderr)
     assert at13 == [{"copy": x + i, "x": x + i} for i in range(calls)], tool.stderr
     meta = tool.json("meta")[0]
     if backend == "tracefs":

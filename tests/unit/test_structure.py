@@ -5,14 +5,14 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "bpfprobes"
 # DESIGN.md's order; a module may import those before it (and helpers it names)
-ORDER = ["errors", "safetext", "safefs", "arch", "btf", "kallsyms", "elfsym", "errnos", "openflags", "headers",
+ORDER = ["errors", "safetext", "cstruct", "safefs", "arch", "btf", "kallsyms", "elfsym", "errnos", "openflags", "headers",
          "bpfsys", "kernel", "features", "policy", "spec", "tpformat", "probefilter",
          "probelayout", "probeplan", "interrupts", "irqhandlers", "tracectx", "latency",
-         "codegen", "runtoken", "dynevents", "loader", "perfring", "progcache", "countplan",
-         "tracepipe", "stream", "decode", "output", "probefmt"]
+         "runconfig", "codegen", "runtoken", "dynevents", "loader", "perfring", "progcache", "countplan",
+         "tracepipe", "ftracetask", "stream", "decode", "output", "probefmt"]
 PURE = {"spec", "arch", "codegen", "decode", "output", "errors", "btf", "kallsyms", "openflags",
         "elfsym", "errnos", "tpformat", "probefilter", "probelayout", "probefmt", "latency",
-        "tracectx", "irqhandlers", "tracepipe", "safetext"}
+        "tracectx", "irqhandlers", "tracepipe", "safetext", "cstruct", "runconfig"}
 
 
 def test_every_module_has_a_place():
