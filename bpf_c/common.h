@@ -2,11 +2,27 @@
  *
  * Everything that varies by architecture or kernel comes in as -D defines
  * from codegen.py: FUNC_ARGn / SYSCALL_ARGn / RET_REG are pt_regs members
- * taken from arch.py; TASK_* are struct offsets taken from BTF. Filters are
- * -D defines too, so a filtered-out event costs a compare, nothing more.
+ * taken from arch.py; TASK_* are struct offsets taken from BTF. What varies
+ * from run to run (filters, our PID, a rate limit) is data in the program's
+ * `config` map (config.h): the program's header declares its struct and
+ * names it CONFIG_STRUCT before including this file.
  */
 #ifndef BPFPROBES_COMMON_H
 #define BPFPROBES_COMMON_H
+
+#include "config.h"
+
+/* The run's settings, written before anything was attached; never by us. */
+BPF_F_TABLE("array", u32, struct CONFIG_STRUCT, config, 1, BPF_F_RDONLY_PROG);
+
+static __always_inline const struct CONFIG_STRUCT *settings(void)
+{
+    u32 zero = 0;
+    return config.lookup(&zero);
+}
+
+/* Every program's config starts with the run fields (config.h). */
+#define RUN(c) ((const struct run_config *)(c))
 
 /* Every sample that did not reach the perf buffer, whatever the reason (a full
  * buffer, a full in-flight map). Counted here rather than from perf's LOST
@@ -29,28 +45,26 @@ static __always_inline void submitted(int rc)
         count_drop();
 }
 
-/* --rate-limit: at most RATE_LIMIT events a second, for all CPUs together or
- * (RATE_PER_CPU) on each; an event over the limit is not sent and is counted
+/* --rate-limit: at most rate_limit events a second, for all CPUs together or
+ * (rate_per_cpu) on each; an event over the limit is not sent and is counted
  * in `throttled`, which the tool reports as it reports loss. The window is the
  * current second of bpf_ktime_get_ns(). Across CPUs the reset at a second's
  * turn can race and let a few more through; the accounting stays exact: every
  * event is sent (or lost, counted in drops) or throttled, never neither. */
-#ifdef RATE_LIMIT
 struct rate_window {
     u64 second;
     u64 count;
 };
-#ifdef RATE_PER_CPU
-BPF_PERCPU_ARRAY(rate, struct rate_window, 1);
-#else
 BPF_ARRAY(rate, struct rate_window, 1);
-#endif
+BPF_PERCPU_ARRAY(rate_cpu, struct rate_window, 1);
 BPF_PERCPU_ARRAY(throttled, u64, 1);
 
-static __always_inline int throttle(void)
+static __always_inline int throttle(const struct run_config *c)
 {
+    if (!c->rate_limit)
+        return 0;
     u32 zero = 0;
-    struct rate_window *w = rate.lookup(&zero);
+    struct rate_window *w = c->rate_per_cpu ? rate_cpu.lookup(&zero) : rate.lookup(&zero);
     if (!w)
         return 0;
     u64 second = bpf_ktime_get_ns() / 1000000000ULL;
@@ -58,22 +72,13 @@ static __always_inline int throttle(void)
         w->second = second;
         w->count = 0;
     }
-    /* through an empty asm: the limit stays one patchable immediate (progcache) */
-    u64 limit = RATE_LIMIT;
-    asm volatile("" : "+r"(limit));
-    if (__sync_fetch_and_add(&w->count, 1) < limit)
+    if (__sync_fetch_and_add(&w->count, 1) < c->rate_limit)
         return 0;
     u64 *n = throttled.lookup(&zero);
     if (n)
         (*n)++;
     return 1;
 }
-#else
-static __always_inline int throttle(void)
-{
-    return 0;
-}
-#endif
 
 /* Syscall argument n at a kprobe on the syscall's entry symbol. Behind an
  * arch wrapper (__x64_sys_*) the only argument is the user's pt_regs and the
@@ -99,29 +104,21 @@ static __always_inline u64 bounded(u64 size, u64 max)
 
 #define RETVAL(ctx) ((long)(ctx)->RET_REG)
 
-static __always_inline int task_filtered(u64 pid_tgid)
+/* Whether this task is left out: the tracer's own activity (BCC reading
+ * tracefs while attaching) is noise; the rest are the user's filters. */
+static __always_inline int task_filtered(u64 pid_tgid, const struct run_config *c)
 {
-#ifdef SKIP_PID
-    /* the tracer's own activity (BCC reading tracefs while attaching) is noise */
-    if ((pid_tgid >> 32) == SKIP_PID)
+    u32 tgid = pid_tgid >> 32;
+    if (c->skip_pid && tgid == c->skip_pid)
         return 1;
-#endif
-#ifdef FILTER_PID
-    if ((pid_tgid >> 32) != FILTER_PID)
+    if (c->pid && tgid != c->pid)
         return 1;
-#endif
-#ifdef FILTER_TID
-    if ((u32)pid_tgid != FILTER_TID)
+    if (c->tid && (u32)pid_tgid != c->tid)
         return 1;
-#endif
-#ifdef FILTER_UID
-    if ((u32)bpf_get_current_uid_gid() != FILTER_UID)
+    if (c->uid != ANY_UID && (u32)bpf_get_current_uid_gid() != c->uid)
         return 1;
-#endif
-#ifdef FILTER_CGROUP
-    if (bpf_get_current_cgroup_id() != FILTER_CGROUP)
+    if (c->cgroup && bpf_get_current_cgroup_id() != c->cgroup)
         return 1;
-#endif
     return 0;
 }
 

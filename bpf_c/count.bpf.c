@@ -7,6 +7,7 @@
  * as drops. Nothing leaves the kernel but the table, read every interval.
  */
 #include <uapi/linux/ptrace.h>
+#include "count.h"
 #include "common.h"
 
 struct count_key {
@@ -21,7 +22,8 @@ BPF_PERCPU_HASH(counts, struct count_key, u64, COUNT_KEYS);
 static __always_inline int count(u32 target)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if (task_filtered(id))
+    const struct count_config *c = settings();
+    if (!c || task_filtered(id, RUN(c)))
         return 0;
     struct count_key key = {.target = target};
 #ifdef COUNT_BY_PID
@@ -43,7 +45,8 @@ BPF_PERCPU_ARRAY(counts, u64, COUNT_TARGETS);
 
 static __always_inline int count(u32 target)
 {
-    if (task_filtered(bpf_get_current_pid_tgid()))
+    const struct count_config *c = settings();
+    if (!c || task_filtered(bpf_get_current_pid_tgid(), RUN(c)))
         return 0;
     u64 *n = counts.lookup(&target);
     if (n)

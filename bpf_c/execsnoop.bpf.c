@@ -28,9 +28,9 @@
 #define TASK_TGID offsetof(struct task_struct, tgid)
 #endif
 
+#include "execsnoop.h"
 #include "common.h"
 #include "syscall_tp.h"
-#include "execsnoop.h"
 
 /* The verifier cannot relate a read's offset to its size, so a read of up to
  * EXEC_ARG_MAX bytes at any offset below EXEC_ARGS_SIZE must fit the value:
@@ -106,13 +106,12 @@ static __always_inline void copy_args(struct exec_event *e, const char *const *a
 static __always_inline int enter(const char *const *argv, u16 syscall)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if (task_filtered(id))
+    const struct execsnoop_config *c = settings();
+    if (!c || task_filtered(id, RUN(c)))
         return 0;
     u32 ppid = parent_tgid();
-#ifdef FILTER_PPID
-    if (ppid != FILTER_PPID)
+    if (c->ppid && ppid != c->ppid)
         return 0;
-#endif
     u32 zero = 0;
     struct exec_slot *s = scratch.lookup(&zero);
     if (!s) {
@@ -139,13 +138,8 @@ static __always_inline int leave(void *ctx, long ret)
     struct exec_slot *s = inflight.lookup(&key);
     if (!s)
         return 0;
-#ifndef SHOW_FAILED
-    if (ret < 0) {
-        inflight.delete(&key);
-        return 0;
-    }
-#endif
-    if (throttle()) {
+    const struct execsnoop_config *c = settings();
+    if (!c || (ret < 0 && !c->show_failed) || throttle(RUN(c))) {
         inflight.delete(&key);
         return 0;
     }

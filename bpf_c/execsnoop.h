@@ -13,7 +13,17 @@
 #define EXEC_ARG_MAX 8192       /* one argument (NUL included); longer ones are cut */
 #define EXEC_ARG_CUT 0x8000     /* record header bit */
 
+#include "config.h"
+
 enum exec_syscall { SC_EXECVE = 0, SC_EXECVEAT = 1 };
+
+/* The run's settings (config.h), mirrored once in runconfig.py. */
+struct execsnoop_config {
+    RUN_CONFIG_FIELDS
+    u32 ppid;           /* -P: only children of this process; 0: any */
+    u32 show_failed;    /* -x: failed execs too */
+};
+#define CONFIG_STRUCT execsnoop_config
 
 /* why argv is incomplete (flags) */
 #define EXEC_TRUNC_MAX_ARGS 1   /* more arguments than --max-args */

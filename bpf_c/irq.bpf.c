@@ -7,13 +7,13 @@
  * Built with any of HARDIRQ_TP (irq:irq_handler_entry/exit), HARDIRQ_KP
  * (kprobe/kretprobe on the driver's handler function, whose first argument
  * is the IRQ number), SOFTIRQ (irq:softirq_entry/exit, vectors in
- * SOFTIRQ_MASK), TASKLET (irq:tasklet_entry/exit) and TASKLET_SCHED (a
+ * the config's softirq_mask), TASKLET (irq:tasklet_entry/exit) and TASKLET_SCHED (a
  * kprobe on __tasklet_schedule; TASKLET_FUNC is tasklet_struct.func's
  * offset from BTF).
  */
 #include <uapi/linux/ptrace.h>
-#include "common.h"
 #include "irq.h"
+#include "common.h"
 
 struct stash {
     struct irq_event e;
@@ -26,29 +26,26 @@ BPF_PERF_OUTPUT(events);
 BPF_STACK_TRACE(stacks, STACKS);
 #endif
 
-/* The IRQ lines asked for: IRQ_FILTER with sixteen slots IRQ_0 .. IRQ_15, the
- * unused ones holding a number no line has; patched in at load (progcache's
- * runtime defines), so another set of lines is not another compile. Each
- * slot's value goes through an empty asm so that the compiler cannot fold
- * the placeholders into a range check, which patching would then break. */
-static __always_inline int slot_is(int irq, int slot)
-{
-    asm volatile("" : "+r"(slot));
-    return irq == slot;
-}
-
+/* The IRQ lines asked for (the config's irqs[]); all when irq_filter is 0. */
 static __always_inline int irq_wanted(int irq)
 {
-#ifdef IRQ_FILTER
-    return slot_is(irq, IRQ_0) | slot_is(irq, IRQ_1) | slot_is(irq, IRQ_2) |
-           slot_is(irq, IRQ_3) | slot_is(irq, IRQ_4) | slot_is(irq, IRQ_5) |
-           slot_is(irq, IRQ_6) | slot_is(irq, IRQ_7) | slot_is(irq, IRQ_8) |
-           slot_is(irq, IRQ_9) | slot_is(irq, IRQ_10) | slot_is(irq, IRQ_11) |
-           slot_is(irq, IRQ_12) | slot_is(irq, IRQ_13) | slot_is(irq, IRQ_14) |
-           slot_is(irq, IRQ_15);
-#else
-    return 1;
-#endif
+    const struct irq_config *c = settings();
+    if (!c)
+        return 0;
+    if (!c->irq_filter)
+        return 1;
+    /* a return on the first hit: paths grow linearly with the slots, not 2^slots */
+#pragma unroll
+    for (int i = 0; i < IRQ_SLOTS; i++)
+        if (c->irqs[i] == irq)
+            return 1;
+    return 0;
+}
+
+static __always_inline int softirq_wanted(u32 vec)
+{
+    const struct irq_config *c = settings();
+    return c && vec < 32 && ((c->softirq_mask >> vec) & 1);
 }
 
 static __always_inline int kstack(void *ctx)
@@ -91,7 +88,8 @@ static __always_inline int finish(void *ctx, u32 kind, int irq, int ret)
     if (!s || !s->busy || s->e.irq != irq)
         return 0;
     s->busy = 0;
-    if (throttle())
+    const struct irq_config *c = settings();
+    if (!c || throttle(RUN(c)))
         return 0;
     s->e.duration_ns = bpf_ktime_get_ns() - s->e.ts_ns;
     s->e.ret = ret;
@@ -159,7 +157,7 @@ int kr_handler(struct pt_regs *ctx)
 int tp_softirq_entry(void *ctx)
 {
     u32 vec = TP_FIELD(ctx, u32, TP_VEC_OFF);
-    if (vec >= 32 || !((SOFTIRQ_MASK >> vec) & 1))
+    if (!softirq_wanted(vec))
         return 0;
     struct irq_event *e = begin(IRQ_KIND_SOFTIRQ, vec, ctx);
     if (e)
@@ -170,7 +168,7 @@ int tp_softirq_entry(void *ctx)
 int tp_softirq_exit(void *ctx)
 {
     u32 vec = TP_FIELD(ctx, u32, TP_VEC_OFF);
-    if (vec >= 32 || !((SOFTIRQ_MASK >> vec) & 1))
+    if (!softirq_wanted(vec))
         return 0;
     return finish(ctx, IRQ_KIND_SOFTIRQ, vec, -1);
 }

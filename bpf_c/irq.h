@@ -8,6 +8,18 @@
 #define BPFPROBES_IRQ_H
 
 #include "context.h"
+#include "config.h"
+
+#define IRQ_SLOTS 16            /* lines filtered in the kernel; more: in userspace */
+
+/* The run's settings (config.h), mirrored once in runconfig.py. */
+struct irq_config {
+    RUN_CONFIG_FIELDS
+    u32 softirq_mask;   /* the softirq vectors traced (bit per vector) */
+    u32 irq_filter;     /* 1: only the lines in irqs[] (unused slots hold no line's number) */
+    s32 irqs[IRQ_SLOTS];
+};
+#define CONFIG_STRUCT irq_config
 
 enum irq_kind {
     IRQ_KIND_HARDIRQ = 0,       /* a hardirq handler: irq = IRQ number, ret = irqreturn_t */

@@ -5,9 +5,9 @@
  * (syscall entry symbols) or ATTACH_TRACEPOINT (syscalls:sys_*_open*).
  */
 #include <uapi/linux/ptrace.h>
+#include "opensnoop.h"
 #include "common.h"
 #include "syscall_tp.h"
-#include "opensnoop.h"
 
 struct open_args {
     const char *path;
@@ -28,25 +28,18 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERF_OUTPUT(events);
 #endif
 
-static __always_inline int flags_wanted(u64 flags)
+static __always_inline int flags_wanted(u64 flags, const struct opensnoop_config *c)
 {
-#ifdef FILTER_FLAGS
-    if (flags & FILTER_FLAGS)
+    if (!c->flags && !c->rdonly)
         return 1;
-#ifdef FILTER_RDONLY
-    if ((flags & 3) == 0)
-        return 1;
-#endif
-    return 0;
-#else
-    return 1;
-#endif
+    return (flags & c->flags) || (c->rdonly && (flags & 3) == 0);
 }
 
 static __always_inline int enter(const char *path, u64 flags, u32 mode, u16 syscall)
 {
     u64 id = bpf_get_current_pid_tgid();
-    if (task_filtered(id) || !flags_wanted(flags))
+    const struct opensnoop_config *c = settings();
+    if (!c || task_filtered(id, RUN(c)) || !flags_wanted(flags, c))
         return 0;
     struct open_args a = {.path = path, .flags = flags, .mode = mode, .syscall = syscall};
     if (inflight.update(&id, &a) != 0)
@@ -55,13 +48,12 @@ static __always_inline int enter(const char *path, u64 flags, u32 mode, u16 sysc
 }
 
 /* Build and send the event of one finished open (`a`: its arguments). */
-static __always_inline int emit(void *ctx, u64 id, long ret, const struct open_args *a)
+static __always_inline int emit(void *ctx, u64 id, long ret, const struct open_args *a,
+                                const struct opensnoop_config *c)
 {
-#ifdef FILTER_FAILED
-    if (ret >= 0)
+    if (c->failed_only && ret >= 0)
         return 0;
-#endif
-    if (throttle())
+    if (throttle(RUN(c)))
         return 0;
     u32 zero = 0;
     struct open_event *e = scratch.lookup(&zero);
@@ -102,7 +94,9 @@ static __always_inline int leave(void *ctx, long ret)
     struct open_args *a = inflight.lookup(&id);
     if (!a)
         return 0;
-    emit(ctx, id, ret, a);
+    const struct opensnoop_config *c = settings();
+    if (c)
+        emit(ctx, id, ret, a, c);
     inflight.delete(&id);
     return 0;
 }
@@ -194,7 +188,8 @@ int tp_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
     if (compat_syscall())
         return 0;
     u64 id = bpf_get_current_pid_tgid();
-    if (task_filtered(id))
+    const struct opensnoop_config *c = settings();
+    if (!c || task_filtered(id, RUN(c)))
         return 0;
     struct pt_regs r;                   /* one copy, rather than a read per argument */
     bpf_probe_read_kernel(&r, sizeof(r), uregs);
@@ -213,8 +208,8 @@ int tp_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
         a.flags = fm[0];
         a.mode = (u32)fm[1];
     }
-    if (!flags_wanted(a.flags))
+    if (!flags_wanted(a.flags, c))
         return 0;
-    return emit(ctx, id, (long)ctx->args[1], &a);
+    return emit(ctx, id, (long)ctx->args[1], &a, c);
 }
 #endif

@@ -5,7 +5,18 @@
 
 #define OPEN_PATH_MAX 4096
 
+#include "config.h"
+
 enum open_syscall { SC_OPEN = 0, SC_OPENAT = 1, SC_OPENAT2 = 2 };
+
+/* The run's settings (config.h), mirrored once in runconfig.py. */
+struct opensnoop_config {
+    RUN_CONFIG_FIELDS
+    u64 flags;          /* -f: only opens with any of these flags; 0: any */
+    u32 rdonly;         /* -f O_RDONLY (the flag that is no bit): read-only opens too */
+    u32 failed_only;    /* -x */
+};
+#define CONFIG_STRUCT opensnoop_config
 
 struct open_event {
     u64 ts_ns;          /* bpf_ktime_get_ns() at return */

@@ -10,7 +10,8 @@
  *
  * Defines from codegen: PROBE_PAYLOAD_MAX (largest payload of any probe),
  * PROBE_STACKS (stack map size, when -s or -U), PROBE_PAIRS (entry
- * timestamps kept for latency), FILTER_* / SKIP_PID (common.h).
+ * timestamps kept for latency); the run's filters are in its config
+ * (struct probe_config, probe_event.h).
  */
 #ifndef BPFPROBES_PROBE_H
 #define BPFPROBES_PROBE_H
@@ -56,13 +57,45 @@ static __always_inline u64 pair_leave(u64 id, u32 pair, u64 now)
 #define SLOT(e, off) (*(u64 *)((e)->payload + (off)))
 #define BIT(i) (1ULL << (i))
 
+/* --comm: the task's name byte for byte, its NUL included (the config's
+ * name is NUL-padded). */
+static __always_inline int comm_wanted(const char *comm, const struct probe_config *c)
+{
+    if (!c->comm_set)
+        return 1;
+    /* returns as soon as it knows: paths grow linearly with the bytes, not 2^bytes */
+#pragma unroll
+    for (int i = 0; i < PROBE_COMM_LEN; i++) {
+        if (i > c->comm_len)
+            return 1;
+        if (comm[i] != c->comm[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* Whether this task is wanted (-p, -L, --comm, not our own pid): for a
+ * latency's entry, which records no event. */
+static __always_inline int probe_task_wanted(u64 id)
+{
+    const struct probe_config *c = settings();
+    if (!c || task_filtered(id, RUN(c)))
+        return 0;
+    if (!c->comm_set)
+        return 1;
+    char comm[PROBE_COMM_LEN] = {};
+    bpf_get_current_comm(&comm, sizeof(comm));
+    return comm_wanted(comm, c);
+}
+
 /* The scratch event with its header filled, or NULL when this task is not
- * wanted (-p, -L, our own pid). `implied`: the context the attach point
- * implies (a uprobe: a task), for when preempt_count cannot be read. */
+ * wanted (-p, -L, --comm, our own pid). `implied`: the context the attach
+ * point implies (a uprobe: a task), for when preempt_count cannot be read. */
 static __always_inline struct probe_event *probe_begin(u64 id, u32 probe, u8 implied)
 {
     u32 zero = 0;
-    if (task_filtered(id))
+    const struct probe_config *c = settings();
+    if (!c || task_filtered(id, RUN(c)))
         return 0;
     struct probe_event *e = probe_scratch.lookup(&zero);
     if (!e) {
@@ -81,7 +114,7 @@ static __always_inline struct probe_event *probe_begin(u64 id, u32 probe, u8 imp
     e->kstack = -1;
     e->ustack = -1;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
-    return e;
+    return comm_wanted(e->comm, c) ? e : 0;
 }
 
 /* Memory a fetcharg reads: kernel, user, or either by address (the legacy
@@ -164,7 +197,8 @@ static __always_inline void probe_stacks(void *ctx, struct probe_event *e, int k
 
 static __always_inline void probe_submit(void *ctx, struct probe_event *e, u64 size)
 {
-    if (throttle())
+    const struct probe_config *c = settings();
+    if (!c || throttle(RUN(c)))
         return;
     submitted(events.perf_submit(ctx, e, bounded(size, sizeof(*e))));
 }

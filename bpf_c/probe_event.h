@@ -5,11 +5,21 @@
 #define BPFPROBES_PROBE_EVENT_H
 
 #include "context.h"
+#include "config.h"
 
 #ifndef PROBE_PAYLOAD_MAX
 #define PROBE_PAYLOAD_MAX 8
 #endif
 #define PROBE_COMM_LEN 16
+
+/* The run's settings (config.h), mirrored once in runconfig.py. */
+struct probe_config {
+    RUN_CONFIG_FIELDS
+    char comm[PROBE_COMM_LEN];  /* --comm, NUL-padded */
+    u32 comm_len;       /* its bytes, 1 to 15 */
+    u32 comm_set;       /* 1: only tasks of that exact name */
+};
+#define CONFIG_STRUCT probe_config
 
 struct probe_event {
     u64 ts_ns;          /* bpf_ktime_get_ns() when the probe fired */

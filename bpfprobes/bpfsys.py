@@ -9,12 +9,14 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import struct
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351,
             "armv7l": 386}
 _libc = ctypes.CDLL(None, use_errno=True)
 
-BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN = 0, 5, 17
+BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD, BPF_OBJ_GET_INFO_BY_FD, \
+    BPF_RAW_TRACEPOINT_OPEN = 0, 2, 5, 15, 17
 MAP_PERF_EVENT_ARRAY, MAP_RINGBUF = 4, 27
 PROG_TRACING = 26
 ATTACH_TRACE_FENTRY = 24
@@ -39,8 +41,35 @@ def map_create(map_type: int, key_size: int, value_size: int, max_entries: int) 
                                                              max_entries)))
 
 
-def can_create_map(map_type: int, key_size: int, value_size: int, max_entries: int) -> bool:
-    return _close_ok(map_create(map_type, key_size, value_size, max_entries))
+def map_update(map_fd: int, key: bytes, value: bytes) -> None:
+    """Set one element (BPF_ANY); raises OSError."""
+    k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value, len(value))
+    err = _bpf(BPF_MAP_UPDATE_ELEM, struct.pack("<IxxxxQQQ", map_fd, ctypes.addressof(k),
+                                                ctypes.addressof(v), 0))
+    if err < 0:
+        raise OSError(-err, f"bpf map update: {os.strerror(-err)}")
+
+
+def map_value_size(map_fd: int) -> int:
+    """bpf_map_info.value_size of a map; raises OSError."""
+    info = ctypes.create_string_buffer(128)
+    err = _bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", map_fd, 128, ctypes.addressof(info)))
+    if err < 0:
+        raise OSError(-err, f"bpf map info: {os.strerror(-err)}")
+    return struct.unpack_from("<I", info.raw, 12)[0]
+
+
+CONFIG_MAP = "config"       # bpf_c/common.h: every program's run settings
+
+
+def write_config(map_fd: int, value: bytes) -> None:
+    """A program's run settings (runconfig.py) into its one-entry config map,
+    before anything is attached. A size that is not the map's is a mirror out
+    of step with its C struct: refused, never written short."""
+    size = map_value_size(map_fd)
+    if size != len(value):
+        raise ValueError(f"config is {len(value)} bytes, the program's map holds {size}")
+    map_update(map_fd, b"\0" * 4, value)
 
 
 def fentry_load(btf_id: int) -> int:

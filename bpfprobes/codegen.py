@@ -1,7 +1,10 @@
 """The only module that writes BPF C: sources from bpf_c/ plus -D cflags.
 
-Ready tools are whole .c files in bpf_c/ specialised by defines (filters,
-architecture registers, BTF offsets); nothing is spliced into their text.
+Ready tools are whole .c files in bpf_c/ specialised by defines (their shape:
+attach mechanism, architecture registers, BTF offsets); nothing is spliced
+into their text. What changes from run to run (filters, our PID, a rate
+limit) is not C at all: it is the program's config (runconfig.py), written to
+its map by the loader.
 
 Nothing the user types becomes C. What the generated program holds is made
 here from ints (`c_int`; a string is compared as the integer values of its
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from . import runconfig
 from .arch import Abi
 from .errors import UsageError
 from .probefilter import glob_prefix as _glob_prefix
@@ -40,6 +44,7 @@ class Program:
     name: str                  # for messages: "opensnoop.bpf.c"
     text: str
     cflags: tuple[str, ...]
+    config: bytes = b""        # its config map's value (runconfig.pack): not in the bytecode
 
 
 # ---------------------------------------------------------------- what may reach C
@@ -149,11 +154,11 @@ def expand_includes(text: str, base: Path, seen: set[str] | None = None) -> str:
     return _LOCAL_INCLUDE.sub(inline, text)
 
 
-def ready_tool(name: str, defs: Mapping[str, object]) -> Program:
-    """bpf_c/NAME.bpf.c specialised by `defs`."""
+def ready_tool(name: str, defs: Mapping[str, object], config: bytes) -> Program:
+    """bpf_c/NAME.bpf.c specialised by `defs`, run with `config`."""
     src = c_dir() / f"{c_identifier(name)}.bpf.c"
     return Program(src.name, expand_includes(src.read_text(), c_dir()),
-                   tuple(["-w", *define_flags(defs)]))
+                   tuple(["-w", *define_flags(defs)]), config)
 
 
 # ---------------------------------------------------------------- bpfprobes probe: one function per spec
@@ -167,7 +172,9 @@ def ready_tool(name: str, defs: Mapping[str, object]) -> Program:
 _FILTER_BUILTINS = {"pid": ("e->pid", _TYPES["u32"]), "tid": ("e->tid", _TYPES["u32"]),
                     "cpu": ("e->ctx.cpu", _TYPES["u32"]),
                     "latency_ns": ("e->latency_ns", _TYPES["u64"])}
-_PROBE_INCLUDES = ("#include <uapi/linux/ptrace.h>", '#include "common.h"', '#include "probe.h"')
+# probe_event.h first: it names the config struct common.h declares the map with
+_PROBE_INCLUDES = ("#include <uapi/linux/ptrace.h>", '#include "probe_event.h"',
+                   '#include "common.h"', '#include "probe.h"')
 # Read modes of probe_read/probe_str (bpf_c/probe.h): kernel memory, user memory,
 # or "by address" through the legacy helpers, as the kernel's own kprobe fetchargs
 # read. Those helpers exist only where the arch keeps user and kernel addresses
@@ -347,10 +354,6 @@ def _c_string_test(base: str, e, capacity: int, what: str) -> str:
     return f"({test})" if e.op in ("==", "~") else f"!({test})"
 
 
-def _comm_test(base: str, comm: str) -> str:
-    return c_bytes_equal(base, text_bytes(comm) + b"\0")
-
-
 def _probe_function(probe, plan, abi: Abi) -> str:
     g = _ProbeFn(probe, abi, plan.symbols)
     spec = probe.spec
@@ -360,9 +363,6 @@ def _probe_function(probe, plan, abi: Abi) -> str:
            f"    struct probe_event *e = probe_begin(id, {probe.index}, "
            f"{'CTX_TASK' if spec.is_uprobe else 'CTX_UNKNOWN'});",
            "    u64 v = 0;", "    if (!e)", "        return 0;"]
-    if plan.options.comm is not None:
-        out.append(f"    if (!({_comm_test('e->comm', plan.options.comm)}))")
-        out.append("        return 0;")
     if probe.stash is not None:
         out.append(f"    pair_enter(id, {probe.stash});")
     if probe.pair is not None:
@@ -398,15 +398,13 @@ def _probe_function(probe, plan, abi: Abi) -> str:
     return "\n".join(out)
 
 
-def _stash_function(stash, comm: str | None) -> str:
-    out = [f"/* entry of pair {stash.pair}: its time, for the latency */",
-           f"int {c_identifier(stash.fn)}(struct pt_regs *ctx)", "{",
-           "    u64 id = bpf_get_current_pid_tgid();",
-           "    if (task_filtered(id))", "        return 0;"]
-    if comm is not None:        # as the return probe filters: no entry it would never collect
-        out += ["    char c[PROBE_COMM_LEN] = {};", "    bpf_get_current_comm(&c, sizeof(c));",
-                f"    if (!({_comm_test('c', comm)}))", "        return 0;"]
-    return "\n".join(out + [f"    pair_enter(id, {stash.pair});", "    return 0;", "}"])
+def _stash_function(stash) -> str:
+    # filtered as the return probe is (--comm too): no entry it would never collect
+    return "\n".join([f"/* entry of pair {stash.pair}: its time, for the latency */",
+                      f"int {c_identifier(stash.fn)}(struct pt_regs *ctx)", "{",
+                      "    u64 id = bpf_get_current_pid_tgid();",
+                      "    if (!probe_task_wanted(id))", "        return 0;",
+                      f"    pair_enter(id, {stash.pair});", "    return 0;", "}"])
 
 
 def probe_defines(plan) -> dict[str, object]:
@@ -414,30 +412,39 @@ def probe_defines(plan) -> dict[str, object]:
     payload = max((p.layout.size for p in plan.probes), default=0)
     return {"PROBE_PAYLOAD_MAX": max(payload, 8),
             "PROBE_STACKS": 2048 if (o.kstack or o.ustack) else None,
-            "PROBE_PAIRS": 10240 if plan.pairs else None,
-            "FILTER_PID": o.pid, "FILTER_TID": o.tid, "SKIP_PID": o.skip_pid,
-            **(o.context or {}), **(o.rate_limit or {})}
+            "PROBE_PAIRS": 10240 if plan.pairs else None, **(o.context or {})}
+
+
+def probe_config(plan) -> bytes:
+    """The run's settings of a probe program (struct probe_config)."""
+    o = plan.options
+    values = runconfig.task(skip_pid=o.skip_pid, pid=o.pid, tid=o.tid, rate=o.rate_limit)
+    if o.comm is not None:
+        name = text_bytes(o.comm)
+        values.update(comm=name, comm_len=len(name), comm_set=1)
+    return runconfig.pack(runconfig.PROBE, values)
 
 
 def probe_source(plan, abi: Abi) -> str:
     """The generated C (before bpf_c/ includes are inlined): what --dry-run shows."""
     parts = ["\n".join(_PROBE_INCLUDES)]
     parts += [_probe_function(p, plan, abi) for p in plan.probes]
-    parts += [_stash_function(s, plan.options.comm) for s in plan.stashes]
+    parts += [_stash_function(s) for s in plan.stashes]
     return "\n\n".join(parts) + "\n"
 
 
 def probe_program(plan, abi: Abi) -> Program:
     """The program for a probeplan.Plan on architecture `abi`."""
     return Program("probe.bpf.c", expand_includes(probe_source(plan, abi), c_dir()),
-                   tuple(["-w", *define_flags(probe_defines(plan))]))
+                   tuple(["-w", *define_flags(probe_defines(plan))]), probe_config(plan))
 
 
 # ---------------------------------------------------------------- bpfprobes count: one counter per target
 
-def count_program(targets: int, defs: Mapping[str, object]) -> Program:
+def count_program(targets: int, defs: Mapping[str, object], config: bytes) -> Program:
     """bpf_c/count.bpf.c with a COUNTER(n) function (count_n) for each target."""
     src = c_dir() / "count.bpf.c"
     counters = "\n".join(f"COUNTER({n})" for n in range(int(targets)))
     return Program(src.name, expand_includes(src.read_text(), c_dir()) + "\n" + counters + "\n",
-                   tuple(["-w", *define_flags({"COUNT_TARGETS": max(1, targets), **defs})]))
+                   tuple(["-w", *define_flags({"COUNT_TARGETS": max(1, targets), **defs})]),
+                   config)

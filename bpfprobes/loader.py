@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from . import dynevents
+from . import bpfsys, dynevents
 from .codegen import Program
 from .errors import CompileError, KernelError
 from .headers import Headers
@@ -244,7 +244,24 @@ def compile_program(program: Program, headers: Headers) -> Loaded:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return Loaded(bpf, program)
+    loaded = Loaded(bpf, program)
+    try:
+        configure(loaded, program)
+    except BaseException:
+        loaded.close()
+        raise
+    return loaded
+
+
+def configure(loaded, program: Program) -> None:
+    """The run's settings into the program's config map, before any attach
+    (either loader: both hand out maps with `map_fd`)."""
+    if program.config:
+        try:
+            fd = loaded[bpfsys.CONFIG_MAP].map_fd
+        except KeyError:
+            raise ValueError(f"{program.name} has settings but no config map") from None
+        bpfsys.write_config(fd, program.config)
 
 
 def export_object(loaded: Loaded, functions: list[str]) -> dict:

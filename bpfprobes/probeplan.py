@@ -23,6 +23,7 @@ from .errors import BpfprobesError, KernelError, UsageError
 from .kernel import Kernel
 from .probefilter import Expr, FieldInfo
 from .probelayout import PayloadLayout
+from .runconfig import RateLimit
 from .spec import (TYPES, ArgType, BtfParam, Deref, FetchArg, ProbeSpec, Retval, Sym,
                    resolve_btf_params, validate_fields, why_not_one_word)
 
@@ -349,7 +350,7 @@ class Options:
     skip_pid: int | None = None
     filter: Expr | None = None
     context: dict | None = None       # --context: tracectx.preempt_defines() (may be empty)
-    rate_limit: dict | None = None    # --rate-limit: bpf_c/common.h RATE_* defines
+    rate_limit: RateLimit | None = None     # --rate-limit
 
 
 @dataclass(frozen=True)

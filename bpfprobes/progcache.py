@@ -10,10 +10,11 @@ child process and saves it, and every start loads it directly: live in
 Saved per program (JSON, keyed by a hash of all of the above): each attached
 function's instructions with the places that hold a map fd, each map's
 definition as the kernel reports it, the license and the kernel version.
-Loading creates the maps, writes their new fds into those places and loads
-each function. Defines that change from run to run (the tool's own PID, a -p
-filter) are compiled as placeholders and patched in at load (RUNTIME_DEFINES),
-so they do not make every start a miss. Attaching without BCC covers tracepoints, raw tracepoints and
+Loading creates the maps, writes their new fds into those places, writes the
+run's settings into the config map and loads each function. What changes from
+run to run (the tool's own PID, a -p filter) is in that map, not in the code
+(runconfig.py), so one entry serves every run of a program's shape and no
+instruction is ever patched. Attaching without BCC covers tracepoints, raw tracepoints and
 kprobes/kretprobes through the kprobe PMU; anything else (uprobes, kretprobe
 maxactive) goes through BCC as before, and so does everything where the
 direct ring reader is not offered (perfring.supported()). A cached program
@@ -66,7 +67,7 @@ from .codegen import Program
 from .errors import BpfprobesError, CompileError, KernelError
 from .headers import CACHE, Headers
 
-FORMAT = 2
+FORMAT = 3                          # 3: settings in a config map, no patched values
 DIR = CACHE / "programs"
 TOOLCHAIN = "toolchain.stamp"       # which BCC and LLVM compile here (beside the entries)
 RACY_NS = 2_000_000_000             # a header changed this close to a compile: not cached
@@ -112,13 +113,13 @@ def _load_cached(dir_fd: int, program: Program, headers: Headers,
                  attaches: list[loader.Attach]):
     """From the cache in `dir_fd`, or compiled in a child and saved there; None
     when BCC must load it in this process."""
-    generic, values = split_runtime(program)
+    generic = Program(program.name, program.text, program.cflags)     # settings aside
     tools = _toolchain(dir_fd)                  # None: no compile since the toolchain changed
     name = f"{cache_key(generic, headers, tools)}.json" if tools is not None else None
     obj = _read_entry(dir_fd, name, headers) if name is not None else None
     if obj is not None:
         try:
-            return DirectLoaded(obj, program, values, origin="cached")
+            return DirectLoaded(obj, program, origin="cached")
         except (OSError, KeyError, ValueError, TypeError):
             _discard(dir_fd, name)              # refused by this kernel: compile afresh
     started = time.time_ns()
@@ -134,7 +135,7 @@ def _load_cached(dir_fd: int, program: Program, headers: Headers,
     if obj is None:
         return None
     try:
-        loaded = DirectLoaded(obj, program, values, origin="compiled")
+        loaded = DirectLoaded(obj, program, origin="compiled")
     except (OSError, KeyError, ValueError, TypeError):
         return None                             # BCC loads what we cannot: not cached
     try:
@@ -223,33 +224,6 @@ def _die_with_parent(parent: int) -> None:
     libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() != parent:                  # it died before prctl: nobody will read
         os._exit(0)
-
-
-# -D values that differ from run to run (the tool's own PID, a -p filter) would
-# make every start a cache miss: the program is compiled with a placeholder,
-# and each instruction holding the placeholder gets the real value at load.
-# Only 32-bit values that stay positive as a sign-extended immediate qualify.
-RUNTIME_DEFINES = {"SKIP_PID": 0x5EED0001, "FILTER_PID": 0x5EED0002, "FILTER_TID": 0x5EED0003,
-                   "FILTER_UID": 0x5EED0004,
-                   **{f"IRQ_{n}": 0x5EED0100 + n for n in range(16)},   # irq's line slots
-                   "RATE_LIMIT": 0x5EED0200}
-
-
-def split_runtime(program: Program) -> tuple[Program, dict[str, int]]:
-    """(the program with placeholders for runtime defines, their real values)."""
-    flags, values = [], {}
-    for flag in program.cflags:
-        name, eq, value = flag[2:].partition("=")
-        if flag.startswith("-D") and eq and name in RUNTIME_DEFINES:
-            try:
-                number = int(value, 0)
-            except ValueError:
-                number = -1
-            if 0 <= number < 2**31:
-                values[name] = number
-                flag = f"-D{name}={RUNTIME_DEFINES[name]:#x}"
-        flags.append(flag)
-    return Program(program.name, program.text, tuple(flags)), values
 
 
 def cache_key(program: Program, headers: Headers, toolchain: dict | None = None) -> str:
@@ -407,13 +381,6 @@ def _map_sites(code: bytes, names_by_fd: dict[int, str]) -> list[tuple[int, str]
     return sites
 
 
-def _value_sites(code: bytes) -> list[tuple[int, str]]:
-    """(instruction index, define) of every immediate holding a runtime placeholder."""
-    by_value = {v: k for k, v in RUNTIME_DEFINES.items()}
-    return [(i // 8, by_value[imm]) for i in range(0, len(code), 8)
-            for imm in struct.unpack_from("<i", code, i + 4) if imm in by_value]
-
-
 def _object(loaded, attaches: list[loader.Attach]) -> dict:
     fns = {a.fn: PROG_TYPES[a.kind] for a in attaches}
     exported = loader.export_object(loaded, list(fns))
@@ -421,7 +388,7 @@ def _object(loaded, attaches: list[loader.Attach]) -> dict:
     funcs = {}
     for fn, code in exported["code"].items():
         funcs[fn] = {"prog_type": fns[fn], "insns": base64.b64encode(code).decode(),
-                     "maps": _map_sites(code, names_by_fd), "values": _value_sites(code)}
+                     "maps": _map_sites(code, names_by_fd)}
     # every table, used by these functions or not: tools look maps up by name
     maps = {name: perfring.map_info(fd) for name, fd in exported["tables"].items()}
     return {"format": FORMAT, "license": exported["license"],
@@ -588,8 +555,7 @@ def _close_quietly(fd: int) -> None:
 class DirectLoaded:
     """A cached program loaded with bpf(2): the same calls as loader.Loaded."""
 
-    def __init__(self, obj: dict, program: Program, values: dict[str, int],
-                 origin: str = "cached") -> None:
+    def __init__(self, obj: dict, program: Program, origin: str = "cached") -> None:
         self.program = program
         self.origin = origin                    # cached | compiled (this start)
         self.bpf = None
@@ -600,12 +566,11 @@ class DirectLoaded:
         try:
             for name, spec in obj["maps"].items():
                 self._maps[name] = _create_map(name, spec)
+            loader.configure(self, program)     # before any function can run
             for fn, f in obj["functions"].items():
                 code = bytearray(base64.b64decode(f["insns"]))
                 for index, name in f["maps"]:
                     struct.pack_into("<i", code, index * 8 + 4, self._maps[name])
-                for index, name in f["values"]:
-                    struct.pack_into("<i", code, index * 8 + 4, values[name])
                 self._progs[fn] = _load_prog(fn, f["prog_type"], bytes(code), obj["license"],
                                              obj["kern_version"])
         except BaseException:

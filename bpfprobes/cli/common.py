@@ -17,6 +17,7 @@ from ..errors import BpfprobesError, KernelError, UsageError
 from ..kernel import Kernel
 from ..output import JsonOutput, TextOutput
 from ..probelayout import COMM_SIZE
+from ..runconfig import RateLimit
 from ..safetext import for_terminal, write_line
 
 
@@ -123,19 +124,6 @@ def comm_arg(text: str) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class RateLimit:
-    per_second: int
-    per_cpu: bool
-
-    def defines(self) -> dict[str, object]:
-        """bpf_c/common.h RATE_LIMIT / RATE_PER_CPU."""
-        return {"RATE_LIMIT": self.per_second, "RATE_PER_CPU": self.per_cpu}
-
-    def meta(self) -> dict:
-        return {"per_second": self.per_second, "per_cpu": self.per_cpu}
-
-
 def rate_arg(text: str) -> RateLimit:
     """'500' (all CPUs together) or '500/cpu' (each CPU)."""
     number, slash, scope = text.partition("/")
@@ -143,13 +131,6 @@ def rate_arg(text: str) -> RateLimit:
         raise argparse.ArgumentTypeError(f"--rate-limit takes N or N/cpu, not {text!r}")
     value = int_type(1, "--rate-limit", 2**31 - 1)(number)
     return RateLimit(value, bool(slash))
-
-
-def apply_rate_limit(limit: RateLimit | None, defs: dict, meta: dict) -> None:
-    """--rate-limit into a program's defines and the run's metadata."""
-    if limit is not None:
-        defs.update(limit.defines())
-        meta["rate_limit"] = limit.meta()
 
 
 def add_rate_limit_option(p: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from tabulate import tabulate
 
-from .. import __version__, codegen, countplan, loader, perfring, stream
+from .. import __version__, codegen, countplan, loader, perfring, runconfig, stream
 from ..decode import cstr
 from ..kernel import Kernel, current
 from ..output import JsonOutput
@@ -112,10 +112,10 @@ def text_table(rs: list[dict], by: str | None) -> str:
 def count_targets(k: Kernel, targets: list[countplan.Target], args, prog: str = PROG,
                   pid: int | None = None) -> int:
     """Attach a counter to each target, print tables, detach; the run's exit status."""
-    defs: dict[str, object] = {"FILTER_PID": pid, "SKIP_PID": os.getpid(),
-                               "COUNT_KEYS": COUNT_KEYS if args.by else None,
+    defs: dict[str, object] = {"COUNT_KEYS": COUNT_KEYS if args.by else None,
                                **{d: True for d in BY.get(args.by or "", ())}}
-    program = codegen.count_program(len(targets), defs)
+    config = runconfig.pack(runconfig.COUNT, runconfig.task(skip_pid=os.getpid(), pid=pid))
+    program = codegen.count_program(len(targets), defs, config)
     names = [t.name for t in targets]
     sink = JsonOutput(prog) if args.json else None
     stop = stream.stop_signals()

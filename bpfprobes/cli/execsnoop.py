@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from .. import __version__, codegen, policy, stream
+from .. import __version__, codegen, policy, runconfig, stream
 from ..decode import EXEC_ARG_MAX, EXEC_ARGS_MISSING, EXEC_ARGS_SIZE, exec_event
 from ..errors import KernelError
 from ..kernel import Kernel, current
@@ -199,9 +199,10 @@ def run(argv: Sequence[str]) -> int:
     choice, attaches, defs = _plan(args, k)
     task_defs, ppid_from = _task_offsets(k)
     defs.update(task_defs)
-    defs.update({"INFLIGHT_MAX": INFLIGHT_MAX, "MAX_ARGS": args.max_args,
-                 "FILTER_UID": args.uid, "FILTER_PPID": args.ppid, "SHOW_FAILED": args.fails,
-                 "SKIP_PID": os.getpid()})
+    defs.update({"INFLIGHT_MAX": INFLIGHT_MAX, "MAX_ARGS": args.max_args})
+    config = runconfig.pack(runconfig.EXECSNOOP, {
+        **runconfig.task(skip_pid=os.getpid(), uid=args.uid, rate=args.rate_limit),
+        "ppid": args.ppid, "show_failed": int(bool(args.fails))})
     if args.verbose:
         print(f"execsnoop: attach {choice.mechanism}: {choice.why}", file=sys.stderr)
         print(f"execsnoop: parent PIDs from {ppid_from}", file=sys.stderr)
@@ -209,8 +210,9 @@ def run(argv: Sequence[str]) -> int:
     sink = JsonOutput("execsnoop") if args.json else \
         TextOutput("execsnoop", _columns(args, clock, started))
     meta = _meta(args, k, choice, ppid_from)
-    common.apply_rate_limit(args.rate_limit, defs, meta)
-    common.Pipeline("execsnoop", k, codegen.ready_tool("execsnoop", defs), attaches,
+    if args.rate_limit:
+        meta["rate_limit"] = args.rate_limit.meta()
+    common.Pipeline("execsnoop", k, codegen.ready_tool("execsnoop", defs, config), attaches,
                     _decoder(args, clock), sink, stream.Limits(args.duration, args.max_events),
                     meta, pages=args.buffer_pages,
                     verbose=args.verbose).run()

@@ -17,9 +17,8 @@ from typing import Sequence
 
 from tabulate import tabulate
 
-from .. import __version__, codegen, features, interrupts, irqhandlers, policy, stream, \
-    tracectx
-from .. import errnos
+from .. import __version__, codegen, errnos, features, interrupts, irqhandlers, policy, \
+    runconfig, stream, tracectx
 from ..decode import irq_event
 from ..errors import KernelError
 from ..kernel import Kernel, current
@@ -35,7 +34,7 @@ SOFTIRQS = ("HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "
 # irqreturn_t bits
 IRQ_RETURNS = {0: "IRQ_NONE", 1: "IRQ_HANDLED", 2: "IRQ_WAKE_THREAD",
                3: "IRQ_HANDLED|IRQ_WAKE_THREAD"}
-KERNEL_FILTER_SLOTS = 16          # bpf_c/irq.bpf.c IRQ_0 .. IRQ_15
+KERNEL_FILTER_SLOTS = runconfig.IRQ_SLOTS     # bpf_c/irq.h irq_config.irqs
 NO_LINE = 0x7FFFFFFF              # an unused slot: no IRQ has this number
 STACK_ENTRIES = 4096
 NO_STACK = -1                 # bpf_c/irq.bpf.c kstack(): this event wants no stack
@@ -209,15 +208,17 @@ def _tp_offsets(k: Kernel, event: str, wanted: dict[str, str]) -> dict[str, int]
 
 
 def program_and_attaches(p: Plan, k: Kernel, stack: bool,
-                         extra: dict[str, object] | None = None) -> tuple:
-    defs: dict[str, object] = {"SKIP_PID": None, **(extra or {})}
+                         rate: runconfig.RateLimit | None = None) -> tuple:
+    defs: dict[str, object] = {}
+    # the interrupted task is whoever ran: no task filter, not even our own PID
+    config = {**runconfig.task(rate=rate), "softirq_mask": p.softirq_mask}
     attaches: list[Attach] = []
     defs.update(codegen.abi_defines(k.abi, False))
     defs.update(tracectx.preempt_defines(k.kallsyms, k.btf))
     if p.device is not None:
         if p.kernel_filter is not None:
             slots = p.kernel_filter + [NO_LINE] * (KERNEL_FILTER_SLOTS - len(p.kernel_filter))
-            defs.update({"IRQ_FILTER": True, **{f"IRQ_{i}": n for i, n in enumerate(slots)}})
+            config.update(irq_filter=1, irqs=slots)
         if p.mechanism == policy.KPROBE:
             defs["HARDIRQ_KP"] = True
             for sym in p.handler_symbols:
@@ -230,8 +231,7 @@ def program_and_attaches(p: Plan, k: Kernel, stack: bool,
             attaches += [Attach("tracepoint", "irq:irq_handler_entry", "tp_irq_entry"),
                          Attach("tracepoint", "irq:irq_handler_exit", "tp_irq_exit")]
     if p.softirq_mask:
-        defs.update({"SOFTIRQ": True, "SOFTIRQ_MASK": p.softirq_mask,
-                     **_tp_offsets(k, "softirq_entry", {"vec": "TP_VEC_OFF"})})
+        defs.update({"SOFTIRQ": True, **_tp_offsets(k, "softirq_entry", {"vec": "TP_VEC_OFF"})})
         attaches += [Attach("tracepoint", "irq:softirq_entry", "tp_softirq_entry"),
                      Attach("tracepoint", "irq:softirq_exit", "tp_softirq_exit")]
     if p.tasklet:
@@ -248,7 +248,7 @@ def program_and_attaches(p: Plan, k: Kernel, stack: bool,
         attaches.append(Attach("kprobe", "__tasklet_schedule", "kp_tasklet_schedule"))
     if stack:
         defs["STACKS"] = STACK_ENTRIES
-    return codegen.ready_tool("irq", defs), attaches
+    return codegen.ready_tool("irq", defs, runconfig.pack(runconfig.IRQ, config)), attaches
 
 
 class Events:
@@ -388,10 +388,8 @@ def run(argv: Sequence[str]) -> int:
     common.require_root()
     k = current()
     p = plan(args, k)
-    limit: dict[str, object] = {}
-    rate_meta: dict = {}
-    common.apply_rate_limit(args.rate_limit, limit, rate_meta)
-    program, attaches = program_and_attaches(p, k, args.stack, limit)
+    rate_meta = {"rate_limit": args.rate_limit.meta()} if args.rate_limit else {}
+    program, attaches = program_and_attaches(p, k, args.stack, args.rate_limit)
     if args.verbose:
         for line in p.describe():       # device, driver and IRQ line names
             write_line(sys.stderr, f"{PROG}: {for_terminal(line)}")

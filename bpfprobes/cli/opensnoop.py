@@ -7,7 +7,7 @@ import sys
 from operator import itemgetter
 from typing import Sequence
 
-from .. import __version__, codegen, openflags, policy, stream
+from .. import __version__, codegen, openflags, policy, runconfig, stream
 from ..decode import open_event
 from ..errors import UsageError
 from ..kernel import current
@@ -175,11 +175,12 @@ def run(argv: Sequence[str]) -> int:
     common.require_root()
     k = current()
     choice, attaches, defs = _plan(args, k)
-    defs.update({"INFLIGHT_MAX": INFLIGHT_MAX, "FILTER_PID": args.pid, "FILTER_TID": args.tid,
-                 "FILTER_UID": args.uid, "FILTER_FAILED": args.failed,
-                 "FILTER_FLAGS": flags_mask, "FILTER_RDONLY": rdonly, "FILTER_CGROUP": cgroup,
-                 "SKIP_PID": os.getpid(),
+    defs.update({"INFLIGHT_MAX": INFLIGHT_MAX,
                  **({} if args.perf_buffer else stream.output_defines(args.buffer_pages))})
+    config = runconfig.pack(runconfig.OPENSNOOP, {
+        **runconfig.task(skip_pid=os.getpid(), pid=args.pid, tid=args.tid, uid=args.uid,
+                         cgroup=cgroup, rate=args.rate_limit),
+        "flags": flags_mask, "rdonly": int(rdonly), "failed_only": int(args.failed)})
     if args.verbose:
         print(f"opensnoop: attach {choice.mechanism}: {choice.why}", file=sys.stderr)
     sink = JsonOutput("opensnoop") if args.json else TextOutput("opensnoop", _columns(args))
@@ -190,8 +191,9 @@ def run(argv: Sequence[str]) -> int:
                                               ("flags", args.flag_filter or None),
                                               ("cgroup", args.cgroup), ("name", args.name))
                         if v is not None}}
-    common.apply_rate_limit(args.rate_limit, defs, meta)
-    common.Pipeline("opensnoop", k, codegen.ready_tool("opensnoop", defs), attaches,
+    if args.rate_limit:
+        meta["rate_limit"] = args.rate_limit.meta()
+    common.Pipeline("opensnoop", k, codegen.ready_tool("opensnoop", defs, config), attaches,
                     _decoder(args, common.Clock()), sink,
                     stream.Limits(args.duration, args.max_events), meta,
                     pages=args.buffer_pages, verbose=args.verbose).run()

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from .. import __version__, codegen, countplan, features, loader, probefilter, probefmt, \
-    probelayout, probeplan, spec, stream, tracectx
+    probelayout, probeplan, runconfig, spec, stream, tracectx
 from ..errors import CompileError, KernelError, UsageError
 from ..kernel import Kernel, current
 from ..output import Column, JsonOutput, Quiet, TextOutput
@@ -224,6 +224,8 @@ def dry_run(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach]) -> i
         out.write(f"# attach: {for_terminal(a.describe())} -> {a.fn}\n")
     defs = codegen.define_flags(codegen.probe_defines(plan))
     out.write(f"# cflags: {' '.join(defs)}\n")
+    settings = runconfig.describe(runconfig.PROBE, codegen.probe_config(plan))
+    out.write(f"# config: {for_terminal(settings)}\n")
     out.write(codegen.probe_source(plan, k.abi))
     return 0
 
@@ -346,7 +348,7 @@ def _plan(k: Kernel, texts: list[str], filter_text: str | None, args) -> tuple:
                                 tid=args.tid, comm=args.comm, skip_pid=os.getpid(), filter=expr,
                                 context=tracectx.preempt_defines(k.kallsyms, k.btf)
                                 if args.context else None,
-                                rate_limit=args.rate_limit.defines() if args.rate_limit else None)
+                                rate_limit=args.rate_limit)
     plan = probeplan.assemble(facts, options, k.abi)
     return plan, attachments(k, plan)
 

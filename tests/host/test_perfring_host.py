@@ -15,7 +15,7 @@ import pytest
 
 from tooling import PYTHON, ROOT, Workload, unique
 
-from bpfprobes import codegen, perfring, progcache, stream
+from bpfprobes import codegen, perfring, progcache, runconfig, stream
 from bpfprobes.cli import opensnoop
 from bpfprobes.decode import open_event
 from bpfprobes.kernel import current
@@ -32,10 +32,11 @@ def cache_dir(tmp_path, monkeypatch):
 def program_for(pid: int, ringbuf: bool, pages: int):
     k = current()
     _, attaches, defs = opensnoop._plan(opensnoop.build_parser().parse_args([]), k)
-    defs.update({"INFLIGHT_MAX": opensnoop.INFLIGHT_MAX, "FILTER_PID": pid})
+    defs.update({"INFLIGHT_MAX": opensnoop.INFLIGHT_MAX})
     if ringbuf:
         defs.update(stream.output_defines(pages))
-    return codegen.ready_tool("opensnoop", defs), attaches, k
+    config = runconfig.pack(runconfig.OPENSNOOP, runconfig.task(pid=pid))
+    return codegen.ready_tool("opensnoop", defs, config), attaches, k
 
 
 def storm(tmp_path, ringbuf: bool, pages: int, n: int = N) -> tuple[int, int, str, set[int]]:
@@ -70,7 +71,7 @@ needs_ringbuf = pytest.mark.skipif(not perfring.ringbuf_supported(),
 def test_a_big_buffer_captures_every_open(tmp_path, cache_dir, ringbuf):
     captured, lost, _, pids = storm(tmp_path, ringbuf, pages=1024)
     assert (captured, lost) == (N, 0)
-    assert len(pids) == 1                    # FILTER_PID, patched into the cached program
+    assert len(pids) == 1                    # the config's pid filter
 
 
 @pytest.mark.parametrize("ringbuf", [False, pytest.param(True, marks=needs_ringbuf)],
@@ -81,9 +82,9 @@ def test_an_overflowing_buffer_counts_every_loss(tmp_path, cache_dir, ringbuf):
     assert lost > 0, "a 1-page buffer should overflow in this storm"
 
 
-def test_the_second_start_loads_from_the_cache_with_new_runtime_values(tmp_path, cache_dir):
+def test_the_second_start_loads_from_the_cache_with_its_own_settings(tmp_path, cache_dir):
     first = storm(tmp_path, True, pages=256, n=2000)
-    second = storm(tmp_path, True, pages=256, n=2000)  # another workload: another FILTER_PID
+    second = storm(tmp_path, True, pages=256, n=2000)  # another workload: another pid filter
     assert first[2] == "compiled" and second[2] == "cached"
     assert first[:2] == second[:2] == (2000, 0)
     assert first[3] != second[3]                        # each saw its own workload only

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bpfprobes import arch, codegen, probefilter, spec
+from bpfprobes import arch, codegen, probefilter, runconfig, spec
 from bpfprobes.errors import UsageError
 from bpfprobes.probeplan import Facts, Options, Plan, Uprobe, assemble
 from bpfprobes.tpformat import TpField
@@ -194,12 +194,13 @@ def test_filter_case_compiles_its_filter_in_the_kernel():
 
 
 def test_comm_goes_in_as_its_exact_bytes():
-    """--comm that was not UTF-8 (surrogate-escaped argv) is compared byte for byte."""
-    source = codegen.probe_source(plan_of(CASES[4]), X86)
-    want = codegen.c_bytes_equal("e->comm", b'\xff"*/\\0\0')
-    assert want.startswith("(u8)e->comm[0] == 255 && (u8)e->comm[1] == 34")
-    assert f"if (!({want}))" in source
-    assert f"if (!({codegen.c_bytes_equal('c', bytes([255, 34, 42, 47, 92, 48, 0]))}))" in source
+    """--comm that was not UTF-8 (surrogate-escaped argv) is compared byte for
+    byte, and as data: the program's config holds it, the C never does."""
+    plan = plan_of(CASES[4])
+    config = runconfig.PROBE.ctype.from_buffer_copy(codegen.probe_config(plan))
+    assert (config.comm, config.comm_len, config.comm_set) == (b'\xff"*/\\0', 6, 1)
+    source = codegen.probe_source(plan, X86)
+    assert "comm[" not in source and "probe_task_wanted(id)" in source
 
 
 # ---------------------------------------------------------------- codegen's checks

@@ -5,9 +5,10 @@ import subprocess
 
 import pytest
 
-from bpfprobes import codegen, decode
+from bpfprobes import codegen, cstruct, decode, runconfig
 
-LAYOUTS = [v for v in vars(decode).values() if isinstance(v, decode.Layout)]
+# every event and every config struct mirrored in Python
+LAYOUTS = [v for m in (decode, runconfig) for v in vars(m).values() if isinstance(v, cstruct.Layout)]
 HEADER_OF = {"open_event": "opensnoop.h"}
 
 PRELUDE = """
@@ -19,7 +20,7 @@ typedef long long s64;
 """
 
 
-def header_for(layout: decode.Layout) -> str:
+def header_for(layout: cstruct.Layout) -> str:
     """The .h that defines `struct <c_name>` (searched, so new layouts need no table entry)."""
     for h in sorted(codegen.c_dir().glob("*.h")):
         if f"struct {layout.c_name} {{" in h.read_text():

@@ -115,47 +115,37 @@ def test_output_attr_is_a_bpf_output_event_woken_by_bytes():
 
 # ---- progcache: what can be checked without a kernel ----
 
-PROG = Program("x.bpf.c", "int f(void *ctx) { return 0; }",
-               ("-w", "-DSKIP_PID=4242", "-DFILTER_PID=17", "-DINFLIGHT_MAX=16384"))
+PROG = Program("x.bpf.c", "int f(void *ctx) { return 0; }", ("-w", "-DINFLIGHT_MAX=16384"),
+               b"settings of one run")
 HEADERS = Headers("nearest", "/usr/src/h", "test", "6.1.0")
 
 
-def test_runtime_defines_become_placeholders_and_keep_their_values():
-    generic, values = progcache.split_runtime(PROG)
-    assert values == {"SKIP_PID": 4242, "FILTER_PID": 17}
-    assert f"-DSKIP_PID={progcache.RUNTIME_DEFINES['SKIP_PID']:#x}" in generic.cflags
-    assert "-DINFLIGHT_MAX=16384" in generic.cflags
+def test_the_cache_key_is_the_programs_shape_not_its_settings():
+    """A run's settings (its PID, a -p filter) are map data (runconfig.py): the
+    key never sees them, while any define, the text or the headers change it."""
+    other_run = Program(PROG.name, PROG.text, PROG.cflags, b"another run's settings")
+    key = progcache.cache_key(PROG, HEADERS)
+    assert key == progcache.cache_key(other_run, HEADERS)
+    bigger = Program(PROG.name, PROG.text, ("-w", "-DINFLIGHT_MAX=8192"), PROG.config)
+    assert key != progcache.cache_key(bigger, HEADERS)
+    assert key != progcache.cache_key(Program(PROG.name, PROG.text + " ", PROG.cflags), HEADERS)
+    assert key != progcache.cache_key(PROG, Headers("nearest", "/usr/src/other", "test", "6.1.0"))
 
 
-def test_the_cache_key_ignores_runtime_values_only():
-    other_pid = Program(PROG.name, PROG.text, ("-w", "-DSKIP_PID=999", "-DFILTER_PID=18",
-                                               "-DINFLIGHT_MAX=16384"))
-    key = progcache.cache_key(progcache.split_runtime(PROG)[0], HEADERS)
-    assert key == progcache.cache_key(progcache.split_runtime(other_pid)[0], HEADERS)
-    bigger = Program(PROG.name, PROG.text, ("-w", "-DSKIP_PID=4242", "-DFILTER_PID=17",
-                                            "-DINFLIGHT_MAX=8192"))
-    assert key != progcache.cache_key(progcache.split_runtime(bigger)[0], HEADERS)
-    assert key != progcache.cache_key(progcache.split_runtime(PROG)[0],
-                                      Headers("nearest", "/usr/src/other", "test", "6.1.0"))
-
-
-def test_a_uid_too_big_for_an_immediate_stays_a_compile_time_define():
-    big = Program("x", "", ("-DFILTER_UID=4294967294",))
-    generic, values = progcache.split_runtime(big)
-    assert values == {} and generic.cflags == big.cflags
+def test_no_instruction_is_patched_with_a_value():
+    """The magic-immediate machinery is gone: progcache relocates map fds only."""
+    assert not hasattr(progcache, "RUNTIME_DEFINES") and not hasattr(progcache, "split_runtime")
 
 
 def insn(op: int, regs: int, imm: int) -> bytes:
     return struct.pack("<BBhi", op, regs, 0, imm)
 
 
-def test_map_fd_and_value_sites_are_found_in_bytecode():
-    ph = progcache.RUNTIME_DEFINES["SKIP_PID"]
+def test_map_fd_sites_are_found_in_bytecode():
     code = (insn(0x18, 0x11, 7) + insn(0, 0, 0)             # r1 = map fd 7 (ld_imm64)
-            + insn(0x55, 0x01, ph)                           # if r1 != SKIP_PID goto
+            + insn(0x55, 0x01, 4242)                         # if r1 != 4242 goto
             + insn(0x18, 0x01, 5) + insn(0, 0, 0)            # r1 = 5 (plain 64-bit constant)
             + insn(0x95, 0, 0))
     assert progcache._map_sites(code, {7: "events"}) == [(0, "events")]
-    assert progcache._value_sites(code) == [(2, "SKIP_PID")]
     with pytest.raises(ValueError):                          # an fd we do not know
         progcache._map_sites(code, {8: "other"})

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from bpfprobes import arch, codegen, decode, elfsym, errnos, probefilter, probefmt, \
-    probelayout, spec, tpformat
+    probelayout, runconfig, spec, tpformat
 from bpfprobes.cli import probe as probe_cli
 from bpfprobes.errors import UsageError
 from bpfprobes.kallsyms import Kallsyms
@@ -295,10 +295,13 @@ def test_filter_userspace_fallback_is_kept_whole():
     assert not probefilter.evaluate(p.user_filter, {"file": None})          # a fault fails
 
 
-def test_comm_filter_in_kernel():
+def test_comm_filter_in_kernel_as_data():
+    """--comm is the program's config (probe_begin compares it), not C of its own."""
     c = c_of(["p:f"], comm="cat")
-    assert "if (!((u8)e->comm[0] == 99 && (u8)e->comm[1] == 97 && (u8)e->comm[2] == 116 " \
-           "&& (u8)e->comm[3] == 0))" in c
+    assert "comm" not in c.split('#include "probe.h"')[1]
+    plan = plan_for(["p:f"], comm="cat")
+    config = runconfig.PROBE.ctype.from_buffer_copy(codegen.probe_config(plan))
+    assert (config.comm, config.comm_len, config.comm_set) == (b"cat", 3, 1)
 
 
 # ---------------------------------------------------------------- layout
@@ -470,6 +473,8 @@ def test_errno_names():
 
 def test_header_mirror_matches_probe_event_h():
     text = (codegen.c_dir() / "probe_event.h").read_text()
+    text = text[text.index("struct probe_event {"):]
+    text = text[:text.index("};")]
     names = re.findall(r"^\s+(?:struct )?\w+ (\w+)(?:\[\w+\])?;", text, re.M)
     expected = []                      # the ctx.* fields are one struct exec_ctx in C
     for n, _ in decode.PROBE_EVENT.fields:

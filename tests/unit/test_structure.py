@@ -5,10 +5,10 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "bpfprobes"
 # DESIGN.md's order; a module may import those before it (and helpers it names)
-ORDER = ["errors", "safetext", "cstruct", "safefs", "arch", "btf", "kallsyms", "elfsym", "errnos", "openflags", "headers",
+ORDER = ["errors", "safetext", "cstruct", "runconfig", "safefs", "arch", "btf", "kallsyms", "elfsym", "errnos", "openflags", "headers",
          "bpfsys", "kernel", "features", "policy", "spec", "tpformat", "probefilter",
          "probelayout", "probeplan", "interrupts", "irqhandlers", "tracectx", "latency",
-         "runconfig", "codegen", "runtoken", "dynevents", "loader", "perfring", "progcache", "countplan",
+         "codegen", "runtoken", "dynevents", "loader", "perfring", "progcache", "countplan",
          "tracepipe", "ftracetask", "stream", "decode", "output", "probefmt"]
 PURE = {"spec", "arch", "codegen", "decode", "output", "errors", "btf", "kallsyms", "openflags",
         "elfsym", "errnos", "tpformat", "probefilter", "probelayout", "probefmt", "latency",

@@ -29,6 +29,6 @@ def test_wheel_ships_and_finds_bpf_c(tmp_path):
     # the program text a tool compiles comes out whole from the installed copy
     text = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); "
                            "import bpfprobes.codegen as c; "
-                           "print(c.ready_tool('opensnoop', {}).text)"],
+                           "print(c.ready_tool('opensnoop', {}, b'').text)"],
                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout
     assert "int tp_enter_openat" in text and "struct open_event {" in text

@@ -1,0 +1,12 @@
+/* bpfprobes count: its settings (config.h), mirrored once in runconfig.py. */
+#ifndef BPFPROBES_COUNT_H
+#define BPFPROBES_COUNT_H
+
+#include "config.h"
+
+struct count_config {
+    RUN_CONFIG_FIELDS
+};
+#define CONFIG_STRUCT count_config
+
+#endif
