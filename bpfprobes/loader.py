@@ -75,6 +75,8 @@ def _first_error(lines: list[str]) -> str:
 class Loaded:
     """A compiled program and the probes attached from it."""
 
+    origin = "compiled"             # by BCC, in this process (progcache.DirectLoaded: cached too)
+
     def __init__(self, bpf, program: Program) -> None:
         self.bpf = bpf
         self.program = program
@@ -157,15 +159,6 @@ class Loaded:
 def _uaddr(how: Attach) -> dict:
     return {"addr": how.offset} if not how.target else {"sym_off": how.offset} \
         if how.offset else {}
-
-
-def reap_stale_events(tracefs) -> list[str]:
-    """Remove what runs of ours that are gone (their lock free) recorded: BCC's
-    kprobe/uprobe events (written to tracefs where the kernel has no PMU, and
-    for every kretprobe with maxactive, `r<N>:`), which a SIGKILLed run cannot
-    remove, and tracefs-backend instances and events. Never by name pattern:
-    `..._bcc_PID` names of other users and other PID namespaces look the same."""
-    return dynevents.reap(tracefs)
 
 
 class CompileInterrupted(Exception):

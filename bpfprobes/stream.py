@@ -84,6 +84,7 @@ class PerfBuffer:
         self.skipped = 0                       # left unread at a stop (finish), counted lost
         self._throttled_map: str | None = None     # "" once known absent
         self._misses = 0                       # last read: kept once the programs are closed
+        self._ncpu = 0                         # possible CPUs, once counted
 
     @property
     def perf_lost(self) -> int:
@@ -134,7 +135,7 @@ class PerfBuffer:
         if not self.direct:
             per_cpu = table[table.Key(0)]
             return sum(per_cpu[i] for i in range(len(per_cpu)))
-        ncpu = self._ncpu = getattr(self, "_ncpu", 0) or len(perfring.cpus("possible"))
+        ncpu = self._ncpu = self._ncpu or len(perfring.cpus("possible"))
         raw = perfring.map_lookup(table.map_fd, b"\0" * 4, 8 * ncpu)
         return sum(struct.unpack(f"<{ncpu}Q", raw)) if raw else 0
 
@@ -158,15 +159,13 @@ class PerfBuffer:
         """Runs of the run's programs the kernel skipped since they were loaded
         (one would have nested in another BPF program on that CPU: an interrupt
         in a tracer). Each is an event that happened and was never submitted."""
-        fds = getattr(self._loaded, "prog_fds", None)
-        if fds is not None:
-            total = 0
-            for fd in fds():
-                try:
-                    total += perfring.prog_info(fd)["recursion_misses"]
-                except OSError:
-                    pass        # closed meanwhile: its count is in the last total
-            self._misses = max(self._misses, total)
+        total = 0
+        for fd in self._loaded.prog_fds():
+            try:
+                total += perfring.prog_info(fd)["recursion_misses"]
+            except OSError:
+                pass        # closed meanwhile: its count is in the last total
+        self._misses = max(self._misses, total)
         return self._misses
 
     @property
@@ -337,12 +336,6 @@ class Gate:
                 self.stop = "max-events"
 
 
-def catch_signals() -> StopSignals:
-    """The process's stop-signal recorder (a context manager, for callers written
-    against the earlier per-loop handler); installed by now in every tool."""
-    return stop_signals()
-
-
 def run(transport: PerfBuffer, gate: Gate, limits: Limits,
         on_lost: Callable[[int, int], None], on_tick: Callable[[], None] | None = None,
         poll_ms: int = POLL_MS, signals: StopSignals | None = None,
@@ -369,7 +362,7 @@ def run(transport: PerfBuffer, gate: Gate, limits: Limits,
             return
         now = time.monotonic()
         if final or now - throttled[1] >= 1.0:
-            total = getattr(transport, "throttled", 0)
+            total = transport.throttled
             if total > throttled[0]:
                 on_throttled(total - throttled[0], total)
                 throttled[:] = [total, now]
@@ -390,11 +383,11 @@ def run(transport: PerfBuffer, gate: Gate, limits: Limits,
             gate.stop = gate.stop or sig.reason
         elif deadline is not None and time.monotonic() >= deadline:
             gate.stop = gate.stop or "duration"
-    getattr(transport, "finish", transport.drain)()    # bounded, the rest counted lost
+    transport.finish()                  # bounded, the rest counted lost
     try:
         report_loss(final=True)
     except BrokenPipeError:
         gate.stop = gate.stop or "output-closed"
     return Summary(events=gate.events, lost=reported, reason=gate.stop,
                    elapsed=time.monotonic() - start, throttled=throttled[0],
-                   recursion_misses=getattr(transport, "recursion_misses", 0))
+                   recursion_misses=transport.recursion_misses)

@@ -2,20 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import mmap
 import os
 import re
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .. import codegen, loader, progcache, stream
-from ..codegen import Program
+from .. import codegen, loader, stream
 from ..errors import BpfprobesError, KernelError, UsageError
 from ..kernel import Kernel
-from ..output import JsonOutput, TextOutput
 from ..probelayout import COMM_SIZE
 from ..runconfig import RateLimit
 from ..safetext import for_terminal, write_line
@@ -257,98 +253,3 @@ def _flushed(status: int) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return status
-
-
-@dataclass
-class Pipeline:
-    """compile -> open perf buffer -> attach -> meta -> loop -> summary -> detach."""
-
-    tool: str
-    kernel: Kernel
-    program: Program
-    attaches: list[loader.Attach]
-    decode: Callable[[bytes], dict | None]       # None: filtered out in userspace
-    sink: TextOutput | JsonOutput
-    limits: stream.Limits
-    meta: dict
-    pages: int = stream.DEFAULT_PAGES
-    wakeup_events: int = stream.DEFAULT_WAKEUP
-    verbose: bool = False
-    cacheable: bool = True              # False: BCC loads it (its stack maps are read through BCC)
-    on_loaded: Callable[[object], None] | None = None    # given the loaded program before attaching
-    on_tick: Callable[[], None] | None = None    # after each poll (interval reports)
-    at_exit: Callable[[], dict] | None = None    # last words before the summary; extra summary keys
-
-    def run(self) -> stream.Summary:
-        stop = stream.stop_signals()
-        started = time.monotonic()
-        # teardown is registered before the first kernel object exists: whatever
-        # ends set-up or the run (a stop signal at a phase boundary, an error, a
-        # closed stdout) leaves through here, and a signal during it is only recorded
-        with contextlib.ExitStack() as teardown:
-            stop.check("planning")          # what the tool did before calling us
-            for stale in loader.reap_stale_events(self.kernel.tracefs):
-                if self.verbose:
-                    print(f"{self.tool}: removed {stale}, left by a killed run", file=sys.stderr)
-            stop.check("reaping")
-            headers = self.kernel.headers   # a first start may merge a headers tree here
-            stop.check("finding kernel headers")
-            # from the program cache when it holds this program: no BCC compile, no LLVM
-            # (a first start compiles in a child, which a stop signal kills)
-            loaded = teardown.enter_context(
-                progcache.load(self.program, headers, self.attaches)
-                if self.cacheable else loader.compile_program(self.program, headers))
-            # BCC compiling in this process cannot be interrupted: checked right after
-            stop.check("loading the program" if getattr(loaded, "origin", "") == "cached"
-                       else "compiling")
-            if self.on_loaded is not None:
-                self.on_loaded(loaded)
-            sink_event = self.sink.event
-            decode = self.decode
-
-            def on_event(raw: bytes) -> bool:
-                e = decode(raw)
-                if e is None:
-                    return False
-                sink_event(e)
-                return True
-
-            gate = stream.Gate(on_event, self.limits.max_events)
-            transport = stream.PerfBuffer(loaded, pages=self.pages,
-                                          wakeup_events=self.wakeup_events)
-            teardown.callback(transport.close)
-            transport.open(gate)
-            self.meta["transport"] = transport.kind
-            for how in self.attaches:
-                stop.check("attaching")
-                loaded.attach(how)
-            stop.check("attaching")
-            self.meta["probes"] = [a.describe() for a in loaded.attached]
-            self.meta["program"] = getattr(loaded, "origin", "compiled")
-            self.meta["startup_s"] = round(time.monotonic() - started, 3)
-            if self.verbose:
-                for a in loaded.attached:
-                    print(f"{self.tool}: attached {for_terminal(a.describe())}",
-                          file=sys.stderr)
-                print(f"{self.tool}: live after {self.meta['startup_s']} s "
-                      f"(program {self.meta['program']})", file=sys.stderr)
-            self.sink.meta(self.meta)
-            self.sink.flush()
-            # a signal from here on (one sent on seeing "live" too) ends the run
-            # with a summary: the loop reads what the handler recorded
-            summary = stream.run(transport, gate, self.limits, self.sink.lost,
-                                 on_tick=self._tick, signals=stop,
-                                 on_throttled=self.sink.throttled)
-        extra = self.at_exit() if self.at_exit is not None else {}
-        extra["recursion_misses"] = summary.recursion_misses    # of lost: runs skipped
-        if "rate_limit" in self.meta:
-            extra["throttled"] = summary.throttled
-        self.sink.summary({"events": summary.events, "lost": summary.lost,
-                           "reason": summary.reason, "elapsed": round(summary.elapsed, 3),
-                           **extra})
-        return summary
-
-    def _tick(self) -> None:
-        if self.on_tick is not None:
-            self.on_tick()
-        self.sink.flush()

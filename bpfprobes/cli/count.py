@@ -15,11 +15,13 @@ from typing import Sequence
 
 from tabulate import tabulate
 
-from .. import __version__, codegen, countplan, loader, perfring, runconfig, stream
+from .. import __version__, codegen, countplan, runconfig, stream
+from ..bpfbackend import BpfBackend
 from ..decode import cstr
 from ..kernel import Kernel, current
-from ..output import JsonOutput
+from ..output import JsonOutput, TextOutput
 from ..safetext import for_terminal
+from ..session import Live, Session
 from . import common
 
 PROG = "bpfprobes count"
@@ -109,6 +111,57 @@ def text_table(rs: list[dict], by: str | None) -> str:
         if rs else "(no calls)"
 
 
+class CountTables(stream.PerfBuffer):
+    """count's transport: no event stream, the kernel's table read at each
+    interval and once more at the stop (while still attached); loss is the
+    program's drops and the runs the kernel skipped, as for every program."""
+
+    def __init__(self, loaded, by: str | None) -> None:
+        super().__init__(loaded, direct=False)       # BCC loads count's program
+        self.kind = "tables"
+        self.counts = Counts(loaded["counts"], by)
+        self.final: dict = {}
+
+    def open(self, on_sample) -> None:
+        pass
+
+    def poll(self, timeout_ms: int) -> None:
+        time.sleep(timeout_ms / 1000)
+
+    def drain(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        self.final = self.counts.read()
+
+    def close(self) -> None:
+        pass
+
+
+class _Text(TextOutput):
+    """count's text: a line saying what is counted, tables as they come, calls."""
+
+    def __init__(self, prog: str, names: list[str]) -> None:
+        super().__init__(prog, [], header=False)
+        self.names = names
+
+    def meta(self, meta: dict) -> None:
+        shown = for_terminal(", ".join(self.names[:3]))
+        self.out.write(f"Counting {len(self.names)} targets ({shown}"
+                       f"{', ...' if len(self.names) > 3 else ''}). Ctrl-C to end.\n")
+        self.out.flush()
+
+    def table(self, kind: str, rows: list[dict], text: str) -> None:
+        self.out.write(text + "\n")            # text_table escaped what came from the system
+        self.out.flush()
+
+    def summary(self, s: dict) -> None:
+        self.out.flush()
+        self.err.write(f"{self.tool}: {s['events']} calls, {s['lost']} lost, "
+                       f"{s['elapsed']:.1f} s, stopped by {s['reason']}\n")
+        self.err.flush()
+
+
 def count_targets(k: Kernel, targets: list[countplan.Target], args, prog: str = PROG,
                   pid: int | None = None) -> int:
     """Attach a counter to each target, print tables, detach; the run's exit status."""
@@ -117,79 +170,46 @@ def count_targets(k: Kernel, targets: list[countplan.Target], args, prog: str = 
     config = runconfig.pack(runconfig.COUNT, runconfig.task(skip_pid=os.getpid(), pid=pid))
     program = codegen.count_program(len(targets), defs, config)
     names = [t.name for t in targets]
-    sink = JsonOutput(prog) if args.json else None
-    stop = stream.stop_signals()
-    stop.check("planning")
-    started = time.monotonic()
-    for stale in loader.reap_stale_events(k.tracefs):
-        if args.verbose:
-            print(f"{prog}: removed {stale}, left by a killed run", file=sys.stderr)
-    stop.check("reaping")
-    # BCC compiles in this process (uninterruptible): a signal during it is seen after
-    with loader.compile_program(program, k.headers) as loaded:
-        stop.check("compiling")
-        for t in targets:
-            stop.check("attaching")
-            loaded.attach(t.attach)
-        stop.check("attaching")
-        live = time.monotonic()
-        meta = {"version": __version__, "kernel": k.release, "targets": len(targets),
-                "by": args.by, "pid": pid, "startup_s": round(live - started, 3)}
-        if args.verbose:
-            for a in loaded.attached:
-                print(f"{prog}: attached {for_terminal(a.describe())}", file=sys.stderr)
-        if sink is not None:
-            sink.meta(meta)
-            sink.flush()
-        else:
-            print(f"Counting {len(targets)} targets ({for_terminal(', '.join(names[:3]))}"
-                  f"{', ...' if len(targets) > 3 else ''}). Ctrl-C to end.", flush=True)
-        counts = Counts(loaded["counts"], args.by)
-        reason = _wait(args, stop, counts, names, sink, live)
-        final, ended = counts.read(), time.monotonic()
-        drops = sum(loaded["drops"][loaded["drops"].Key(0)])
-        # runs the kernel skipped (nested in another BPF program): calls not counted
-        misses = sum(perfring.prog_info(fd)["recursion_misses"] for fd in loaded.prog_fds())
-        drops += misses
-    elapsed = ended - live
-    table = rows(final, names, elapsed, args.by)
-    calls = sum(final.values())
-    if sink is not None:
-        sink.table("totals", table, "")
-        sink.summary({"events": calls, "lost": drops, "reason": reason,
-                      "elapsed": round(elapsed, 3), "recursion_misses": misses})
-    else:
-        print(time.strftime("%H:%M:%S ") + "totals\n" + text_table(table, args.by), flush=True)
-        print(f"{prog}: {calls} calls, {drops} lost, {elapsed:.1f} s, stopped by {reason}",
-              file=sys.stderr)
-    return 0
+    sink = JsonOutput(prog) if args.json else _Text(prog, names)
+    tables: list[CountTables] = []
 
+    def reader(loaded) -> CountTables:
+        tables.append(CountTables(loaded, args.by))
+        return tables[-1]
 
-def _wait(args, signals, counts: Counts, names: list[str], sink, live: float) -> str:
-    """Until a signal or -d; with -i, the counts of each interval as they end."""
-    deadline = live + args.duration if args.duration else None
-    last, last_t = {}, live
-    next_report = live + args.interval if args.interval else None
-    while True:
+    # BCC loads it (its hash table is read through BCC); nothing streams: a table reader
+    backend = BpfBackend(k, program, [t.attach for t in targets], cacheable=False, reader=reader)
+    window = {"last": {}, "at": 0.0, "next": None}
+
+    def live() -> None:
         now = time.monotonic()
-        if signals.caught is not None:
-            return signals.reason
-        if deadline is not None and now >= deadline:
-            return "duration"
-        if next_report is not None and now >= next_report:
-            current_counts = counts.read()
-            delta = {key: n - last.get(key, 0) for key, n in current_counts.items()
-                     if n > last.get(key, 0)}
-            table = rows(delta, names, now - last_t, args.by)
-            if sink is not None:
-                sink.table("interval", table, "")
-                sink.flush()
-            else:
-                print(time.strftime("%H:%M:%S\n") + text_table(table, args.by), flush=True)
-            last, last_t = current_counts, now
-            next_report = max(next_report + args.interval, now)
-        waits = [0.1] + [t - now for t in (deadline, next_report) if t is not None]
-        time.sleep(max(0.0, min(waits)))
+        window.update(at=now, next=now + args.interval if args.interval else None)
+
+    def tick() -> None:
+        now = time.monotonic()
+        if window["next"] is None or now < window["next"]:
+            return
+        current_counts, last = tables[-1].counts.read(), window["last"]
+        delta = {key: n - last.get(key, 0) for key, n in current_counts.items()
+                 if n > last.get(key, 0)}
+        table = rows(delta, names, now - window["at"], args.by)
+        sink.table("interval", table, time.strftime("%H:%M:%S\n") + text_table(table, args.by))
+        window.update(last=current_counts, at=now, next=max(window["next"] + args.interval, now))
+
+    def at_exit(summary: stream.Summary) -> dict:
+        table = rows(tables[-1].final, names, summary.elapsed, args.by)
+        sink.table("totals", table, time.strftime("%H:%M:%S ") + "totals\n"
+                   + text_table(table, args.by))
+        return {"events": sum(tables[-1].final.values())}
+
+    def meta(live: Live) -> dict:
+        return {"version": __version__, "kernel": k.release, "targets": len(targets),
+                "by": args.by, "pid": pid, "startup_s": live.startup_s}
+
+    Session(prog, k, backend, sink, lambda _b: lambda _raw: False,
+            stream.Limits(args.duration, None), meta, verbose=args.verbose,
+            on_live=live, on_tick=tick, at_exit=at_exit).run()
+    return 0
 
 
 def run(argv: Sequence[str]) -> int:

@@ -11,12 +11,14 @@ import time
 from typing import Callable, Sequence
 
 from .. import __version__, codegen, policy, runconfig, stream
+from ..bpfbackend import BpfBackend
 from ..decode import EXEC_ARG_MAX, EXEC_ARGS_MISSING, EXEC_ARGS_SIZE, exec_event
 from ..errors import KernelError
 from ..kernel import Kernel, current
 from ..loader import Attach
 from ..output import Column, JsonOutput, TextOutput
 from ..safetext import for_terminal
+from ..session import Session, decoding, standard_meta
 from . import common
 
 SYSCALLS = ("execve", "execveat")
@@ -212,10 +214,11 @@ def run(argv: Sequence[str]) -> int:
     meta = _meta(args, k, choice, ppid_from)
     if args.rate_limit:
         meta["rate_limit"] = args.rate_limit.meta()
-    common.Pipeline("execsnoop", k, codegen.ready_tool("execsnoop", defs, config), attaches,
-                    _decoder(args, clock), sink, stream.Limits(args.duration, args.max_events),
-                    meta, pages=args.buffer_pages,
-                    verbose=args.verbose).run()
+    backend = BpfBackend(k, codegen.ready_tool("execsnoop", defs, config), attaches,
+                         pages=args.buffer_pages)
+    Session("execsnoop", k, backend, sink, decoding(_decoder(args, clock), sink),
+            stream.Limits(args.duration, args.max_events), standard_meta(meta),
+            verbose=args.verbose, throttled=args.rate_limit is not None).run()
     return 0
 
 

@@ -19,6 +19,7 @@ from tabulate import tabulate
 
 from .. import __version__, codegen, errnos, features, interrupts, irqhandlers, policy, \
     runconfig, stream, tracectx
+from ..bpfbackend import BpfBackend
 from ..decode import irq_event
 from ..errors import KernelError
 from ..kernel import Kernel, current
@@ -26,6 +27,7 @@ from ..latency import Reservoir, human_ns
 from ..loader import Attach
 from ..output import Column, JsonOutput, Quiet, TextOutput
 from ..safetext import for_terminal, write_line
+from ..session import Session, decoding, standard_meta
 from . import common
 
 # include/linux/interrupt.h: the vectors in order, the same on every kernel since 5.x
@@ -262,7 +264,6 @@ class Events:
         self._funcs: dict[int, str] = {}
 
     def loaded(self, loaded) -> None:
-        self.table.reset()                  # rates count from attaching, not from start-up
         if self.stack:
             self.stacks = loaded["stacks"]
 
@@ -405,9 +406,13 @@ def run(argv: Sequence[str]) -> int:
                    + (events.table.text() if rows else "(no events)"))
         events.table.reset()
 
-    def loaded(program) -> None:
+    def consumer(backend: BpfBackend):
+        events.loaded(backend.loaded)       # its stack map
+        return decoding(events, shown)(backend)
+
+    def live() -> None:
         nonlocal next_report
-        events.loaded(program)
+        events.table.reset()                # rates count from attaching, not from start-up
         if args.interval:
             next_report = time.monotonic() + args.interval
 
@@ -418,7 +423,7 @@ def run(argv: Sequence[str]) -> int:
             report("interval")
             next_report = max(next_report + args.interval, now)
 
-    def at_exit() -> dict:
+    def at_exit(_summary) -> dict:
         # -i: the last, partial interval; --summary alone: the whole run
         if args.interval is not None:
             report("interval")
@@ -432,11 +437,11 @@ def run(argv: Sequence[str]) -> int:
             "handlers": p.handlers.by_irq if p.handlers else {},
             "softirqs": [n for i, n in enumerate(SOFTIRQS) if p.softirq_mask >> i & 1],
             "tasklets": p.tasklet, "tasklet_schedule": p.tasklet_schedule, **rate_meta}
-    common.Pipeline(PROG, k, program, attaches, events, shown,
-                    stream.Limits(args.duration, args.max_events), meta,
-                    pages=args.buffer_pages, verbose=args.verbose,
-                    cacheable=not args.stack, on_loaded=loaded, on_tick=tick,
-                    at_exit=at_exit).run()
+    # -s: BCC loads it (its stack map is read through BCC)
+    backend = BpfBackend(k, program, attaches, cacheable=not args.stack, pages=args.buffer_pages)
+    Session(PROG, k, backend, sink, consumer, stream.Limits(args.duration, args.max_events),
+            standard_meta(meta), verbose=args.verbose, throttled=args.rate_limit is not None,
+            on_live=live, on_tick=tick, at_exit=at_exit).run()
     return 0
 
 

@@ -12,7 +12,9 @@ from ..decode import open_event
 from ..errors import UsageError
 from ..kernel import current
 from ..loader import Attach
+from ..bpfbackend import BpfBackend
 from ..output import Column, JsonOutput, TextOutput
+from ..session import Session, decoding, standard_meta
 from . import common
 
 SYSCALLS = ("open", "openat", "openat2")
@@ -193,10 +195,11 @@ def run(argv: Sequence[str]) -> int:
                         if v is not None}}
     if args.rate_limit:
         meta["rate_limit"] = args.rate_limit.meta()
-    common.Pipeline("opensnoop", k, codegen.ready_tool("opensnoop", defs, config), attaches,
-                    _decoder(args, common.Clock()), sink,
-                    stream.Limits(args.duration, args.max_events), meta,
-                    pages=args.buffer_pages, verbose=args.verbose).run()
+    backend = BpfBackend(k, codegen.ready_tool("opensnoop", defs, config), attaches,
+                         pages=args.buffer_pages)
+    Session("opensnoop", k, backend, sink, decoding(_decoder(args, common.Clock()), sink),
+            stream.Limits(args.duration, args.max_events), standard_meta(meta),
+            verbose=args.verbose, throttled=args.rate_limit is not None).run()
     return 0
 
 

@@ -3,19 +3,19 @@ tracepoints on any function, with arguments in the kernel's fetcharg syntax."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-import time
 from dataclasses import replace
 from typing import Sequence
 
 from .. import __version__, codegen, countplan, features, loader, probefilter, probefmt, \
     probelayout, probeplan, runconfig, spec, stream, tracectx
-from ..errors import CompileError, KernelError, UsageError
+from ..bpfbackend import BpfBackend
+from ..errors import CompileError, UsageError
 from ..kernel import Kernel, current
 from ..output import Column, JsonOutput, Quiet, TextOutput
 from ..safetext import decode_exact, for_terminal
+from ..session import Session
 from . import common, count, probe_tracefs
 
 EXAMPLES = """\
@@ -152,39 +152,6 @@ def attachments(k: Kernel, plan: probeplan.Plan) -> list[loader.Attach]:
     return out
 
 
-def _attach(loaded: loader.Loaded, how: loader.Attach, notes: list[str]) -> None:
-    try:
-        loaded.attach(how)
-    except KernelError:
-        if how.kind != "kretprobe" or not how.maxactive:
-            raise
-        # kprobe_events may be out of reach (no debugfs): the kprobe PMU has no maxactive
-        notes.append(f"{how.describe()}: attached without maxactive (misses not counted)")
-        loaded.attach(loader.Attach(how.kind, how.target, how.fn, offset=how.offset))
-
-
-def kretprobe_misses(k: Kernel, attached: list[loader.Attach]) -> dict[str, int]:
-    """Returns missed by each kretprobe BCC registered through kprobe_events
-    (kprobe_profile: EVENT HITS MISSES); the kprobe PMU exposes no such count."""
-    if k.tracefs is None:
-        return {}
-    try:
-        lines = (k.tracefs / "kprobe_profile").read_text().splitlines()
-    except OSError:
-        return {}
-    suffix = f"_bcc_{os.getpid()}"
-    out = {}
-    for a in attached:
-        if a.kind != "kretprobe":
-            continue
-        name = "r_" + a.target.replace("+", "_").replace(".", "_") + suffix
-        for line in lines:
-            parts = line.split()
-            if len(parts) >= 3 and parts[0] == name:
-                out[a.target] = int(parts[2])
-    return out
-
-
 # ---------------------------------------------------------------- dry run / verbose
 
 def describe(k: Kernel, plan: probeplan.Plan) -> list[str]:
@@ -257,27 +224,19 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach], args,
                    header=args.header)
     shown = Quiet(sink) if args.quiet else sink
     stats = probefmt.Stats(plan)
-    notes: list[str] = []
-    stop = stream.stop_signals()
-    stop.check("planning")
-    started = time.monotonic()
-    reap = getattr(loader, "reap_stale_events", None)      # BCC events of killed runs
-    for stale in (reap(k.tracefs) if reap else []):
-        notes.append(f"removed {stale}, left by a killed run")
-    stop.check("reaping")
-    program = codegen.probe_program(plan, k.abi)
-    # teardown registered before the first kernel object exists; a signal during
-    # the in-process BCC compile (uninterruptible) is seen right after it
-    with contextlib.ExitStack() as teardown:
-        loaded = teardown.enter_context(loader.compile_program(program, k.headers))
-        stop.check("compiling")
+    render = (lambda ev: probefmt.json_event(ev, clock.wall)) if args.json else \
+        probefmt.ftrace_text
+    # BCC loads it: uprobes, kretprobe maxactive and stack maps are BCC's to attach and read
+    backend = BpfBackend(k, codegen.probe_program(plan, k.abi), attaches, cacheable=False,
+                         pages=args.buffer_pages, kretprobe_misses=True)
+
+    def consumer(backend: BpfBackend):
+        loaded = backend.loaded
         stacks = plan.options.kstack or plan.options.ustack
         decoder = probefmt.Decoder(plan, k.kallsyms,
                                    (lambda sid: loaded["stacks"].walk(sid)) if stacks else None,
                                    _usym(loaded), _usym(loaded, module=False),
                                    tracectx.Decoder(k.abi.name) if args.context else None)
-        render = (lambda ev: probefmt.json_event(ev, clock.wall)) if args.json else \
-            probefmt.ftrace_text
 
         def on_event(raw: bytes) -> bool:
             ev = decoder(raw)
@@ -286,54 +245,34 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[loader.Attach], args,
             stats.add(ev)
             shown.event(render(ev))
             return True
+        return on_event
 
-        gate = stream.Gate(on_event, args.max_events)
-        transport = stream.PerfBuffer(loaded, pages=args.buffer_pages)
-        teardown.callback(transport.close)
-        transport.open(gate)
-        for how in attaches:
-            stop.check("attaching")
-            _attach(loaded, how, notes)
-        stop.check("attaching")
-        meta = {"version": __version__, "kernel": k.release, "arch": k.abi.name,
-                "transport": transport.kind, "attach": [a.describe() for a in loaded.attached],
+    def meta(live) -> dict:
+        return {"version": __version__, "kernel": k.release, "arch": k.abi.name,
+                "transport": live.transport, "attach": live.attached,
                 "probes": _mechanisms(k, plan),
                 "filter": probefilter.text(plan.options.filter) if plan.options.filter else None,
-                "startup_s": round(time.monotonic() - started, 3),
+                "startup_s": live.startup_s,
                 **({"rate_limit": args.rate_limit.meta()} if args.rate_limit else {})}
-        if args.verbose:
-            for line in describe(k, plan) + notes:
-                print(f"{prog}: {for_terminal(line)}", file=sys.stderr)   # specs: paths
-            for a in loaded.attached:
-                print(f"{prog}: attached {for_terminal(a.describe())}", file=sys.stderr)
-            print(f"{prog}: live after {meta['startup_s']} s", file=sys.stderr)
-        sink.meta(meta)
-        sink.flush()
-        # a signal from here on (one sent on seeing "live" too) ends the run with a summary
-        summary = stream.run(transport, gate, stream.Limits(args.duration, args.max_events),
-                             sink.lost, on_tick=sink.flush, signals=stop,
-                             on_throttled=sink.throttled)
-        misses = kretprobe_misses(k, loaded.attached)     # readable only while attached
-    extra: dict = {}
-    if misses:
-        extra["kretprobe_misses"] = sum(misses.values())
-        for target, n in misses.items():
+
+    def at_exit(_summary) -> dict:
+        for target, n in backend.misses.items():
             if n:
                 sink.flush()
                 print(f"{prog}: kretprobe on {target} missed {n} returns (maxactive too "
                       f"small: raise it, e.g. r64:{target})", file=sys.stderr)
-    if args.summary:
+        if not args.summary:
+            return {}
         if args.json:
-            extra["probes"] = stats.rows()
-        else:
-            sink.flush()
-            print(stats.table(), flush=True)
-    extra["recursion_misses"] = summary.recursion_misses    # of lost: runs skipped
-    if args.rate_limit:
-        extra["throttled"] = summary.throttled
-    sink.summary({"events": summary.events, "lost": summary.lost, "reason": summary.reason,
-                  "elapsed": round(summary.elapsed, 3), **extra})
-    return summary
+            return {"probes": stats.rows()}
+        sink.flush()
+        print(stats.table(), flush=True)
+        return {}
+
+    return Session(prog, k, backend, sink, consumer,
+                   stream.Limits(args.duration, args.max_events), meta, verbose=args.verbose,
+                   notes=describe(k, plan), throttled=args.rate_limit is not None,
+                   at_exit=at_exit).run()
 
 
 def _plan(k: Kernel, texts: list[str], filter_text: str | None, args) -> tuple:

@@ -304,7 +304,7 @@ def _tripwire(*_a, **_k):
 
 
 # the functions through which a tool creates or removes kernel objects
-TRIPWIRES = [(loader, "compile_program"), (loader, "reap_stale_events"), (progcache, "load"),
+TRIPWIRES = [(loader, "compile_program"), (progcache, "load"),
              (dynevents, "reap"), (dynevents, "Session")]
 
 

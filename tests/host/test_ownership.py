@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 
-from bpfprobes import dynevents, loader, runtoken
+from bpfprobes import dynevents, runtoken
 from tooling import PYTHON, ROOT, run_tool, settle, unique
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -142,7 +142,7 @@ def test_other_users_events_and_instances_survive_our_starts_and_reaps(target_bi
         r = run_tool("probe", "--backend", "bpf", "-d", "0.3", f"p:{target_bin}:echo")
         assert r.returncode == 0, r.stderr
         dynevents.reap(TRACEFS)
-        loader.reap_stale_events(TRACEFS)
+        dynevents.reap(TRACEFS)
         now = events_text()
         for name in made_events:
             assert f":{name} " in now, f"{name} was removed"
@@ -244,11 +244,11 @@ def test_bcc_events_a_killed_run_recorded_are_reaped_and_no_lookalike(tmp_path):
                    (runtoken.RUN_DIR / f"{token}.lock").read_text().splitlines()]
         assert [(x["kind"], x["name"]) for x in runtoken.outstanding(records)] == [("bcc", ours)]
         assert dynevents.objects_of(TRACEFS, child) == [records[-1]["line"]]
-        assert ours not in loader.reap_stale_events(TRACEFS)             # alive: untouched
+        assert ours not in dynevents.reap(TRACEFS)             # alive: untouched
         os.close(go_w)
         os.waitpid(child, 0)                # dead, its record left as a SIGKILL leaves it
         go_w = None
-        removed = loader.reap_stale_events(TRACEFS)
+        removed = dynevents.reap(TRACEFS)
         assert ours in removed or f":{ours} " not in events_text()     # or another start did
         now = events_text()
         assert f":{ours} " not in now and f":{lookalike} " in now

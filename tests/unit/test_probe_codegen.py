@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bpfprobes import arch, codegen, decode, elfsym, errnos, probefilter, probefmt, \
+from bpfprobes import arch, bpfbackend, codegen, decode, elfsym, errnos, probefilter, probefmt, \
     probelayout, runconfig, spec, tpformat
 from bpfprobes.cli import probe as probe_cli
 from bpfprobes.errors import UsageError
@@ -526,7 +526,7 @@ def test_kretprobe_misses_come_from_kprobe_profile(tmp_path, monkeypatch):
     attached = [Attach("kretprobe", "do_sys_openat2", "probe_1", maxactive=10),
                 Attach("kretprobe", "foo.isra.0", "probe_2", maxactive=10),
                 Attach("kprobe", "do_sys_openat2", "probe_0")]
-    assert probe_cli.kretprobe_misses(k, attached) == {"do_sys_openat2": 7, "foo.isra.0": 0}
+    assert bpfbackend.kretprobe_misses(k, attached) == {"do_sys_openat2": 7, "foo.isra.0": 0}
     assert probe_cli.default_maxactive() >= 10
 
 

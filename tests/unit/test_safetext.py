@@ -244,7 +244,7 @@ def test_count_and_doctor_tables_escape_names():
 def test_trace_pipe_bytes_split_inside_a_character_are_exact():
     """The tracefs backend reads trace_pipe in chunks: a chunk may end inside a
     UTF-8 character, and strings hold whatever bytes the program had."""
-    from bpfprobes.cli.probe_tracefs import TracePipe
+    from bpfprobes.tracefsbackend import TracePipe
     line = (b"  pt\033[2J-21176   (  21170) [001] d..1. 14920.672168: three: "
             b"(0x5596edc271e3) a=-7 s=\"caf\xc3\xa9 \xff\033]0;x\007\"\n")
     cut = line.index(b"\xa9")

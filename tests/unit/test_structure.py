@@ -5,11 +5,12 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "bpfprobes"
 # DESIGN.md's order; a module may import those before it (and helpers it names)
-ORDER = ["errors", "safetext", "cstruct", "runconfig", "safefs", "arch", "btf", "kallsyms", "elfsym", "errnos", "openflags", "headers",
-         "bpfsys", "kernel", "features", "policy", "spec", "tpformat", "probefilter",
-         "probelayout", "probeplan", "interrupts", "irqhandlers", "tracectx", "latency",
-         "codegen", "runtoken", "dynevents", "loader", "perfring", "progcache", "countplan",
-         "tracepipe", "ftracetask", "stream", "decode", "output", "probefmt"]
+ORDER = ["errors", "safetext", "cstruct", "runconfig", "safefs", "arch", "btf", "kallsyms",
+         "elfsym", "errnos", "openflags", "headers", "bpfsys", "kernel", "features", "policy",
+         "spec", "tpformat", "probefilter", "probelayout", "probeplan", "interrupts",
+         "irqhandlers", "tracectx", "latency", "codegen", "runtoken", "dynevents", "loader",
+         "perfring", "progcache", "countplan", "tracepipe", "ftracetask", "stream", "bpfbackend",
+         "tracefsbackend", "decode", "output", "probefmt", "session"]
 PURE = {"spec", "arch", "codegen", "decode", "output", "errors", "btf", "kallsyms", "openflags",
         "elfsym", "errnos", "tpformat", "probefilter", "probelayout", "probefmt", "latency",
         "tracectx", "irqhandlers", "tracepipe", "safetext", "cstruct", "runconfig"}
