@@ -72,7 +72,7 @@ def clean_env() -> dict[str, str]:
 
 @functools.cache
 def _headers_env() -> dict[str, str]:
-    from bpfprobes import headers  # noqa: PLC0415 - the checkout is on sys.path
+    from bpfprobes.kernel import headers
     return headers.find().bcc_env()
 
 

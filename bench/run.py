@@ -171,8 +171,9 @@ def machine() -> dict:
 
 def run_host(args) -> tuple[list[dict], dict]:
     exe = build_workload()
-    ts, missing = available(tracers.HOST if not args.tracers else
-                            tuple(t for t in tracers.HOST if any(s in t.name for s in args.tracers)))
+    host = tracers.HOST + ((tracers.baseline(args.baseline),) if args.baseline else ())
+    ts, missing = available(host if not args.tracers else
+                            tuple(t for t in host if any(s in t.name for s in args.tracers)))
     for name in missing:
         print(f"bench: {name} is not installed here: skipped", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="bpfbench-", dir="/tmp"))
@@ -293,6 +294,8 @@ def parse_args(argv=None):
                    default=(50_000,))
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
+    p.add_argument("--baseline", metavar="DIR",
+                   help="also run bpfprobes opensnoop from this checkout (an older commit)")
     p.add_argument("--in-vm", metavar="JSON", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.quick:

@@ -81,6 +81,17 @@ FLOOR = Tracer("kernel floor (count only)", ("bpftrace", "-e", BPFTRACE_COUNT),
 
 HOST = (OURS, OURS_COLD, LIBBPF, BPFTRACE, BCC_PY, FLOOR)
 
+
+def baseline(checkout: str) -> Tracer:
+    """bpfprobes opensnoop from another checkout (an older commit), run by this
+    .venv's Python with that checkout first on its path: old and new code side
+    by side in one table (make bench BENCH_ARGS="--baseline DIR")."""
+    start = (f"import sys; sys.path.insert(0, {checkout!r}); "
+             "from bpfprobes.cli.main import main; sys.exit(main(['opensnoop']))")
+    return Tracer(f"bpfprobes opensnoop @ {checkout}", ("{python}", "-c", start), OURS.lost,
+                  note="the same tool from the baseline checkout, program cache warm",
+                  env=(("BPFPROBES_CACHE", "{work}/cache-baseline"),), warm_up=True)
+
 VM_BPFTRACE = Tracer("bpftrace one-liner (kprobe)", ("bpftrace", "-e", BPFTRACE_KPROBE),
                      _sum(r"Lost (\d+) events"), note="kprobe printf")
 VM_FLOOR = Tracer("kernel floor (kprobe count)", ("bpftrace", "-e", BPFTRACE_KPROBE_COUNT),

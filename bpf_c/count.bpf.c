@@ -10,12 +10,6 @@
 #include "count.h"
 #include "common.h"
 
-struct count_key {
-    u32 target;
-    u32 pid;
-    char comm[16];
-};
-
 #if defined(COUNT_BY_PID) || defined(COUNT_BY_COMM)
 BPF_PERCPU_HASH(counts, struct count_key, u64, COUNT_KEYS);
 

@@ -2,19 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import mmap
 import os
 import re
 import sys
-import time
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
-from .. import codegen, loader, stream
-from ..errors import BpfprobesError, KernelError, UsageError
-from ..kernel import Kernel
-from ..probelayout import COMM_SIZE
-from ..runconfig import RateLimit
-from ..safetext import for_terminal, write_line
+from bpfprobes.backends.bpf import loader, perfbuffer
+from bpfprobes.base import signals
+from bpfprobes.base.errors import BpfprobesError, UsageError
+from bpfprobes.base.safetext import for_terminal, write_line
+from bpfprobes.gen import codegen
+from bpfprobes.plan.probelayout import COMM_SIZE
+from bpfprobes.plan.runconfig import RateLimit
 
 
 class Parser(argparse.ArgumentParser):
@@ -141,66 +142,19 @@ def add_session_options(p: argparse.ArgumentParser) -> None:
                    help="stop after this many seconds")
     p.add_argument("--max-events", type=count_arg, metavar="N", help="stop after N events")
     p.add_argument("--json", action="store_true", help="print JSON lines (meta, event, lost, summary)")
-    p.add_argument("--buffer-pages", type=pages_arg, default=stream.DEFAULT_PAGES, metavar="N",
-                   help=f"perf buffer pages per CPU, a power of two (default {stream.DEFAULT_PAGES})")
+    p.add_argument("--buffer-pages", type=pages_arg, default=perfbuffer.DEFAULT_PAGES, metavar="N",
+                   help=f"perf buffer pages per CPU, a power of two (default {perfbuffer.DEFAULT_PAGES})")
     add_rate_limit_option(p)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="say which mechanism is used and why, and what is attached")
 
 
-def require_root() -> None:
-    if os.geteuid() != 0:
-        raise KernelError("must be run as root: loading BPF programs needs CAP_BPF and "
-                          "CAP_PERFMON (or CAP_SYS_ADMIN)", "run with sudo")
+T = TypeVar("T")
 
 
-def syscall_entries(k: Kernel, syscalls: Sequence[str]) -> dict[str, tuple[str, bool]]:
-    """Each syscall's entry symbol on this kernel and whether it is behind the arch wrapper."""
-    found = {sc: k.syscall_symbol(sc) for sc in syscalls}
-    return {sc: s for sc, s in found.items() if s is not None}
-
-
-def syscall_tracepoints(k: Kernel, syscalls: Sequence[str]) -> list[str]:
-    """The syscalls:sys_enter_X / sys_exit_X pairs this kernel has."""
-    return [f"syscalls:sys_{d}_{sc}" for sc in syscalls for d in ("enter", "exit")
-            if k.tracepoint_exists("syscalls", f"sys_enter_{sc}")]
-
-
-def syscall_kprobes(k: Kernel, entries: dict[str, tuple[str, bool]],
-                    ret_fn: str) -> tuple[list[loader.Attach], dict]:
-    """kp_<syscall> at each entry symbol and `ret_fn` at its return, with the
-    arch's registers as -D flags (a ready tool's bpf_c program names them so)."""
-    attaches = [a for sc, (sym, _) in entries.items()
-                for a in (loader.Attach("kprobe", sym, f"kp_{sc}"),
-                          loader.Attach("kretprobe", sym, ret_fn))]
-    wrapped = all(w for _, w in entries.values())
-    return attaches, {"ATTACH_KPROBE": True, **codegen.abi_defines(k.abi, wrapped)}
-
-
-def syscall_tracepoint_attaches(tps: list[str], exit_fn: str) -> tuple[list[loader.Attach], dict]:
-    """tp_enter_<syscall> at each sys_enter tracepoint and `exit_fn` at each sys_exit."""
-    attaches = [loader.Attach("tracepoint", tp, "tp_" + tp.split(":")[1].replace("sys_", "")
-                              if "enter" in tp else exit_fn) for tp in tps]
-    return attaches, {"ATTACH_TRACEPOINT": True}
-
-
-class Clock:
-    """bpf_ktime_get_ns() is CLOCK_MONOTONIC: map it to wall-clock seconds."""
-
-    def __init__(self, samples: int = 5) -> None:
-        # a preemption between the two reads would shift every timestamp by its
-        # length: keep the sample whose monotonic reads bracket the wall read closest
-        best = None
-        for _ in range(samples):
-            m0 = time.clock_gettime(time.CLOCK_MONOTONIC)
-            wall = time.time()
-            m1 = time.clock_gettime(time.CLOCK_MONOTONIC)
-            if best is None or m1 - m0 < best[0]:
-                best = (m1 - m0, wall - (m0 + m1) / 2)
-        self.offset = best[1]
-
-    def wall(self, ts_ns: int) -> float:
-        return round(self.offset + ts_ns / 1e9, 6)
+def options(args: argparse.Namespace, cls: type[T]) -> T:
+    """A tool's typed options from the parsed command line: the Namespace stops here."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 def main(tool: str, body: Callable[[Sequence[str]], int], argv: Sequence[str] | None) -> int:
@@ -211,10 +165,10 @@ def main(tool: str, body: Callable[[Sequence[str]], int], argv: Sequence[str] | 
     tool at the next phase boundary with `TOOL: stopped by SIG during set-up
     (PHASE)` and the shell's status for a signal, 128+N (nothing was traced, no
     summary); one in the run loop ends the run with its summary and status 0."""
-    stream.install_stop_signals()
+    signals.install_stop_signals()
     try:
         return _flushed(body(sys.argv[1:] if argv is None else argv))
-    except stream.Stopped as e:
+    except signals.Stopped as e:
         _flushed(0)
         print(f"{tool}: {e}", file=sys.stderr)
         return 128 + e.signum

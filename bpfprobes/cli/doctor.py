@@ -1,67 +1,16 @@
-"""bpfprobes doctor: what this kernel offers, and what the tools will do with it."""
+"""`bpfprobes doctor`'s command line (tools/doctor.py does the work)."""
 from __future__ import annotations
 
-import json
-import os
 import sys
 from typing import Sequence
 
-from tabulate import tabulate
-
-from .. import __version__, features
-from ..kernel import Kernel, current
-from ..safetext import for_terminal
+from bpfprobes.tools import doctor
 from . import common
 
 EXAMPLES = """\
     bpfprobes doctor             # a table of features and the evidence for each
     bpfprobes doctor --json      # the same as one JSON object
 """
-
-
-def plans(k: Kernel, have: dict[str, features.Evidence]) -> dict[str, str]:
-    """What each tool will attach, given the features."""
-    kprobes = have["kprobes"].available and have["kretprobes"].available
-    ready = "kprobes + kretprobes on the syscall entry points" if kprobes else \
-        "syscalls tracepoints (no kprobes here)"
-    probe = []
-    probe.append("kprobes, kretprobes" if kprobes else "no kprobes")
-    probe += ["uprobes"] if have["uprobes"].available else []
-    probe += ["tracepoints"] if have["tracepoints"].available else []
-    return {"opensnoop": ready, "execsnoop": ready, "probe": ", ".join(probe)}
-
-
-def report(k: Kernel) -> dict:
-    have = features.check_all(k)
-    h = k.headers
-    return {
-        "version": __version__,
-        "kernel": {"release": k.release, "arch": k.abi.name, "version": os.uname().version},
-        "features": {name: e.available for name, e in have.items()},
-        "evidence": {name: e.why for name, e in have.items()},
-        "headers": {"status": h.status, "path": h.path, "source": h.source, "release": h.release},
-        "privileges": features.privileges(),
-        "tracefs": str(k.tracefs) if k.tracefs else None,
-        "syscall_prefix": (k.syscall_symbol("openat") or ("", False))[0].removesuffix("openat")
-        or None,
-        "tools": plans(k, have),
-    }
-
-
-def table(r: dict) -> str:
-    rows = [(name, "yes" if ok else "no", r["evidence"][name]) for name, ok in r["features"].items()]
-    h = r["headers"]
-    rows.append(("headers", h["status"], f"{h['path']} ({h['source']})" if h["path"] else h["source"]))
-    rows.append(("tracefs", "yes" if r["tracefs"] else "no", r["tracefs"] or "not mounted"))
-    p = r["privileges"]
-    rows.append(("privileges", "root" if p["root"] else f"euid {p['euid']}",
-                 ", ".join(k for k in features.CAPS if p[k]) or "no BPF capabilities"))
-    # evidence quotes what the machine holds (paths, config lines, errors)
-    rows = [[for_terminal(str(cell)) for cell in row] for row in rows]
-    out = [for_terminal(f"kernel {r['kernel']['release']} ({r['kernel']['arch']})"), "",
-           tabulate(rows, headers=["feature", "state", "evidence"]), "",
-           tabulate(sorted(r["tools"].items()), headers=["tool", "will use"])]
-    return "\n".join(out)
 
 
 def build_parser() -> common.Parser:
@@ -71,10 +20,7 @@ def build_parser() -> common.Parser:
 
 
 def run(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(argv)
-    r = report(current())
-    print(json.dumps(r, indent=2) if args.json else table(r))
-    return 0
+    return doctor.run(common.options(build_parser().parse_args(argv), doctor.Options))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

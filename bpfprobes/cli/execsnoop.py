@@ -1,29 +1,15 @@
-"""execsnoop: trace execve() and execveat() system-wide, with arguments and result."""
+"""execsnoop's command line (tools/execsnoop.py does the work)."""
 from __future__ import annotations
 
 import argparse
-import errno
-import os
 import pwd
 import re
 import sys
-import time
-from typing import Callable, Sequence
+from typing import Sequence
 
-from .. import __version__, codegen, policy, runconfig, stream
-from ..bpfbackend import BpfBackend
-from ..decode import EXEC_ARG_MAX, EXEC_ARGS_MISSING, EXEC_ARGS_SIZE, exec_event
-from ..errors import KernelError
-from ..kernel import Kernel, current
-from ..loader import Attach
-from ..output import Column, JsonOutput, TextOutput
-from ..safetext import for_terminal
-from ..session import Session, decoding, standard_meta
+from bpfprobes.kernel import policy
+from bpfprobes.tools import execsnoop
 from . import common
-
-SYSCALLS = ("execve", "execveat")
-INFLIGHT_MAX = 1024        # execs between entry and return at once; beyond: counted drops
-MAX_ARGS_LIMIT = 1024      # the BPF loop's bound; args[] (16 KiB) fills long before
 
 EXAMPLES = """\
     execsnoop                    # trace all exec() syscalls (execve and execveat)
@@ -44,9 +30,9 @@ EXAMPLES = """\
 
 def _max_args(text: str) -> int:
     value = common.count_arg(text)
-    if value > MAX_ARGS_LIMIT:
+    if value > execsnoop.MAX_ARGS_LIMIT:
         raise argparse.ArgumentTypeError(
-            f"--max-args must be at most {MAX_ARGS_LIMIT}, not {value}")
+            f"--max-args must be at most {execsnoop.MAX_ARGS_LIMIT}, not {value}")
     return value
 
 
@@ -87,139 +73,16 @@ def build_parser() -> common.Parser:
     p.add_argument("-u", "--uid", type=_user, metavar="USER",
                    help="trace this user only (name or UID)")
     p.add_argument("-P", "--ppid", type=common.pid_arg, help="trace children of this PID only")
-    p.add_argument("--max-args", type=_max_args, default=20, metavar="N",
-                   help="arguments to capture and show (default 20)")
+    p.add_argument("--max-args", type=_max_args, default=execsnoop.DEFAULT_MAX_ARGS, metavar="N",
+                   help=f"arguments to capture and show (default {execsnoop.DEFAULT_MAX_ARGS})")
     p.add_argument("--attach", choices=policy.CHOICES,
                    help="force kprobes or tracepoints (default: kprobes where available)")
     common.add_session_options(p)
     return p
 
 
-def _plan(args, k: Kernel) -> tuple[policy.Choice, list[Attach], dict]:
-    entries = common.syscall_entries(k, SYSCALLS)
-    tps = common.syscall_tracepoints(k, SYSCALLS)
-    choice = policy.choose(k, args.attach, [s for s, _ in entries.values()], tps)
-    if choice.mechanism == policy.KPROBE:
-        return (choice, *common.syscall_kprobes(k, entries, "kr_exec"))
-    return (choice, *common.syscall_tracepoint_attaches(tps, "tp_exit_exec"))
-
-
-def _task_offsets(k: Kernel) -> tuple[dict, str]:
-    """Where PPID comes from: task_struct offsets from BTF, or this kernel's own headers."""
-    parent = k.struct_offset("task_struct", "real_parent")
-    tgid = k.struct_offset("task_struct", "tgid")
-    if parent is not None and tgid is not None:
-        return {"TASK_REAL_PARENT": parent, "TASK_TGID": tgid}, \
-            f"BTF (task_struct.real_parent +{parent}, tgid +{tgid})"
-    if k.headers.status == "matching":
-        return {"TASK_FROM_HEADERS": True}, f"this kernel's headers ({k.headers.path})"
-    raise KernelError("cannot tell parent PIDs: no BTF (/sys/kernel/btf/vmlinux) and the kernel "
-                      "headers found are not this kernel's", "enable CONFIG_DEBUG_INFO_BTF, or "
-                      "install the headers of the running kernel (linux-headers-$(uname -r))")
-
-
-# Text output escapes every argument for the terminal (safetext.for_terminal:
-# controls, bidi overrides, bytes that are not UTF-8), which also keeps one exec
-# on one line; with -q the argument is first quoted with \\ and " escaped, so
-# the line is unambiguous (a literal backslash shows doubled, an escape single).
-_QUOTED = {ord("\\"): "\\\\", ord('"'): '\\"'}
-
-
-def _render_args(quote: bool) -> Callable[[dict], str]:
-    """ARGS column: BCC's look; a cut argument ends in "...", missing ones add " ..."."""
-    def one(arg: str, cut: bool) -> str:
-        text = f'"{for_terminal(arg.translate(_QUOTED))}"' if quote else for_terminal(arg)
-        return text + "..." if cut else text
-
-    def render(e: dict) -> str:
-        cut = set(e["cut"])
-        line = " ".join(one(a, i in cut) for i, a in enumerate(e["argv"]))
-        return line + " ..." if e["flags"] & EXEC_ARGS_MISSING else line
-    return render
-
-
-def _columns(args, clock: common.Clock, started: float) -> list[Column]:
-    def hms(e: dict) -> str:
-        return time.strftime("%H:%M:%S", time.localtime(clock.wall(e["ts_ns"])))
-
-    cols = [Column("TIME", -8, hms, escape=False)] if args.time else []
-    cols += [Column("TIME(s)", -8, lambda e: f"{clock.wall(e['ts_ns']) - started:.3f}",
-                    escape=False)] if args.timestamp else []
-    cols += [Column("UID", -6, lambda e: e["uid"], escape=False)] if args.print_uid else []
-    # ARGS escapes each argument itself (before -q's quotes and the joining spaces)
-    return cols + [Column("PCOMM", -16, lambda e: e["comm"]),
-                   Column("PID", -7, lambda e: e["pid"], escape=False),
-                   Column("PPID", -7, lambda e: e["ppid"], escape=False),
-                   Column("RET", 3, lambda e: e["ret"], escape=False),
-                   Column("ARGS", 0, _render_args(args.quote), escape=False)]
-
-
-def _decoder(args, clock: common.Clock) -> Callable[[bytes], dict | None]:
-    name, line = args.name, args.line
-
-    def decode(raw: bytes) -> dict | None:
-        e = exec_event(raw)
-        if name is not None and not name.search(e["comm"]):
-            return None
-        if line is not None and not line.search(" ".join(e["argv"])):
-            return None
-        return e
-
-    if not args.json:
-        return decode
-
-    def decode_json(raw: bytes) -> dict | None:
-        e = decode(raw)
-        if e is None:
-            return None
-        ret = e["ret"]
-        return {"pid": e["pid"], "tid": e["tid"], "ppid": e["ppid"], "uid": e["uid"],
-                "comm": e["comm"], "ret": ret,
-                "errno": errno.errorcode.get(-ret, str(-ret)) if ret < 0 else None,
-                "syscall": e["syscall"], "argv": e["argv"],
-                "truncated": bool(e["truncation"]), "truncation": e["truncation"],
-                "cut_args": e["cut"], "ts": clock.wall(e["ts_ns"])}
-    return decode_json
-
-
-def _meta(args, k: Kernel, choice: policy.Choice, ppid_from: str) -> dict:
-    filters = (("uid", args.uid), ("ppid", args.ppid), ("failed", True if args.fails else None),
-               ("name", args.name.pattern if args.name else None),
-               ("line", args.line.pattern if args.line else None))
-    return {"version": __version__, "kernel": k.release, "arch": k.abi.name,
-            "attach": choice.mechanism, "why": choice.why, "transport": "perf_buffer",
-            "ppid_from": ppid_from, "max_args": args.max_args,
-            "args_bytes": EXEC_ARGS_SIZE, "arg_bytes": EXEC_ARG_MAX,
-            "filters": {key: v for key, v in filters if v is not None}}
-
-
 def run(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(argv)
-    common.require_root()
-    started = time.time()
-    k = current()
-    choice, attaches, defs = _plan(args, k)
-    task_defs, ppid_from = _task_offsets(k)
-    defs.update(task_defs)
-    defs.update({"INFLIGHT_MAX": INFLIGHT_MAX, "MAX_ARGS": args.max_args})
-    config = runconfig.pack(runconfig.EXECSNOOP, {
-        **runconfig.task(skip_pid=os.getpid(), uid=args.uid, rate=args.rate_limit),
-        "ppid": args.ppid, "show_failed": int(bool(args.fails))})
-    if args.verbose:
-        print(f"execsnoop: attach {choice.mechanism}: {choice.why}", file=sys.stderr)
-        print(f"execsnoop: parent PIDs from {ppid_from}", file=sys.stderr)
-    clock = common.Clock()
-    sink = JsonOutput("execsnoop") if args.json else \
-        TextOutput("execsnoop", _columns(args, clock, started))
-    meta = _meta(args, k, choice, ppid_from)
-    if args.rate_limit:
-        meta["rate_limit"] = args.rate_limit.meta()
-    backend = BpfBackend(k, codegen.ready_tool("execsnoop", defs, config), attaches,
-                         pages=args.buffer_pages)
-    Session("execsnoop", k, backend, sink, decoding(_decoder(args, clock), sink),
-            stream.Limits(args.duration, args.max_events), standard_meta(meta),
-            verbose=args.verbose, throttled=args.rate_limit is not None).run()
-    return 0
+    return execsnoop.run(common.options(build_parser().parse_args(argv), execsnoop.Options))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,10 +3,10 @@ entry functions (setup.cfg).
 
 Importing a tool takes most of a second (BCC, ctypes); a Ctrl-C meanwhile
 would be Python's KeyboardInterrupt traceback. So this module imports almost
-nothing at its top, and an entry records stop signals from its first line (a
-handler that only records, as stream.StopSignals does), imports the tool, then
-hands what it caught to the tool's recorder: a signal during the imports ends the
-tool with one line `TOOL: stopped by SIGX during set-up (loading)` and 128+N.
+nothing at its top, and an entry installs the process's stop-signal recorder
+(base/signals.py, cheap to import) before it imports the tool: a signal during
+the imports ends the tool with one line `TOOL: stopped by SIGX during set-up
+(loading)` and 128+N.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import signal
 import sys
 from typing import Callable, Sequence
 
-from .. import __version__
+from bpfprobes import __version__
+from bpfprobes.base import signals
 
 # tool name -> (module under bpfprobes.cli, its main function, one-line summary)
 TOOLS = {
@@ -42,47 +43,15 @@ def usage() -> str:
 PROGS = {"doctor": "bpfprobes doctor", "probe": "bpfprobes probe", "count": "bpfprobes count",
          "irq": "bpfprobes irq", "opensnoop": "opensnoop", "execsnoop": "execsnoop",
          "kprobe": "kprobe"}
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)  # stream's
-
-
-class _Early:
-    """Records the first stop signal while the tool is imported (stream is not yet)."""
-
-    def __init__(self) -> None:
-        self.caught: int | None = None
-        self.saved = {}
-
-    def __call__(self, signum: int, _frame) -> None:
-        if self.caught is None:
-            self.caught = signum
-
-    def install(self) -> "_Early":
-        for s in STOP_SIGNALS:
-            if signal.getsignal(s) != signal.SIG_IGN:      # ignored by our parent: stays so
-                self.saved[s] = signal.signal(s, self)
-        return self
 
 
 def _loaded(prog: str, load: Callable[[], Callable[[list[str]], int]],
             argv: list[str]) -> int:
-    """Import a tool (load) with stop signals recorded, then run it; a signal in
-    the imports: one line and 128+N, nothing was created. Only on the main thread
-    (a library caller's worker cannot take signals): there, just run it."""
-    import threading
-    if threading.current_thread() is not threading.main_thread():
-        return load()(argv)
-    early = _Early().install()
-    try:
-        tool_main = load()
-    finally:
-        # the tool's recorder takes over, carrying a signal that came meanwhile
-        # (stream was imported by the tool; cheap now)
-        from .. import stream
-        for s, old in early.saved.items():
-            signal.signal(s, old)
-        recorder = stream.install_stop_signals()
-        if recorder.caught is None:
-            recorder.caught = early.caught
+    """Import a tool (load) with the stop-signal recorder already installed (it
+    is cheap to import), then run it; a signal during the imports: one line and
+    128+N, nothing was created. Off the main thread nothing can be installed."""
+    recorder = signals.install_stop_signals()
+    tool_main = load()
     if recorder.caught is not None:
         name = signal.Signals(recorder.caught).name
         print(f"{prog}: stopped by {name} during set-up (loading)", file=sys.stderr)
@@ -118,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     entry = TOOLS.get(argv[0])
     if entry is None:
-        from ..safetext import for_terminal
+        from bpfprobes.base.safetext import for_terminal
         # escaped: argv may hold control characters and bytes that are not UTF-8
         print(f"bpfprobes: error: unknown tool '{for_terminal(argv[0])}'", file=sys.stderr)
         print("bpfprobes: hint: tools: " + ", ".join(TOOLS), file=sys.stderr)

@@ -308,8 +308,8 @@ class _NoBtfKernel:
 
 
 def test_ppid_offsets_never_from_another_kernels_headers():
-    from bpfprobes.cli import execsnoop
-    from bpfprobes.errors import KernelError
+    from bpfprobes.tools import execsnoop
+    from bpfprobes.base.errors import KernelError
     defs, why = execsnoop._task_offsets(_NoBtfKernel("matching"))
     assert defs == {"TASK_FROM_HEADERS": True} and "this kernel's headers" in why
     with pytest.raises(KernelError, match="no BTF"):
@@ -347,8 +347,8 @@ def _record(arg: bytes, cut: bool = False) -> bytes:
 def test_decode_golden_bytes_and_text_rendering():
     """No kernel needed: the record format of execsnoop.h, and the ARGS column."""
     import struct
-    from bpfprobes.cli.execsnoop import _render_args
-    from bpfprobes.decode import exec_event
+    from bpfprobes.tools.execsnoop import _render_args
+    from bpfprobes.present.decode import exec_event
     args = _record(b"/bin/x") + _record(b"a b") + _record(b"") + _record(b"caf\xe9\n") \
         + _record(b"L" * 5, cut=True)
     head = struct.pack("<QIIIIiHHHHI16s", 7, 10, 11, 1, 1000, -2, 1, 4 | 1, 5, 0, len(args),

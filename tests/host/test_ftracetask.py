@@ -12,9 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-from bpfprobes import ftracetask
-from bpfprobes.ftracetask import UNKNOWN_COMM
-from bpfprobes.tracepipe import Line
+from bpfprobes.backends.tracefs import ftracetask
+from bpfprobes.backends.tracefs.ftracetask import UNKNOWN_COMM
+from bpfprobes.backends.tracefs.tracepipe import Line
 
 TRACEFS = Path("/sys/kernel/tracing")
 

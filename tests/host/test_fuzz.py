@@ -39,7 +39,9 @@ from typing import Callable
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from bpfprobes import dynevents, loader, progcache, stream
+from bpfprobes.backends.bpf import loader, progcache
+from bpfprobes.backends.tracefs import dynevents
+from bpfprobes.base import signals
 from bpfprobes.cli import common, count, doctor, execsnoop, irq, opensnoop, probe
 from bpfprobes.cli import main as cli_main
 from tooling import held_by, leftovers, run_tool, tracefs_objects_of
@@ -323,15 +325,15 @@ def in_process_guards():
 
 
 def _handlers() -> dict:
-    return {s: signal.getsignal(s) for s in (*stream.STOP_SIGNALS, signal.SIGALRM, signal.SIGPIPE)}
+    return {s: signal.getsignal(s) for s in (*signals.STOP_SIGNALS, signal.SIGALRM, signal.SIGPIPE)}
 
 
 def run_in_process(tool: str, argv: list[str]) -> tuple[int | str, str, str]:
     """(exit status or "reached kernel", stdout, stderr) of one run of main(argv)."""
     out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")   # a UTF-8 terminal
     err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace")
-    handlers, process = _handlers(), getattr(stream, "_process", None)
-    stream._process = None                      # as in a fresh process: main installs its own
+    handlers, process = _handlers(), signals.recorder()
+    signals._process = None                      # as in a fresh process: main installs its own
 
     def alarm(*_):
         raise Hung()
@@ -365,7 +367,7 @@ def run_in_process(tool: str, argv: list[str]) -> tuple[int | str, str, str]:
         signal.setitimer(signal.ITIMER_REAL, 0)
         for s, h in handlers.items():
             signal.signal(s, h)
-        stream._process = process
+        signals._process = process
     return status, out.buffer.getvalue().decode("utf-8", "replace"), \
         err.buffer.getvalue().decode("utf-8", "replace")
 
@@ -469,7 +471,6 @@ def run_subprocess(tool: str, argv: list[str]) -> subprocess.CompletedProcess:
 def bounded(tool: str, argv: list[str]) -> list[str]:
     """The fuzzed argv with a bound last (argparse keeps the last -d)."""
     return argv if tool == "doctor" else [*argv, "-d", "0.2"]
-
 
 
 

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from bpfprobes import codegen, headers, loader
-from bpfprobes.codegen import Program
+from bpfprobes.backends.bpf import loader
+from bpfprobes.gen import codegen
+from bpfprobes.gen.codegen import Program
+from bpfprobes.kernel import headers
 from tooling import Tool, held_by, run_tool
 from unit.test_injection import CASES, EXPLOIT_PATH, X86, plan_of
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tooling import Tool, Workload, leftovers, recursion_misses, run_tool, settle, unique
 
-from bpfprobes import interrupts
+from bpfprobes.kernel import interrupts
 
 SYS = Path("/sys")
 

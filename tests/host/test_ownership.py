@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 
-from bpfprobes import dynevents, runtoken
+from bpfprobes.backends.tracefs import dynevents, runtoken
 from tooling import PYTHON, ROOT, run_tool, settle, unique
 
 TRACEFS = Path("/sys/kernel/tracing")

@@ -15,10 +15,13 @@ import pytest
 
 from tooling import PYTHON, ROOT, Workload, unique
 
-from bpfprobes import codegen, perfring, progcache, runconfig, stream
-from bpfprobes.cli import opensnoop
-from bpfprobes.decode import open_event
-from bpfprobes.kernel import current
+from bpfprobes.backends.bpf import perfbuffer, perfring, progcache
+from bpfprobes.gen import codegen
+from bpfprobes.kernel.running import current
+from bpfprobes.plan import runconfig
+from bpfprobes.present.decode import open_event
+from bpfprobes.session import loop
+from bpfprobes.tools import opensnoop
 
 N = 20000
 
@@ -31,10 +34,10 @@ def cache_dir(tmp_path, monkeypatch):
 
 def program_for(pid: int, ringbuf: bool, pages: int):
     k = current()
-    _, attaches, defs = opensnoop._plan(opensnoop.build_parser().parse_args([]), k)
+    _, attaches, defs = opensnoop._plan(opensnoop.Options(), k)
     defs.update({"INFLIGHT_MAX": opensnoop.INFLIGHT_MAX})
     if ringbuf:
-        defs.update(stream.output_defines(pages))
+        defs.update(perfbuffer.output_defines(pages))
     config = runconfig.pack(runconfig.OPENSNOOP, runconfig.task(pid=pid))
     return codegen.ready_tool("opensnoop", defs, config), attaches, k
 
@@ -46,8 +49,8 @@ def storm(tmp_path, ringbuf: bool, pages: int, n: int = N) -> tuple[int, int, st
     program, attaches, k = program_for(w.pid, ringbuf, pages)
     seen: list[bytes] = []
     with progcache.load(program, k.headers, attaches) as loaded:
-        transport = stream.PerfBuffer(loaded, pages=pages)
-        transport.open(stream.Gate(lambda raw: seen.append(raw) or True, None))
+        transport = perfbuffer.PerfBuffer(loaded, pages=pages)
+        transport.open(loop.Gate(lambda raw: seen.append(raw) or True, None))
         for a in attaches:
             loaded.attach(a)
         w.go()          # the whole storm runs before the first read: a 1-page ring surely overflows

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfprobes import arch
+from bpfprobes.kernel import arch
 from tooling import ROOT, Tool, dynamic_events, run_tool, settle, unique
 
 MAGIC = 0x1122334455667788
@@ -170,7 +170,8 @@ def test_with_a_pid_the_process_must_see_the_file_that_was_checked(target, tmp_p
 # every check. That is the reviewer's race (issue 11, F1) with no timing luck.
 SWAP_HOOK = """
 import os
-from bpfprobes import dynevents, loader
+from bpfprobes.backends.bpf import loader
+from bpfprobes.backends.tracefs import dynevents
 
 def _swapping(orig):
     def call(*args, **kwargs):

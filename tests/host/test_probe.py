@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from bpfprobes import arch, elfsym, features
-from bpfprobes.kernel import current
+from bpfprobes.kernel import arch, elfsym, features
+from bpfprobes.kernel.running import current
 from tooling import PYTHON, ROOT, Tool, build_probe_target, leftovers, run_tool, settle, unique
 
 ABI = arch.host()

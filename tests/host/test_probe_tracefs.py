@@ -106,7 +106,7 @@ def test_another_tracefs_user_is_untouched(target_bin):
 
 
 def _offset(binary: str, symbol: str) -> int:
-    from bpfprobes.elfsym import Elf
+    from bpfprobes.kernel.elfsym import Elf
     return Elf(binary).symbol_offset(symbol)
 
 

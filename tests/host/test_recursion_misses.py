@@ -9,7 +9,7 @@ import os
 import struct
 import subprocess
 
-from bpfprobes import perfring
+from bpfprobes.backends.bpf import perfring
 from tooling import Tool, held_by, run_tool
 
 BPF_PROG_GET_FD_BY_ID = 13

@@ -39,3 +39,17 @@ def test_o_rdonly_alone_keeps_only_read_only_opens(tmp_path):
         settle()
     assert results[0] < 0 and results[1] >= 3 and os.path.exists(wo)
     assert [(e["path"], e["err"]) for e in t.json()] == [(ro, errno.ENOENT)]
+
+
+def test_without_a_user_filter_every_user_is_traced():
+    """No -u: root (uid 0) and any other user alike; "no filter" is not uid 0."""
+    missing = f"/tmp/{unique('anyuser')}"
+    with Tool("opensnoop", "--json") as t:
+        subprocess.run(["cat", missing], user=PLACEHOLDER, capture_output=True, timeout=30)
+        subprocess.run(["cat", missing], capture_output=True, timeout=30)
+        settle()
+    assert sorted(e["uid"] for e in t.json() if e["path"] == missing) == [0, PLACEHOLDER]
+    with Tool("execsnoop", "--json", "-x") as t:
+        subprocess.run(["/bin/true", missing], user=PLACEHOLDER, timeout=30)
+        settle()
+    assert [e["uid"] for e in t.json() if e["argv"][1:] == [missing]] == [PLACEHOLDER]

@@ -44,7 +44,9 @@ from pathlib import Path
 
 import pytest
 
-from bpfprobes import dynevents, interrupts, progcache, runtoken
+from bpfprobes.backends.bpf import progcache
+from bpfprobes.backends.tracefs import dynevents, runtoken
+from bpfprobes.kernel import interrupts
 from tooling import PYTHON, ROOT, dynamic_events, held_by
 
 HERE = Path(__file__).parent

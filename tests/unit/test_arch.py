@@ -1,8 +1,8 @@
 """Every architecture's ABI table, on any host."""
 import pytest
 
-from bpfprobes import arch
-from bpfprobes.errors import UsageError
+from bpfprobes.base.errors import UsageError
+from bpfprobes.kernel import arch
 
 # (arch, function args, syscall args, retval, a register -> member pair)
 EXPECTED = {
@@ -88,3 +88,20 @@ def test_unknown_register_lists_registers():
 def test_unknown_arch():
     with pytest.raises(UsageError):
         arch.get("vax")
+
+
+@pytest.mark.parametrize("abi", arch.ALL, ids=lambda a: a.name)
+def test_every_arch_has_its_syscall_numbers_and_facts(abi):
+    assert abi.nr_bpf > 0 and abi.nr_perf_event_open > 0
+    assert abi.link_register is None or abi.canonical(abi.link_register) is not None
+    if abi.raw_syscalls is not None:
+        assert abi.canonical(abi.raw_syscalls["SYSCALL_NR"]) is not None
+
+
+def test_arch_facts_that_differ():
+    x86, arm64 = arch.get("x86_64"), arch.get("aarch64")
+    assert (x86.nr_bpf, x86.nr_perf_event_open) == (321, 298)
+    assert (arm64.nr_bpf, arm64.nr_perf_event_open) == (280, 241)
+    assert [a.name for a in arch.ALL if a.tso] == ["x86_64"]   # the direct reader's memory model
+    assert x86.link_register is None and arm64.link_register == "lr"
+    assert not arch.get("ppc64le").non_overlapping and x86.non_overlapping

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfprobes import btf
+from bpfprobes.kernel import btf
 
 
 class Builder:

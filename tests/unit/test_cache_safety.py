@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from bpfprobes import headers, progcache, safefs
-from bpfprobes.codegen import Program
-from bpfprobes.headers import Headers
+from bpfprobes.backends.bpf import progcache
+from bpfprobes.base import safefs
+from bpfprobes.gen.codegen import Program
+from bpfprobes.kernel import headers
+from bpfprobes.kernel.headers import Headers
 
 NOBODY = 65534
 ROOT = os.geteuid() == 0

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bpfprobes import arch, dynevents, runtoken, spec
-from bpfprobes.errors import BpfprobesError, UsageError
+from bpfprobes.backends.tracefs import dynevents, runtoken
+from bpfprobes.base.errors import BpfprobesError, UsageError
+from bpfprobes.kernel import arch
+from bpfprobes.plan import spec
 
 G = "bpfprobes_0123456789abcdef"
 

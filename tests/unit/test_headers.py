@@ -1,7 +1,7 @@
 """Header discovery on fake trees: matching, nearest (merged -common + -arch), none."""
 from pathlib import Path
 
-from bpfprobes import headers
+from bpfprobes.kernel import headers
 
 
 def make(p: Path, files: dict) -> None:

@@ -12,11 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bpfprobes import countplan, interrupts, stream
+from bpfprobes.base import signals
+from bpfprobes.base.errors import UsageError
 from bpfprobes.cli import common
 from bpfprobes.cli import main as cli_main
-from bpfprobes.errors import UsageError
-from bpfprobes.kallsyms import Kallsyms, Wildcard, wildcard_match
+from bpfprobes.kernel import interrupts
+from bpfprobes.kernel.kallsyms import Kallsyms, Wildcard, wildcard_match
+from bpfprobes.plan import countplan
 
 GUARD_S = 10.0        # a hang guard only: each of these takes milliseconds
 
@@ -77,9 +79,9 @@ PREFIX = {"probe": "bpfprobes probe", "count": "bpfprobes count", "irq": "bpfpro
 def entry(capsys):
     """The real entry point in this process; the stop-signal handlers a tool's main
     installs are put back after (this is pytest's process)."""
-    saved = {s: signal.getsignal(s) for s in stream.STOP_SIGNALS}
-    process = getattr(stream, "_process", None)
-    stream._process = None
+    saved = {s: signal.getsignal(s) for s in signals.STOP_SIGNALS}
+    process = signals.recorder()
+    signals._process = None
 
     def run(argv: list[str]) -> tuple[int, list[str]]:
         if argv[0] == "kprobe":
@@ -93,7 +95,7 @@ def entry(capsys):
     yield run
     for s, h in saved.items():
         signal.signal(s, h)
-    stream._process = process
+    signals._process = process
 
 
 @pytest.mark.parametrize("argv, words", CASES, ids=[" ".join(a)[:50] for a, _ in CASES])

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bpfprobes import arch, codegen, probefilter, runconfig, spec
-from bpfprobes.errors import UsageError
-from bpfprobes.probeplan import Facts, Options, Plan, Uprobe, assemble
-from bpfprobes.tpformat import TpField
+from bpfprobes.base.errors import UsageError
+from bpfprobes.gen import codegen
+from bpfprobes.kernel import arch
+from bpfprobes.plan import probefilter, runconfig, spec
+from bpfprobes.plan.probeplan import Facts, Options, Plan, Uprobe, assemble
+from bpfprobes.plan.tpformat import TpField
 
 X86 = arch.X86_64
 

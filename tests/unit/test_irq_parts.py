@@ -4,10 +4,11 @@ import argparse
 
 import pytest
 
-from bpfprobes import interrupts, irqhandlers, latency, tracectx
+from bpfprobes.base.errors import UsageError
 from bpfprobes.cli import irq as irqcli
-from bpfprobes.errors import UsageError
-from bpfprobes.kallsyms import Kallsyms
+from bpfprobes.kernel import interrupts, irqhandlers, tracectx
+from bpfprobes.kernel.kallsyms import Kallsyms
+from bpfprobes.present import latency
 
 PROC = """\
            CPU0       CPU1       

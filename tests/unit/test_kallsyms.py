@@ -1,4 +1,4 @@
-from bpfprobes.kallsyms import Kallsyms
+from bpfprobes.kernel.kallsyms import Kallsyms
 
 TEXT = b"""\
 ffffffff81000000 T _stext

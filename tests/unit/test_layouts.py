@@ -5,7 +5,10 @@ import subprocess
 
 import pytest
 
-from bpfprobes import codegen, cstruct, decode, runconfig
+from bpfprobes.base import cstruct
+from bpfprobes.gen import codegen
+from bpfprobes.plan import runconfig
+from bpfprobes.present import decode
 
 # every event and every config struct mirrored in Python
 LAYOUTS = [v for m in (decode, runconfig) for v in vars(m).values() if isinstance(v, cstruct.Layout)]
@@ -63,3 +66,64 @@ def test_non_utf8_paths_are_kept_exactly_not_fatal():
     # surrogateescape: the exact bytes for JSON; safetext.for_terminal shows \xe9
     assert decode.cstr(b"caf\xe9\0junk") == "caf\udce9"
     assert decode.cstr("é ü".encode() + b"\0") == "é ü"
+
+
+# ---- golden bytes: each layout read from (or written to) bytes spelled out by hand
+
+def test_exec_event_golden_bytes():
+    import struct
+    head = struct.pack("<QIIIIiHHHHI16s", 7, 100, 101, 1, 1000, -2, 1, 4 | 1, 2, 0, 11,
+                       b"sh\0")
+    args = b"\x03\x00ls\0" + b"\x04\x80abc\0"          # "ls", then "abc" marked cut
+    e = decode.exec_event(head + args)
+    assert (e["pid"], e["tid"], e["ppid"], e["uid"], e["ret"]) == (100, 101, 1, 1000, -2)
+    assert e["syscall"] == "execveat" and e["comm"] == "sh"
+    assert e["argv"] == ["ls", "abc"] and e["cut"] == [1]
+    assert e["truncation"] == ["max-args", "arg-cut"]
+
+
+def test_irq_event_golden_bytes():
+    import struct
+    raw = struct.pack("<QQQiiIIiB3sIIBBH16s", 10, 2500, 0xffffffff81000000, 38, 1, 0, 0,
+                      -1, 0, b"\0\0\0", 1, 0x10000, 2, 4, 0, b"swapper/1\0") + b"\0" * 4
+    e = decode.irq_event(raw)
+    assert (e["ts_ns"], e["duration_ns"], e["irq"], e["ret"], e["kind"]) == \
+        (10, 2500, 38, 1, "hardirq")
+    assert e["cpu"] == 1 and e["ctx"]["preempt"] == 0x10000 and e["comm"] == "swapper/1"
+
+
+def test_count_key_golden_bytes():
+    import struct
+    row = decode.COUNT_KEY.unpack(struct.pack("<II16s", 3, 4242, b"nginx\0"))
+    assert (row["target"], row["pid"], decode.cstr(row["comm"])) == (3, 4242, "nginx")
+
+
+def test_config_golden_bytes():
+    """The bytes a program's config map gets: run fields first, each tool's after."""
+    import struct
+    rate = runconfig.RateLimit(500, True)
+    raw = runconfig.pack(runconfig.OPENSNOOP, {
+        **runconfig.task(skip_pid=10, pid=20, cgroup=7, rate=rate),
+        "flags": 0o1, "rdonly": 1, "failed_only": 1})
+    assert raw == struct.pack("<IIIIQQII QII", 10, 20, 0, runconfig.ANY_UID, 7, 500, 1, 0,
+                              0o1, 1, 1)
+    irq = runconfig.pack(runconfig.IRQ, {"softirq_mask": 0x8, "irq_filter": 1,
+                                         "irqs": [37, 38] + [0x7FFFFFFF] * 14})
+    assert irq[40:] == struct.pack("<II16i", 0x8, 1, 37, 38, *[0x7FFFFFFF] * 14)
+    probe = runconfig.pack(runconfig.PROBE, {"comm": b"cat", "comm_len": 3, "comm_set": 1})
+    assert probe[40:] == b"cat" + b"\0" * 13 + struct.pack("<II", 3, 1)
+
+
+@pytest.mark.parametrize("bad", [{"pid": -1}, {"pid": 2**32}, {"rate_limit": 2**64},
+                                 {"pid": "1"}, {"flags": 1.5}])
+def test_config_values_that_do_not_fit_are_refused_not_cut(bad):
+    with pytest.raises(ValueError):
+        runconfig.pack(runconfig.OPENSNOOP, bad)
+
+
+def test_a_config_without_a_user_filter_lets_every_user_through():
+    """uid 0 is root: "no filter" must be ANY_UID, also when a tool passes uid=None."""
+    for layout in (runconfig.OPENSNOOP, runconfig.EXECSNOOP, runconfig.PROBE,
+                   runconfig.COUNT, runconfig.IRQ):
+        c = layout.ctype.from_buffer_copy(runconfig.pack(layout, runconfig.task()))
+        assert c.uid == runconfig.ANY_UID, layout.c_name

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from bpfprobes import openflags
+from bpfprobes.kernel import openflags
 
 
 @pytest.mark.parametrize("flags, names", [

@@ -11,9 +11,9 @@ import struct
 
 import pytest
 
-from bpfprobes import perfring, progcache
-from bpfprobes.codegen import Program
-from bpfprobes.headers import Headers
+from bpfprobes.backends.bpf import perfring, progcache
+from bpfprobes.gen.codegen import Program
+from bpfprobes.kernel.headers import Headers
 
 BASE = 64          # data starts here in the test buffers (the kernel's is one page)
 

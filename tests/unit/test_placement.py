@@ -27,10 +27,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from bpfprobes import arch, countplan, dynevents, elfsym, probeplan, spec
-from bpfprobes.cli import probe as probe_cli
-from bpfprobes.elfsym import Elf, ElfError
-from bpfprobes.errors import UsageError
+from bpfprobes.backends.tracefs import dynevents
+from bpfprobes.base.errors import UsageError
+from bpfprobes.kernel import arch, elfsym
+from bpfprobes.kernel.elfsym import Elf, ElfError
+from bpfprobes.plan import countplan, probeplan, spec
+from bpfprobes.tools import probe as probe_cli
 
 HOST = arch.host()
 
@@ -470,7 +472,7 @@ def test_the_arch_tables_know_their_elf_machines():
 def test_a_kernel_offset_past_the_function_is_refused():
     """The kernel decodes kprobe offsets itself (x86); past the function's end
     (the next kallsyms symbol) is caught here, before anything is attached."""
-    from bpfprobes.kallsyms import Kallsyms
+    from bpfprobes.kernel.kallsyms import Kallsyms
     k = SimpleNamespace(abi=arch.X86_64, kprobe_blacklist=set(), btf=None,
                         kallsyms=Kallsyms(text=b"ffffffff81000000 T do_a\n"
                                                b"ffffffff81000040 T do_b\n"

@@ -12,13 +12,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from bpfprobes import arch, bpfbackend, codegen, decode, elfsym, errnos, probefilter, probefmt, \
-    probelayout, runconfig, spec, tpformat
-from bpfprobes.cli import probe as probe_cli
-from bpfprobes.errors import UsageError
-from bpfprobes.kallsyms import Kallsyms
-from bpfprobes.probefilter import And, Cmp, Not, Or
-from bpfprobes.probeplan import Facts, Options, Uprobe, assemble
+from bpfprobes.backends.bpf import backend as bpfbackend
+from bpfprobes.base.errors import UsageError
+from bpfprobes.gen import codegen
+from bpfprobes.kernel import arch, elfsym, errnos
+from bpfprobes.kernel.kallsyms import Kallsyms
+from bpfprobes.plan import probefilter, probelayout, runconfig, spec, tpformat
+from bpfprobes.plan.probefilter import And, Cmp, Not, Or
+from bpfprobes.plan.probeplan import Facts, Options, Uprobe, assemble
+from bpfprobes.present import decode, probefmt
+from bpfprobes.tools import probe as probe_cli
 
 X86 = arch.X86_64
 
@@ -522,7 +525,7 @@ def test_kretprobe_misses_come_from_kprobe_profile(tmp_path, monkeypatch):
         "  r_do_sys_openat2_bcc_999      5      3\n"
         "  r_foo_isra_0_bcc_4242         1      0\n")
     k = SimpleNamespace(tracefs=tmp_path)
-    from bpfprobes.loader import Attach
+    from bpfprobes.plan.attach import Attach
     attached = [Attach("kretprobe", "do_sys_openat2", "probe_1", maxactive=10),
                 Attach("kretprobe", "foo.isra.0", "probe_2", maxactive=10),
                 Attach("kprobe", "do_sys_openat2", "probe_0")]

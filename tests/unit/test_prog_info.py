@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfprobes import perfring
+from bpfprobes.backends.bpf import perfring
 
 # A 6.x struct bpf_prog_info (232 bytes) as the kernel fills it: id at 4,
 # recursion_misses at 208, and neighbours that must not be taken for them
@@ -60,7 +60,7 @@ def test_offset_matches_the_uapi_header(tmp_path: Path) -> None:
 
 def test_text_summary_names_recursion_misses_only_when_there_are_some():
     import io
-    from bpfprobes.output import TextOutput
+    from bpfprobes.present.output import TextOutput
     for misses, said in ((0, False), (3, True)):
         err = io.StringIO()
         TextOutput("t", [], out=io.StringIO(), err=err).summary(

@@ -14,9 +14,10 @@ import unicodedata
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from bpfprobes import decode, tracepipe
-from bpfprobes.output import Column, JsonOutput, TextOutput
-from bpfprobes.safetext import decode_exact, for_terminal, is_safe, write_line
+from bpfprobes.backends.tracefs import tracepipe
+from bpfprobes.base.safetext import decode_exact, for_terminal, is_safe, write_line
+from bpfprobes.present import decode
+from bpfprobes.present.output import Column, JsonOutput, TextOutput
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -120,7 +121,7 @@ def test_any_text_comes_out_printable_and_printable_text_stays(text):
 
 
 def test_the_memo_of_code_points_stays_bounded():
-    from bpfprobes import safetext
+    from bpfprobes.base import safetext
     for_terminal("".join(map(chr, range(0xE000, 0xE000 + 3 * safetext._Shown.LIMIT))))
     assert len(safetext._shown) <= safetext._Shown.LIMIT
 
@@ -213,7 +214,7 @@ def test_write_line_escapes_what_the_stream_cannot_encode():
 
 
 def test_execsnoop_args_escaped_plain_and_quoted():
-    from bpfprobes.cli.execsnoop import _render_args
+    from bpfprobes.tools.execsnoop import _render_args
     e = {"argv": ["/bin/x", "\033]0;t\007", decode_exact(b"\xff"), "a\\b \"q\"", "\u202e"],
          "cut": [], "flags": 0}
     assert _render_args(False)(e) == '/bin/x \\x1b]0;t\\x07 \\xff a\\b "q" \\u202e'
@@ -223,7 +224,7 @@ def test_execsnoop_args_escaped_plain_and_quoted():
 
 
 def test_count_and_doctor_tables_escape_names():
-    from bpfprobes.cli import count, doctor
+    from bpfprobes.tools import count, doctor
     table = count.text_table([{"target": "main\033[2J", "pid": 5, "comm": "\u202eevil",
                                "count": 3, "rate": 1.5}], "pid,comm")
     assert "main\\x1b[2J" in table and "\\u202eevil" in table
@@ -244,7 +245,7 @@ def test_count_and_doctor_tables_escape_names():
 def test_trace_pipe_bytes_split_inside_a_character_are_exact():
     """The tracefs backend reads trace_pipe in chunks: a chunk may end inside a
     UTF-8 character, and strings hold whatever bytes the program had."""
-    from bpfprobes.tracefsbackend import TracePipe
+    from bpfprobes.backends.tracefs.backend import TracePipe
     line = (b"  pt\033[2J-21176   (  21170) [001] d..1. 14920.672168: three: "
             b"(0x5596edc271e3) a=-7 s=\"caf\xc3\xa9 \xff\033]0;x\007\"\n")
     cut = line.index(b"\xa9")

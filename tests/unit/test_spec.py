@@ -1,4 +1,4 @@
-"""Unit tests for bpfprobes.spec: parsing, validation, BTF/field hooks, kprobe_events text."""
+"""Unit tests for bpfprobes.plan.spec: parsing, validation, BTF/field hooks, kprobe_events text."""
 from __future__ import annotations
 
 import random
@@ -7,11 +7,27 @@ from dataclasses import FrozenInstanceError, dataclass
 
 import pytest
 
-from bpfprobes import arch, spec
-from bpfprobes.errors import UsageError
-from bpfprobes.spec import (Arg, ArgType, BtfParam, Comm, Deref, Field, Reg, Retval, Stack,
-                            StackPtr, Sym, TYPES, parse, parse_all, resolve_btf_params,
-                            to_kprobe_events, validate_fields)
+from bpfprobes.base.errors import UsageError
+from bpfprobes.kernel import arch
+from bpfprobes.plan import spec
+from bpfprobes.plan.spec import (
+    Arg,
+    ArgType,
+    BtfParam,
+    Comm,
+    Deref,
+    Field,
+    Reg,
+    Retval,
+    Stack,
+    StackPtr,
+    Sym,
+    TYPES,
+    parse,
+    parse_all,
+    resolve_btf_params,
+    to_kprobe_events,
+    validate_fields)
 
 X86 = arch.X86_64
 ARM = arch.ARM
@@ -376,7 +392,7 @@ def test_wrong_arch_examples() -> None:
 # ---------------------------------------------------------------- BTF parameters
 
 @dataclass(frozen=True)
-class FakeParam:             # the shape of bpfprobes.btf.Param
+class FakeParam:             # the shape of bpfprobes.kernel.btf.Param
     name: str
     index: int
     c_type: str

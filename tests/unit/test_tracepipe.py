@@ -1,7 +1,8 @@
 """trace_pipe lines of our dynamic events, parsed; ftrace's latency columns decoded."""
 import pytest
 
-from bpfprobes import tracectx, tracepipe
+from bpfprobes.backends.tracefs import tracepipe
+from bpfprobes.kernel import tracectx
 
 NAMES = {"three": ["a", "s", "x"], "three__return": ["ret"], "do_sys_openat2": ["file"]}
 

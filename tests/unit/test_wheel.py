@@ -18,7 +18,7 @@ def test_wheel_ships_and_finds_bpf_c(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(target), str(wheel)], check=True, capture_output=True)
-    probe = ("import bpfprobes.codegen as c, sys; d = c.c_dir(); print(d); "
+    probe = ("import bpfprobes.gen.codegen as c, sys; d = c.c_dir(); print(d); "
              "print(sorted(p.name for p in d.iterdir() if p.suffix in ('.c', '.h')))")
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); "
                           + probe], cwd=tmp_path, capture_output=True, text=True, check=True)
@@ -28,7 +28,7 @@ def test_wheel_ships_and_finds_bpf_c(tmp_path):
     assert found_files == str(shipped)
     # the program text a tool compiles comes out whole from the installed copy
     text = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); "
-                           "import bpfprobes.codegen as c; "
+                           "import bpfprobes.gen.codegen as c; "
                            "print(c.ready_tool('opensnoop', {}, b'').text)"],
                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout
     assert "int tp_enter_openat" in text and "struct open_event {" in text

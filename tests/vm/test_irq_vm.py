@@ -12,7 +12,7 @@ import pytest
 
 from tooling import IN_VM, Tool, Workload, leftovers, run_tool, settle
 
-from bpfprobes import interrupts
+from bpfprobes.kernel import interrupts
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,115 @@
+"""The BPF backend of a session: a program loaded (from the program cache, or
+compiled by BCC), read through its events map (perfbuffer.PerfBuffer), attached.
+
+`cacheable`: whether the program cache may load it (BCC must, for what it
+alone can attach or read: uprobes, kretprobe maxactive, stack maps). A
+kretprobe with maxactive that the kernel refuses (kprobe_events out of reach)
+is attached again without it, and -v says so.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable
+
+from bpfprobes.backends.bpf import loader, perfbuffer, progcache
+from bpfprobes.base import signals
+from bpfprobes.base.errors import KernelError
+from bpfprobes.gen.codegen import Program
+from bpfprobes.kernel.running import Kernel
+from bpfprobes.plan.attach import Attach
+
+
+class BpfBackend:
+    def __init__(self, kernel: Kernel, program: Program, attaches: list[Attach], *,
+                 cacheable: bool = True, pages: int = perfbuffer.DEFAULT_PAGES,
+                 wakeup_events: int = perfbuffer.DEFAULT_WAKEUP,
+                 reader: Callable[[object], perfbuffer.PerfBuffer] | None = None,
+                 kretprobe_misses: bool = False) -> None:
+        self.kernel = kernel
+        self.program = program
+        self.attaches = attaches
+        self.cacheable = cacheable
+        self.pages = pages
+        self.wakeup_events = wakeup_events
+        self.reader = reader                    # the transport, when not the events map
+        self.count_kretprobe_misses = kretprobe_misses
+        self.loaded = None
+        self.misses: dict[str, int] = {}       # kretprobe target -> returns missed
+        self._notes: list[str] = []
+
+    # ---- set-up
+
+    def load(self, teardown: contextlib.ExitStack, stop: signals.StopSignals) -> None:
+        headers = self.kernel.headers   # a first start may merge a headers tree here
+        stop.check("finding kernel headers")
+        # from the program cache when it holds this program: no BCC compile, no LLVM
+        # (a first start compiles in a child, which a stop signal kills)
+        self.loaded = teardown.enter_context(
+            progcache.load(self.program, headers, self.attaches)
+            if self.cacheable else loader.compile_program(self.program, headers))
+        # BCC compiling in this process: a stop signal during it is seen right after
+        stop.check("loading the program" if self.origin == "cached" else "compiling")
+
+    @property
+    def origin(self) -> str:
+        return self.loaded.origin
+
+    def transport(self) -> perfbuffer.PerfBuffer:
+        if self.reader is not None:
+            return self.reader(self.loaded)
+        return perfbuffer.PerfBuffer(self.loaded, pages=self.pages, wakeup_events=self.wakeup_events)
+
+    def attach(self, stop: signals.StopSignals) -> None:
+        for how in self.attaches:
+            stop.check("attaching")
+            self._attach(how)
+        stop.check("attaching")
+
+    def _attach(self, how: Attach) -> None:
+        try:
+            self.loaded.attach(how)
+        except KernelError:
+            if how.kind != "kretprobe" or not how.maxactive:
+                raise
+            # kprobe_events may be out of reach (no debugfs): the kprobe PMU has no maxactive
+            self._notes.append(f"{how.describe()}: attached without maxactive "
+                               "(misses not counted)")
+            self.loaded.attach(Attach(how.kind, how.target, how.fn, offset=how.offset))
+
+    # ---- what went live
+
+    def live(self) -> tuple[list[str], str | None, dict]:
+        return [a.describe() for a in self.loaded.attached], self.origin, {}
+
+    def notes(self) -> list[str]:
+        return self._notes + [f"attached {a.describe()}" for a in self.loaded.attached]
+
+    def while_attached(self) -> dict:
+        """kretprobe misses (kprobe_profile), readable only while attached; per
+        target in `self.misses`."""
+        if self.count_kretprobe_misses:
+            self.misses = kretprobe_misses(self.kernel, self.loaded.attached)
+        return {"kretprobe_misses": sum(self.misses.values())} if self.misses else {}
+
+
+def kretprobe_misses(k: Kernel, attached: list[Attach]) -> dict[str, int]:
+    """Returns missed by each kretprobe BCC registered through kprobe_events
+    (kprobe_profile: EVENT HITS MISSES); the kprobe PMU exposes no such count."""
+    if k.tracefs is None:
+        return {}
+    try:
+        lines = (k.tracefs / "kprobe_profile").read_text().splitlines()
+    except OSError:
+        return {}
+    suffix = f"_bcc_{os.getpid()}"
+    out = {}
+    for a in attached:
+        if a.kind != "kretprobe":
+            continue
+        name = "r_" + a.target.replace("+", "_").replace(".", "_") + suffix
+        for line in lines:
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == name:
+                out[a.target] = int(parts[2])
+    return out

@@ -1,0 +1,446 @@
+"""The only module that writes BPF C: sources from bpf_c/ plus -D cflags.
+
+Ready tools are whole .c files in bpf_c/ specialised by defines (their shape:
+attach mechanism, architecture registers, BTF offsets); nothing is spliced
+into their text. What changes from run to run (filters, our PID, a rate
+limit) is not C at all: it is the program's config (runconfig.py), written to
+its map by the loader.
+
+Nothing the user types becomes C. What the generated program holds is made
+here from ints (`c_int`; a string is compared as the integer values of its
+bytes, `c_bytes_equal`, the one path text takes into C), identifiers we make
+and check (`c_identifier`), and pt_regs members from the arch tables
+(`c_member`). Spec text, paths, event, argument and field names appear in
+the C only as indexes; -D values pass the same checks (`define_flags`).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from bpfprobes.base.errors import UsageError
+from bpfprobes.kernel.arch import Abi
+from bpfprobes.plan import runconfig
+from bpfprobes.plan.probefilter import glob_prefix as _glob_prefix
+from bpfprobes.plan.probeplan import PAIR_ENTRIES, STACK_ENTRIES
+from bpfprobes.plan.spec import TYPES as _TYPES
+
+# Installed wheel: bpfprobes/bpf_c/; source checkout: <root>/bpf_c/ (this file: bpfprobes/gen/)
+C_DIRS = (Path(__file__).resolve().parents[1] / "bpf_c",
+          Path(__file__).resolve().parents[2] / "bpf_c")
+
+
+def c_dir() -> Path:
+    """Where the BPF C sources are (installed or checked out)."""
+    for d in C_DIRS:
+        if (d / "common.h").is_file():
+            return d
+    raise FileNotFoundError("bpf_c/ not found next to the bpfprobes package")
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str                  # for messages: "opensnoop.bpf.c"
+    text: str
+    cflags: tuple[str, ...]
+    config: bytes = b""        # its config map's value (runconfig.pack): not in the bytecode
+
+
+# ---------------------------------------------------------------- what may reach C
+
+MAX_C_IDENT = 64
+_C_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_C_MEMBER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\[[0-9]{1,4}\]|\.[A-Za-z_][A-Za-z0-9_]*){0,4}")
+_C_NUMBER = re.compile(r"(?:0[xX][0-9a-fA-F]{1,16}|[0-9]{1,20})(?:ULL|UL|U|LL|L)?")
+# BCC loads and attaches every function whose name starts with one of these when
+# the program is constructed (BPF._trace_autoload), before we attach anything.
+BCC_AUTO_ATTACH = ("kprobe__", "kretprobe__", "tracepoint__", "raw_tracepoint__",
+                   "kfunc__", "kretfunc__", "kmod_ret__", "lsm__")
+_U64 = 2**64 - 1
+
+
+def c_identifier(name: str) -> str:
+    """`name`, checked to be a plain C identifier that BCC will not auto-attach.
+    Only names we make get here; a failure is a bug, not bad input."""
+    if not (isinstance(name, str) and len(name) <= MAX_C_IDENT and _C_IDENT.fullmatch(name)) \
+            or name.startswith(BCC_AUTO_ATTACH):
+        raise ValueError(f"not a safe C identifier: {name!r}")
+    return name
+
+
+def c_member(expr: str) -> str:
+    """A pt_regs member as the arch tables write it: `si`, `regs[1]`, `psw.addr`."""
+    if not (isinstance(expr, str) and _C_MEMBER.fullmatch(expr)):
+        raise ValueError(f"not a struct member: {expr!r}")
+    return expr
+
+
+def c_int(n: int, signed: bool = False) -> str:
+    """A C integer constant for a Python int in 64 bits (s64 or u64)."""
+    if type(n) is not int:
+        raise ValueError(f"not an integer: {n!r}")
+    if not signed:
+        if not 0 <= n <= _U64:
+            raise ValueError(f"{n} does not fit in u64")
+        return f"{n:#x}ULL"
+    if not -2**63 <= n < 2**63:
+        raise ValueError(f"{n} does not fit in s64")
+    return f"{n}LL" if n > -2**63 else "(-0x7fffffffffffffffLL - 1)"    # INT64_MIN has no literal
+
+
+def text_bytes(text: str | bytes) -> bytes:
+    """The exact bytes of user text the kernel compares (argv that was not UTF-8
+    arrives surrogate-escaped and goes back to its own bytes)."""
+    if isinstance(text, (bytes, bytearray)):
+        return bytes(text)
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise UsageError(f"{text.encode('ascii', 'backslashreplace').decode()[:40]!r} "
+                         "holds characters that are not text", "give UTF-8 text") from None
+
+
+def c_bytes_equal(base: str, data: bytes) -> str:
+    """C that is true when the bytes at `base` (our C expression) start with
+    `data`: each byte as an integer, so no text of the user's is ever C."""
+    return " && ".join(f"(u8){base}[{i}] == {b}" for i, b in enumerate(bytes(data))) or "1"
+
+
+def define_flags(defs: Mapping[str, object]) -> list[str]:
+    """-D flags from a table: True -> -DKEY, None/False -> omitted, else -DKEY=value.
+    Values are ints, numbers or struct members (checked): never free text."""
+    out = []
+    for key, value in defs.items():
+        c_identifier(key)
+        if value is None or value is False:
+            continue
+        if value is True:
+            out.append(f"-D{key}")
+        elif type(value) is int:
+            out.append(f"-D{key}={value}")
+        elif isinstance(value, str) and (_C_NUMBER.fullmatch(value) or _C_MEMBER.fullmatch(value)):
+            out.append(f"-D{key}={value}")
+        else:
+            raise ValueError(f"-D{key}: {value!r} is not a number or a member name")
+    return out
+
+
+def abi_defines(abi: Abi, syscall_wrapped: bool) -> dict[str, object]:
+    """pt_regs members for arguments and return value, from the arch table."""
+    defs: dict[str, object] = {f"FUNC_ARG{i}": abi.member(r) for i, r in enumerate(abi.func_args, 1)}
+    defs.update({f"SYSCALL_ARG{i}": abi.member(r) for i, r in enumerate(abi.syscall_args, 1)})
+    defs["RET_REG"] = abi.member(abi.retval)
+    defs["SYSCALL_WRAPPED"] = syscall_wrapped
+    return defs
+
+
+_LOCAL_INCLUDE = re.compile(r'^#include "([^"]+)"[^\n]*$', re.M)
+
+
+def expand_includes(text: str, base: Path, seen: set[str] | None = None) -> str:
+    """Inline `#include "local.h"` from bpf_c/: BCC rewrites map calls
+    (`drops.lookup(...)`) only in the main file, never in included headers."""
+    seen = set() if seen is None else seen
+
+    def inline(m: re.Match) -> str:
+        name = m.group(1)
+        if name in seen:
+            return f"/* {name} already included */"
+        seen.add(name)
+        body = expand_includes((base / name).read_text(), base, seen)
+        return f"/* ---- {name} ---- */\n{body}\n/* ---- end of {name} ---- */"
+
+    return _LOCAL_INCLUDE.sub(inline, text)
+
+
+def ready_tool(name: str, defs: Mapping[str, object], config: bytes) -> Program:
+    """bpf_c/NAME.bpf.c specialised by `defs`, run with `config`."""
+    src = c_dir() / f"{c_identifier(name)}.bpf.c"
+    return Program(src.name, expand_includes(src.read_text(), c_dir()),
+                   tuple(["-w", *define_flags(defs)]), config)
+
+
+# ---------------------------------------------------------------- bpfprobes probe: one function per spec
+#
+# The fixed parts (event header, maps, read/submit helpers) are C in
+# bpf_c/probe.h; what is generated here is one short function per spec that
+# calls them, reading each fetcharg through the arch table (Abi.member), so
+# the same spec compiles to the right pt_regs access on every architecture.
+
+
+_FILTER_BUILTINS = {"pid": ("e->pid", _TYPES["u32"]), "tid": ("e->tid", _TYPES["u32"]),
+                    "cpu": ("e->ctx.cpu", _TYPES["u32"]),
+                    "latency_ns": ("e->latency_ns", _TYPES["u64"])}
+# probe_event.h first: it names the config struct common.h declares the map with
+_PROBE_INCLUDES = ("#include <uapi/linux/ptrace.h>", '#include "probe_event.h"',
+                   '#include "common.h"', '#include "probe.h"')
+# Read modes of probe_read/probe_str (bpf_c/probe.h): kernel memory, user memory,
+# or "by address" through the legacy helpers, as the kernel's own kprobe fetchargs
+# read. Those helpers exist only where the arch keeps user and kernel addresses
+# apart (Abi.non_overlapping); elsewhere kernel memory it is.
+MEM_KERNEL, MEM_USER, MEM_EITHER = 0, 1, 2
+
+
+def _pc_register(abi: Abi) -> str:
+    return abi.canonical("pc") or abi.canonical("ip") or "ip"
+
+
+class _ProbeFn:
+    """C statements of one probe function; the value being fetched lives in `v`."""
+
+    def __init__(self, probe, abi: Abi, symbols) -> None:
+        self.p = probe
+        self.abi = abi
+        self.symbols = symbols
+        self.lines: list[str] = []
+        self.ptr = abi.pointer_size
+
+    def reg(self, name: str) -> str:
+        return f"(u64)ctx->{c_member(self.abi.member(name))}"
+
+    def mem_mode(self, user: bool) -> int:
+        if user or self.p.spec.is_uprobe:
+            return MEM_USER
+        return self.either
+
+    @property
+    def either(self) -> int:
+        return MEM_EITHER if self.abi.non_overlapping else MEM_KERNEL
+
+    def read(self, addr: str, size: int, mode: int, bit: int) -> str:
+        self.lines.append(f"v = probe_read({addr}, {size}, {mode}, &e->faults, BIT({bit}));")
+        return "v"
+
+    def value(self, node, bit: int) -> str:
+        """C expression of a fetcharg's value (a register, or memory read into v)."""
+        kind = type(node).__name__
+        if kind == "Reg":
+            return self.reg(node.name)
+        if kind == "Arg":
+            return self.reg(self.abi.arg_register(node.index))
+        if kind == "Retval":
+            return self.reg(self.abi.retval)
+        if kind == "StackPtr":
+            return self.reg(self.abi.stack_pointer)
+        if kind == "Stack":
+            sp = self.reg(self.abi.stack_pointer)
+            return self.read(f"{sp} + {node.index * self.ptr}", self.ptr,
+                             self.mem_mode(False), bit)
+        if kind in ("Sym", "Deref"):
+            return self.read(self.address(node, bit), self.ptr, self.memory(node), bit)
+        raise ValueError(f"cannot fetch {node!r} as a value")
+
+    def address(self, node, bit: int) -> str:
+        """Address a Deref or @SYM reads from."""
+        if type(node).__name__ == "Sym":
+            return c_int((self.symbols[node.name] + node.offset) & _U64)
+        inner = self.value(node.inner, bit)
+        if not node.offset:
+            return inner
+        return f"{inner} + {node.offset}" if node.offset > 0 else f"{inner} - {-node.offset}"
+
+    def memory(self, node) -> int:
+        if type(node).__name__ == "Sym":
+            return MEM_KERNEL
+        return self.mem_mode(node.user)
+
+    def scalar(self, a, slot) -> None:
+        node = a.fetch
+        kind = type(node).__name__
+        size = self.ptr if a.type.kind == "symbol" else a.type.bits // 8
+        if kind in ("Sym", "Deref"):
+            val = self.read(self.address(node, slot.index), size, self.memory(node), slot.index)
+        elif kind == "Field":      # the whole field: the type's width applies when decoding
+            f = self.p.fields[a.name]
+            width = f.size if f.size in (1, 2, 4, 8) else size
+            val = self.read(f"(u64)ctx + {f.offset}", width, MEM_KERNEL, slot.index)
+        else:
+            val = self.value(node, slot.index)
+        self.lines.append(f"SLOT(e, {slot.offset}) = {val};")
+
+    def string(self, a, slot) -> str:
+        """Fill a string slot; returns the C expression of the bytes used."""
+        node = a.fetch
+        kind = type(node).__name__
+        used = f"n{slot.index}"
+        if kind == "Comm":
+            self.lines.append(f"bpf_get_current_comm(e->payload + {slot.offset}, {slot.size});")
+            self.lines.append(f"u32 {used} = {slot.size};")
+            return used
+        user = a.type.kind == "ustring"
+        if kind in ("Sym", "Deref"):
+            addr, mode = self.address(node, slot.index), self.memory(node)
+            mode = MEM_USER if user else mode
+        elif kind == "Field":
+            addr, mode = self.field_string(a, slot)
+            mode = MEM_USER if user else mode
+        else:
+            addr = self.value(node, slot.index)
+            mode = MEM_USER if user or self.p.spec.is_uprobe else self.either
+        self.lines.append(f"u32 {used} = probe_str(e, {slot.offset}, {slot.size}, {addr}, "
+                          f"{mode}, BIT({slot.index}));")
+        return used
+
+    def field_string(self, a, slot) -> tuple[str, int]:
+        f = self.p.fields[a.name]
+        if f.dynamic:        # u32: offset (low 16 bits) and length of bytes later in the record
+            loc = self.read(f"(u64)ctx + {f.offset}", 4, MEM_KERNEL, slot.index)
+            base = f"(u64)ctx + {f.offset + 4} + " if f.dynamic == "__rel_loc" else "(u64)ctx + "
+            return f"{base}({loc} & 0xffff)", MEM_KERNEL
+        if f.is_char_array:
+            return f"(u64)ctx + {f.offset}", MEM_KERNEL
+        ptr = self.read(f"(u64)ctx + {f.offset}", min(f.size, 8), MEM_KERNEL, slot.index)
+        return ptr, self.either
+
+
+def _c_compare(expr: str, t, op: str, lit: int) -> str:
+    """Compare a typed value with a literal as integers do in math (not as C would).
+    probefilter bounds literals to [-2^63, 2^64); the value is s64 or u64."""
+    bits = t.bits or 64
+    if op == "&":               # in 64-bit two's complement, as Python's & on these ranges
+        cast = f"(s64)(s{bits})" if t.kind == "s" else f"(u64)(u{bits})"
+        return f"((u64){cast}{expr} & {c_int(lit & _U64)}) != 0"
+    if t.kind == "s":
+        if lit >= 2**63:                           # above every s64: constant
+            return "1" if op in ("!=", "<", "<=") else "0"
+        return f"(s64)(s{bits}){expr} {op} {c_int(lit, signed=True)}"
+    if lit < 0:                                   # unsigned against negative: constant
+        return "1" if op in ("!=", ">", ">=") else "0"
+    return f"(u64)(u{bits}){expr} {op} {c_int(lit)}"
+
+
+def _filter_c(e, probe) -> str:
+    """C for the kernel part of a filter (probefilter.split made it exact for C)."""
+    kind = type(e).__name__
+    if kind == "Not":
+        return f"!({_filter_c(e.inner, probe)})"
+    if kind in ("And", "Or"):
+        joiner = " && " if kind == "And" else " || "
+        return "(" + joiner.join(_filter_c(i, probe) for i in e.items) + ")"
+    if e.name in _FILTER_BUILTINS:
+        expr, t = _FILTER_BUILTINS[e.name]
+        return _c_compare(expr, t, e.op, e.value)
+    if e.name == "comm":
+        return _c_string_test("e->comm", e, COMM_LEN, "comm")
+    slot = next(s for s in probe.layout.slots if s.name == e.name)
+    guard = f"!(e->faults & BIT({slot.index}))"
+    if slot.is_string:
+        test = _c_string_test(f"(e->payload + {slot.offset})", e, slot.size, slot.name)
+    else:
+        test = _c_compare(f"SLOT(e, {slot.offset})", slot.type, e.op, e.value)
+    return f"({guard} && {test})"
+
+
+COMM_LEN = 16          # bpf_c/probe_event.h PROBE_COMM_LEN: the kernel's TASK_COMM_LEN
+
+
+def _c_string_test(base: str, e, capacity: int, what: str) -> str:
+    """Compare at most `capacity` bytes: the buffer holds no more (a longer
+    literal would read past it and could never match what the kernel kept)."""
+    text = str(e.value)
+    prefix = _glob_prefix(text) if e.op in ("~", "!~") else None
+    data = text_bytes(prefix) if prefix is not None else text_bytes(text) + b"\0"
+    if len(data) > capacity:
+        raise UsageError(f"the filter's string for {what} is {len(data) - (prefix is None)} "
+                         f"bytes; {what} holds at most {capacity - 1}",
+                         "compare a shorter string, or a prefix with ~ 'PREFIX*'")
+    test = c_bytes_equal(base, data)
+    return f"({test})" if e.op in ("==", "~") else f"!({test})"
+
+
+def _probe_function(probe, plan, abi: Abi) -> str:
+    g = _ProbeFn(probe, abi, plan.symbols)
+    spec = probe.spec
+    ctx_type = "void" if spec.kind == "tracepoint" else "struct pt_regs"
+    out = [f"/* spec {probe.index} */", f"int {c_identifier(probe.fn)}({ctx_type} *ctx)", "{",
+           "    u64 id = bpf_get_current_pid_tgid();",
+           f"    struct probe_event *e = probe_begin(id, {probe.index}, "
+           f"{'CTX_TASK' if spec.is_uprobe else 'CTX_UNKNOWN'});",
+           "    u64 v = 0;", "    if (!e)", "        return 0;"]
+    if probe.stash is not None:
+        out.append(f"    pair_enter(id, {probe.stash});")
+    if probe.pair is not None:
+        out.append(f"    e->latency_ns = pair_leave(id, {probe.pair}, e->ts_ns);")
+    if spec.is_return:
+        out.append(f"    e->ret_ip = {g.reg(_pc_register(abi))};")
+    elif spec.kind != "tracepoint" and spec.offset == 0 and spec.symbol:
+        link = abi.link_register
+        if link:
+            g.lines.append(f"e->ret_ip = {g.reg(link)};")
+        else:       # read it from the stack; a failure is no argument's fault: clear the bit
+            ret = g.read(g.reg(abi.stack_pointer), abi.pointer_size, g.mem_mode(False), 63)
+            g.lines += [f"e->ret_ip = {ret};", "e->faults = 0;"]
+    used = {}
+    for n, (a, slot) in enumerate(zip(spec.args, probe.layout.slots)):
+        g.lines.append(f"/* argument {n} */")
+        if slot.is_string:
+            used[slot.index] = g.string(a, slot)
+        else:
+            g.scalar(a, slot)
+    out += [f"    {line}" for line in g.lines]
+    if probe.kernel_filter is not None:
+        out += [f"    if (!{_filter_c(probe.kernel_filter, probe)})", "        return 0;"]
+    # a uprobe fires in user mode: there is no kernel stack to take
+    k, u = int(plan.options.kstack and not spec.is_uprobe), int(plan.options.ustack)
+    if k or u:
+        out.append(f"    probe_stacks(ctx, e, {k}, {u});")
+    last = probe.layout.trimmed
+    size = (f"{last.offset} + {used[last.index]}" if last is not None and last.offset else
+            used[last.index] if last is not None else str(probe.layout.size))
+    out += [f"    probe_submit(ctx, e, offsetof(struct probe_event, payload) + {size});",
+            "    return 0;", "}"]
+    return "\n".join(out)
+
+
+def _stash_function(stash) -> str:
+    # filtered as the return probe is (--comm too): no entry it would never collect
+    return "\n".join([f"/* entry of pair {stash.pair}: its time, for the latency */",
+                      f"int {c_identifier(stash.fn)}(struct pt_regs *ctx)", "{",
+                      "    u64 id = bpf_get_current_pid_tgid();",
+                      "    if (!probe_task_wanted(id))", "        return 0;",
+                      f"    pair_enter(id, {stash.pair});", "    return 0;", "}"])
+
+
+def probe_defines(plan) -> dict[str, object]:
+    o = plan.options
+    payload = max((p.layout.size for p in plan.probes), default=0)
+    return {"PROBE_PAYLOAD_MAX": max(payload, 8),
+            "PROBE_STACKS": STACK_ENTRIES if (o.kstack or o.ustack) else None,
+            "PROBE_PAIRS": PAIR_ENTRIES if plan.pairs else None, **(o.context or {})}
+
+
+def probe_config(plan) -> bytes:
+    """The run's settings of a probe program (struct probe_config)."""
+    o = plan.options
+    values = runconfig.task(skip_pid=o.skip_pid, pid=o.pid, tid=o.tid, rate=o.rate_limit)
+    if o.comm is not None:
+        name = text_bytes(o.comm)
+        values.update(comm=name, comm_len=len(name), comm_set=1)
+    return runconfig.pack(runconfig.PROBE, values)
+
+
+def probe_source(plan, abi: Abi) -> str:
+    """The generated C (before bpf_c/ includes are inlined): what --dry-run shows."""
+    parts = ["\n".join(_PROBE_INCLUDES)]
+    parts += [_probe_function(p, plan, abi) for p in plan.probes]
+    parts += [_stash_function(s) for s in plan.stashes]
+    return "\n\n".join(parts) + "\n"
+
+
+def probe_program(plan, abi: Abi) -> Program:
+    """The program for a probeplan.Plan on architecture `abi`."""
+    return Program("probe.bpf.c", expand_includes(probe_source(plan, abi), c_dir()),
+                   tuple(["-w", *define_flags(probe_defines(plan))]), probe_config(plan))
+
+
+# ---------------------------------------------------------------- bpfprobes count: one counter per target
+
+def count_program(targets: int, defs: Mapping[str, object], config: bytes) -> Program:
+    """bpf_c/count.bpf.c with a COUNTER(n) function (count_n) for each target."""
+    src = c_dir() / "count.bpf.c"
+    counters = "\n".join(f"COUNTER({n})" for n in range(int(targets)))
+    return Program(src.name, expand_includes(src.read_text(), c_dir()) + "\n" + counters + "\n",
+                   tuple(["-w", *define_flags({"COUNT_TARGETS": max(1, targets), **defs})]),
+                   config)

@@ -1,0 +1,122 @@
+"""What `bpfprobes count` attaches: patterns with wildcards to a bounded list of targets.
+
+    vfs_*  or  p:vfs_*          kernel functions (kprobes), from kallsyms
+    t:syscalls:sys_enter_open*  tracepoints, from tracefs
+    p:/usr/bin/bash:read*       functions of a binary (uprobes), from its ELF symbols
+
+A wildcard can match thousands of kernel functions, and each kprobe costs on
+every call: more than `limit` targets is refused unless forced. Kernel names
+that cannot be kprobed are left out before counting (the kprobe blacklist,
+compiler clones such as foo.isra.0, the __pfx_ padding symbols).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bpfprobes.base.errors import KernelError, UsageError
+from bpfprobes.kernel import features
+from bpfprobes.kernel.elfsym import Elf
+from bpfprobes.kernel.kallsyms import Wildcard
+from bpfprobes.kernel.running import Kernel
+from bpfprobes.plan.attach import Attach
+
+DEFAULT_LIMIT = 1000          # as funccount: beyond this, a per-call cost nobody meant
+_NOT_PROBEABLE = re.compile(r"^__pfx_|\.")      # padding symbols, compiler clones (.isra, .cold)
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str                 # kprobe | tracepoint | uprobe
+    name: str                 # what the table shows: function, CAT:EVENT, or PATH:FUNC
+    attach: Attach
+
+
+def _split(pattern: str) -> tuple[str, str]:
+    """('kprobe'|'tracepoint'|'uprobe', rest)."""
+    if pattern.startswith("t:"):
+        return "tracepoint", pattern[2:]
+    body = pattern[2:] if pattern.startswith("p:") else pattern
+    if body.startswith("/"):
+        return "uprobe", body
+    if not body or ":" in body and not body.split(":", 1)[0].isidentifier():
+        raise UsageError(f"bad pattern {pattern!r}", "forms: FUNC*, t:CAT:EVENT*, p:/PATH:FUNC*")
+    return "kprobe", body
+
+
+def _traceable_functions(k: Kernel) -> set[str] | None:
+    """What ftrace can attach to (available_filter_functions), where tracefs says:
+    kallsyms also lists __init code long freed and functions marked notrace."""
+    path = k.tracefs / "available_filter_functions" if k.tracefs else None
+    if path is None or not path.exists():
+        return None
+    return {line.split()[0] for line in path.read_text().splitlines() if line.strip()}
+
+
+def _kprobes(k: Kernel, body: str) -> list[Target]:
+    if not features.check(k, "kprobes").available:
+        raise KernelError(f"cannot count kernel functions: {features.check(k, 'kprobes').why}",
+                          "count tracepoints (t:CAT:EVENT) or user functions (p:/PATH:FUNC)")
+    module, _, func = body.rpartition(":")
+    traceable = _traceable_functions(k)
+    names = [n for n in k.kallsyms.match(func) if not _NOT_PROBEABLE.search(n)
+             and n not in k.kprobe_blacklist
+             and (traceable is None or n in traceable)
+             and (not module or k.kallsyms.exists(n, module))]
+    return [Target("kprobe", n, Attach("kprobe", n, "")) for n in names]
+
+
+def _tracepoints(k: Kernel, body: str) -> list[Target]:
+    cat, sep, event = body.partition(":")
+    if not sep or not event:
+        raise UsageError(f"t:{body}: a tracepoint is t:CATEGORY:EVENT", "e.g. t:sched:sched_*")
+    root = k.tracefs
+    if root is None:
+        raise KernelError("tracefs is not mounted", "mount -t tracefs nodev /sys/kernel/tracing")
+    cats, events = Wildcard(cat), Wildcard(event)
+    found = sorted(f"{c.name}:{e.name}" for c in (root / "events").iterdir()
+                   if c.is_dir() and cats.match(c.name)
+                   for e in c.iterdir() if events.match(e.name) and (e / "format").exists())
+    return [Target("tracepoint", t, Attach("tracepoint", t, "")) for t in found]
+
+
+def _uprobes(body: str) -> list[Target]:
+    path, sep, func = body.rpartition(":")
+    if not sep or not path:
+        raise UsageError(f"p:{body}: a user function is p:/PATH:FUNC", "e.g. p:/bin/bash:read*")
+    with Elf(path) as elf:                       # ElfError names the path and the reason
+        # only the names the wildcard matches are indexed (bounded: elfsym.MAX_INDEXED);
+        # a name meaning two places (two static functions) or no code is skipped
+        places = elf.functions_matching(Wildcard(func).match)
+        held = elf.hold()                        # the kernel gets the checked inode (F1)
+    # each at the address read from the resolved file (what probe does, elfsym.place)
+    return [Target("uprobe", f"{path}:{n}", Attach("uprobe", "", "", path=p.path, offset=p.vaddr,
+                                                   kernel_path=held))
+            for n, p in places.items()]
+
+
+def expand(k: Kernel, patterns: list[str], limit: int = DEFAULT_LIMIT,
+           force: bool = False, pid: int | None = None) -> list[Target]:
+    """Every target the patterns name, each once, in order; the count function of
+    target i is count_i (codegen.count_program)."""
+    out: list[Target] = []
+    seen: set[tuple[str, str]] = set()
+    for pattern in patterns:
+        kind, body = _split(pattern)
+        found = {"kprobe": lambda: _kprobes(k, body), "tracepoint": lambda: _tracepoints(k, body),
+                 "uprobe": lambda: _uprobes(body)}[kind]()
+        if not found:
+            raise UsageError(f"{pattern!r} matches nothing that can be traced",
+                             "kernel functions are listed in /proc/kallsyms")
+        for t in found:
+            if (t.kind, t.name) not in seen:
+                seen.add((t.kind, t.name))
+                out.append(t)
+    if len(out) > limit and not force:
+        raise UsageError(f"{len(out)} targets match, more than {limit}: each one costs on every "
+                         f"call", "narrow the pattern, or --force (and --limit N)")
+    return [Target(t.kind, t.name, Attach(t.attach.kind, t.attach.target, f"count_{i}",
+                                          path=t.attach.path, offset=t.attach.offset,
+                                          kernel_path=t.attach.kernel_path,
+                                          pid=pid if t.kind == "uprobe" and pid else -1))
+            for i, t in enumerate(out)]

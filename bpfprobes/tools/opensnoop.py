@@ -1,0 +1,190 @@
+"""opensnoop: trace open(), openat() and openat2() system-wide, with their result."""
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from dataclasses import dataclass, field
+from operator import itemgetter
+
+from bpfprobes import __version__
+from bpfprobes.backends.bpf import perfbuffer
+from bpfprobes.backends.bpf.backend import BpfBackend
+from bpfprobes.base.errors import UsageError
+from bpfprobes.gen import codegen
+from bpfprobes.kernel import openflags, policy
+from bpfprobes.kernel.running import current
+from bpfprobes.plan import runconfig
+from bpfprobes.plan.attach import Attach
+from bpfprobes.plan.runconfig import RateLimit
+from bpfprobes.present.decode import open_event
+from bpfprobes.present.output import Column, JsonOutput, TextOutput
+from bpfprobes.session import loop
+from bpfprobes.session.core import Session, decoding, standard_meta
+from bpfprobes.tools import shared
+from bpfprobes.tools.shared import Clock
+
+SYSCALLS = ("open", "openat", "openat2")
+INFLIGHT_MAX = 16384
+
+
+@dataclass(frozen=True)
+class Options:
+    timestamp: bool = False             # -T: a time column
+    print_uid: bool = False             # -U: a UID column
+    failed: bool = False                # -x: failed opens only
+    pid: int | None = None
+    tid: int | None = None
+    uid: int | None = None
+    name: str | None = None             # comm contains this (userspace)
+    extended_fields: bool = False       # -e: flags and mode
+    flag_filter: list[str] = field(default_factory=list)     # O_* names, any matches
+    cgroup: str | None = None           # a cgroup v2 directory
+    attach: str | None = None           # policy.CHOICES: force kprobes or tracepoints
+    perf_buffer: bool = False           # a perf buffer even where a ring buffer exists
+    duration: float | None = None
+    max_events: int | None = None
+    json: bool = False
+    buffer_pages: int = perfbuffer.DEFAULT_PAGES
+    rate_limit: RateLimit | None = None
+    verbose: bool = False
+
+
+def _cgroup_id(path: str) -> int:
+    """A cgroup v2 directory's id is its inode number (bpf_get_current_cgroup_id)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UsageError(f"--cgroup {path}: {e.strerror}", "give a directory under /sys/fs/cgroup")
+    if not os.path.isdir(path):
+        raise UsageError(f"--cgroup {path} is not a cgroup directory")
+    return st.st_ino
+
+
+def _flag_filter(names: list[str]) -> tuple[int | None, bool]:
+    mask, rdonly = 0, False
+    for name in names:
+        try:
+            value = openflags.parse(name)
+        except KeyError:
+            raise UsageError(f"unknown open flag {name!r}",
+                             "known: " + ", ".join(openflags.FLAGS)) from None
+        rdonly |= value == 0
+        mask |= value
+    return (mask or None) if names else None, rdonly
+
+
+# raw_syscalls:sys_exit instead of syscalls:sys_{enter,exit}_open*: one BPF run
+# per open instead of two plus a map (bench/: ~1.4x untraced against ~1.8x in
+# an open storm), where the arch table has the numbers (Abi.raw_syscalls) and
+# BTF the offset of the compat flag; else the pair of tracepoints.
+RAW_TP = "raw_syscalls:sys_exit"
+
+
+def _raw_syscalls_defs(k) -> dict | None:
+    """-D defines of the raw_syscalls path, or None where it cannot be used."""
+    table = k.abi.raw_syscalls
+    if table is None or not k.tracepoint_exists(*RAW_TP.split(":")):
+        return None
+    ti, status = k.struct_offset("task_struct", "thread_info"), \
+        k.struct_offset("thread_info", "status")
+    if ti is None or status is None:
+        return None
+    return {"ATTACH_RAW_SYSCALLS": True, **codegen.abi_defines(k.abi, False), **table,
+            "TASK_TI_STATUS": ti + status}
+
+
+def _plan(o: Options, k):
+    entries = shared.syscall_entries(k, SYSCALLS)
+    raw = _raw_syscalls_defs(k)
+    tps = [RAW_TP] if raw else shared.syscall_tracepoints(k, SYSCALLS)
+    choice = policy.choose(k, o.attach, [s for s, _ in entries.values()], tps)
+    if choice.mechanism == policy.KPROBE:
+        return (choice, *shared.syscall_kprobes(k, entries, "kr_open"))
+    if raw:
+        return choice, [Attach("raw_tracepoint", RAW_TP.split(":")[1], "tp_raw_sys_exit")], raw
+    return (choice, *shared.syscall_tracepoint_attaches(tps, "tp_exit_open"))
+
+
+def _columns(o: Options) -> list[Column]:
+    first = {"ts": None}
+
+    def rel_time(e):
+        if first["ts"] is None:
+            first["ts"] = e["ts_ns"]
+        return f"{(e['ts_ns'] - first['ts']) / 1e9:.9f}"
+
+    def path(e):
+        return e["path"] + " [truncated]" if e["truncated"] else e["path"]
+
+    # numbers are escape=False; COMM and PATH come from any user (a file named
+    # with ESC sequences) and are escaped as they are printed
+    cols = [Column("TIME(s)", -14, rel_time, escape=False)] if o.timestamp else []
+    # plain fields through itemgetter: a C call per cell on the storm path
+    cols += [Column("UID", 6, itemgetter("uid"), escape=False)] if o.print_uid else []
+    cols += [Column("PID", 7, itemgetter("pid"), escape=False),
+             Column("COMM", -16, itemgetter("comm")),
+             Column("FD", 4, lambda e: e["ret"] if e["ret"] >= 0 else -1, escape=False),
+             Column("ERR", 3, lambda e: -e["ret"] if e["ret"] < 0 else 0, escape=False)]
+    if o.extended_fields:
+        cols += [Column("FLAGS", 8, lambda e: f"{e['flags']:08o}", escape=False),
+                 Column("MODE", 5, lambda e: f"{e['mode']:04o}", escape=False)]
+    return cols + [Column("PATH", 0, path)]
+
+
+def _decoder(o: Options, clock: Clock):
+    name = o.name
+
+    def decode(raw: bytes) -> dict | None:
+        e = open_event(raw)
+        if name is not None and name not in e["comm"]:
+            return None
+        return e
+
+    if not o.json:
+        return decode if name is not None else open_event    # one call less per event
+
+    def decode_json(raw: bytes) -> dict | None:
+        e = decode(raw)
+        if e is None:
+            return None
+        ret = e["ret"]
+        return {"pid": e["pid"], "tid": e["tid"], "uid": e["uid"], "comm": e["comm"],
+                "fd": ret if ret >= 0 else -1, "err": -ret if ret < 0 else 0,
+                "errno": errno.errorcode.get(-ret) if ret < 0 else None,
+                "flags": e["flags"], "flags_names": openflags.describe(e["flags"]),
+                "mode": e["mode"], "syscall": e["syscall"], "path": e["path"],
+                "truncated": e["truncated"], "ts": clock.wall(e["ts_ns"])}
+    return decode_json
+
+
+def run(o: Options) -> int:
+    flags_mask, rdonly = _flag_filter(o.flag_filter)
+    cgroup = _cgroup_id(o.cgroup) if o.cgroup else None
+    shared.require_root()
+    k = current()
+    choice, attaches, defs = _plan(o, k)
+    defs.update({"INFLIGHT_MAX": INFLIGHT_MAX,
+                 **({} if o.perf_buffer else perfbuffer.output_defines(o.buffer_pages))})
+    config = runconfig.pack(runconfig.OPENSNOOP, {
+        **runconfig.task(skip_pid=os.getpid(), pid=o.pid, tid=o.tid, uid=o.uid,
+                         cgroup=cgroup, rate=o.rate_limit),
+        "flags": flags_mask, "rdonly": int(rdonly), "failed_only": int(o.failed)})
+    if o.verbose:
+        print(f"opensnoop: attach {choice.mechanism}: {choice.why}", file=sys.stderr)
+    sink = JsonOutput("opensnoop") if o.json else TextOutput("opensnoop", _columns(o))
+    meta = {"version": __version__, "kernel": k.release, "arch": k.abi.name,
+            "attach": choice.mechanism, "why": choice.why, "transport": "perf_buffer",
+            "filters": {key: v for key, v in (("pid", o.pid), ("tid", o.tid),
+                                              ("uid", o.uid), ("failed", o.failed or None),
+                                              ("flags", o.flag_filter or None),
+                                              ("cgroup", o.cgroup), ("name", o.name))
+                        if v is not None}}
+    if o.rate_limit:
+        meta["rate_limit"] = o.rate_limit.meta()
+    backend = BpfBackend(k, codegen.ready_tool("opensnoop", defs, config), attaches,
+                         pages=o.buffer_pages)
+    Session("opensnoop", k, backend, sink, decoding(_decoder(o, Clock()), sink),
+            loop.Limits(o.duration, o.max_events), standard_meta(meta),
+            verbose=o.verbose, throttled=o.rate_limit is not None).run()
+    return 0

@@ -1,0 +1,261 @@
+"""probe (also installed as `kprobe`): kprobes, kretprobes, uprobes and
+tracepoints on any function, with arguments in the kernel's fetcharg syntax."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, replace
+
+from bpfprobes import __version__
+from bpfprobes.backends.bpf import perfbuffer
+from bpfprobes.backends.bpf.backend import BpfBackend
+from bpfprobes.backends.bpf.loaded import LoadedProgram
+from bpfprobes.base.errors import CompileError, UsageError
+from bpfprobes.base.safetext import for_terminal
+from bpfprobes.gen import codegen
+from bpfprobes.kernel import features, tracectx
+from bpfprobes.kernel.running import Kernel, current
+from bpfprobes.plan import countplan, probefilter, probelayout, probeplan, runconfig, spec
+from bpfprobes.plan.attach import Attach
+from bpfprobes.plan.runconfig import RateLimit
+from bpfprobes.present import probefmt
+from bpfprobes.present.output import Column, JsonOutput, Quiet, TextOutput
+from bpfprobes.session import loop
+from bpfprobes.session.core import Session
+from bpfprobes.tools import count, probe_tracefs, shared
+from bpfprobes.tools.shared import Clock
+
+BACKENDS = ("auto", "bpf", "tracefs")
+
+
+@dataclass(frozen=True)
+class Options:
+    specs: list[str] = field(default_factory=list)
+    filter: str | None = None               # the --filter expression
+    duration: float | None = None
+    max_events: int | None = None
+    pid: int | None = None
+    tid: int | None = None
+    comm: str | None = None                 # the exact task name (bytes as given)
+    header: bool = False                    # -H: ftrace's header line first
+    stack: bool = False                     # -s: kernel stacks
+    user_stack: bool = False                # -U: user stacks
+    latency: bool = False                   # time returns from their entry
+    summary: bool = False                   # a table per probe at exit
+    quiet: bool = False                     # no event lines
+    backend: str = "auto"                   # BACKENDS
+    rate_limit: RateLimit | None = None
+    count: bool = False                     # count calls in the kernel instead
+    by: str | None = None                   # with count: count.BY's keys
+    interval: float | None = None           # with count: each interval's table
+    context: bool = False                   # hardirq/softirq/NMI, preempt depth
+    string_size: int = probelayout.DEFAULT_STRING_SIZE
+    json: bool = False
+    buffer_pages: int = perfbuffer.DEFAULT_PAGES
+    dry_run: bool = False                   # show the program and lines, attach nothing
+    force: bool = False                     # an unproven instruction boundary, with a warning
+    verbose: bool = False
+
+
+# ---------------------------------------------------------------- plan -> attachments
+
+def default_maxactive() -> int:
+    """The kernel's own default for kretprobes (kernel/kprobes.c), stated explicitly so
+    BCC registers through kprobe_events, where kprobe_profile counts misses."""
+    return max(10, 2 * (os.cpu_count() or 1))
+
+
+def _kernel_target(k: Kernel, s: spec.ProbeSpec) -> str:
+    # BCC names kprobe_events entries after the target: keep MOD: only when ambiguous
+    if s.module and len(k.kallsyms.find(s.symbol)) > 1:
+        return f"{s.module}:{s.symbol}"
+    return s.symbol
+
+
+def _attach_for(k: Kernel, s: spec.ProbeSpec, fn: str, up: probeplan.Uprobe | None,
+                pid: int | None, kind: str | None = None) -> Attach:
+    kind = kind or s.kind
+    if s.kind == "tracepoint":
+        return Attach("tracepoint", f"{s.group}:{s.event}", fn)
+    if up is not None:
+        # the address probeplan placed and checked, not BCC's own symbol lookup
+        return Attach(kind, "", fn, path=up.path, offset=up.vaddr, pid=pid or -1,
+                             kernel_path=up.kernel_path or None)
+    maxactive = (s.maxactive or default_maxactive()) if kind == "kretprobe" else 0
+    return Attach(kind, _kernel_target(k, s), fn, offset=s.offset, maxactive=maxactive)
+
+
+def attachments(k: Kernel, plan: probeplan.Plan) -> list[Attach]:
+    pid = plan.options.pid
+    out = []
+    for st in plan.stashes:            # entries first: a return then finds its start
+        entry = {"kretprobe": "kprobe", "uretprobe": "uprobe"}[st.spec.kind]
+        out.append(_attach_for(k, st.spec, st.fn, st.uprobe, pid, entry))
+    out += [_attach_for(k, p.spec, p.fn, p.uprobe, pid) for p in plan.probes]
+    return out
+
+
+# ---------------------------------------------------------------- dry run / verbose
+
+def describe(k: Kernel, plan: probeplan.Plan) -> list[str]:
+    """What each probe is: mechanism, kprobe_events line, payload, filter split."""
+    lines = []
+    for p in plan.probes:
+        s = p.spec
+        lines.append(f"probe {p.index} {p.event}: {s.text}")
+        up = p.uprobe.file_offset if p.uprobe else None
+        line = spec.to_kprobe_events(replace(s, event=p.event), k.abi, uprobe_offset=up)
+        if line:
+            which = "uprobe_events" if s.is_uprobe else "kprobe_events"
+            lines.append(f"  {which}: {line}")
+        slots = ", ".join(f"{sl.name}:{sl.type}@{sl.offset}" + (f"[{sl.size}]" if sl.is_string
+                                                                else "") for sl in p.layout.slots)
+        lines.append(f"  function {p.fn}, payload {p.layout.size} bytes" +
+                     (f": {slots}" if slots else ""))
+        if p.pair is not None:
+            lines.append(f"  latency: from its entry (pair {p.pair})")
+        if plan.options.filter is not None:
+            if p.kernel_filter is None and p.user_filter is None:
+                lines.append("  filter: not applied (the probe lacks a field it names)")
+            else:
+                kernel = probefilter.text(p.kernel_filter) if p.kernel_filter else "(none)"
+                user = "; userspace checks the rest" if p.user_filter else ""
+                lines.append(f"  filter: in kernel: {kernel}{user}")
+    for st in plan.stashes:
+        lines.append(f"entry of {st.spec.text}: {st.fn} records the time for the latency")
+    return lines + list(plan.notes)
+
+
+def dry_run(k: Kernel, plan: probeplan.Plan, attaches: list[Attach]) -> int:
+    out = sys.stdout
+    for line in describe(k, plan):
+        out.write(f"# {for_terminal(line)}\n")
+    for a in attaches:
+        out.write(f"# attach: {for_terminal(a.describe())} -> {a.fn}\n")
+    defs = codegen.define_flags(codegen.probe_defines(plan))
+    out.write(f"# cflags: {' '.join(defs)}\n")
+    settings = runconfig.describe(runconfig.PROBE, codegen.probe_config(plan))
+    out.write(f"# config: {for_terminal(settings)}\n")
+    out.write(codegen.probe_source(plan, k.abi))
+    return 0
+
+
+# ---------------------------------------------------------------- the run
+
+def _mechanisms(k: Kernel, plan: probeplan.Plan) -> list[dict]:
+    need = {"kprobe": "kprobes", "kretprobe": "kretprobes", "uprobe": "uprobes",
+            "uretprobe": "uprobes", "tracepoint": "tracepoints"}
+    return [{"event": p.event, "spec": p.spec.text, "mechanism": p.spec.kind,
+             "why": f"asked for by the spec; {features.check(k, need[p.spec.kind]).why}"}
+            for p in plan.probes]
+
+
+def _usym(loaded: LoadedProgram, module: bool = True):
+    return lambda addr, pid: loaded.user_symbol(addr, pid, module)
+
+
+def trace(k: Kernel, plan: probeplan.Plan, attaches: list[Attach], o: Options,
+          prog: str) -> loop.Summary:
+    clock = Clock()
+    sink = JsonOutput(prog) if o.json else \
+        TextOutput(prog, [Column(probefmt.FTRACE_HEADER, 0, lambda text: text,
+                                 escape=False)],         # ftrace_text escapes each line
+                   header=o.header)
+    shown = Quiet(sink) if o.quiet else sink
+    stats = probefmt.Stats(plan)
+    render = (lambda ev: probefmt.json_event(ev, clock.wall)) if o.json else \
+        probefmt.ftrace_text
+    # BCC loads it: uprobes, kretprobe maxactive and stack maps are BCC's to attach and read
+    backend = BpfBackend(k, codegen.probe_program(plan, k.abi), attaches, cacheable=False,
+                         pages=o.buffer_pages, kretprobe_misses=True)
+
+    def consumer(backend: BpfBackend):
+        loaded = backend.loaded
+        stacks = plan.options.kstack or plan.options.ustack
+        decoder = probefmt.Decoder(plan, k.kallsyms,
+                                   (lambda sid: loaded.stack("stacks", sid)) if stacks else None,
+                                   _usym(loaded), _usym(loaded, module=False),
+                                   tracectx.Decoder(k.abi.name) if o.context else None)
+
+        def on_event(raw: bytes) -> bool:
+            ev = decoder(raw)
+            if ev is None:
+                return False
+            stats.add(ev)
+            shown.event(render(ev))
+            return True
+        return on_event
+
+    def meta(live) -> dict:
+        return {"version": __version__, "kernel": k.release, "arch": k.abi.name,
+                "transport": live.transport, "attach": live.attached,
+                "probes": _mechanisms(k, plan),
+                "filter": probefilter.text(plan.options.filter) if plan.options.filter else None,
+                "startup_s": live.startup_s,
+                **({"rate_limit": o.rate_limit.meta()} if o.rate_limit else {})}
+
+    def at_exit(_summary) -> dict:
+        for target, n in backend.misses.items():
+            if n:
+                sink.flush()
+                print(f"{prog}: kretprobe on {target} missed {n} returns (maxactive too "
+                      f"small: raise it, e.g. r64:{target})", file=sys.stderr)
+        if not o.summary:
+            return {}
+        if o.json:
+            return {"probes": stats.rows()}
+        sink.flush()
+        print(stats.table(), flush=True)
+        return {}
+
+    return Session(prog, k, backend, sink, consumer,
+                   loop.Limits(o.duration, o.max_events), meta, verbose=o.verbose,
+                   notes=describe(k, plan), throttled=o.rate_limit is not None,
+                   at_exit=at_exit).run()
+
+
+def _plan(k: Kernel, o: Options) -> tuple:
+    specs = spec.parse_all(o.specs, k.abi)
+    expr = probefilter.parse(o.filter) if o.filter else None
+    if o.latency and not any(s.is_return for s in specs):
+        raise UsageError("--latency times return probes, and no spec is one",
+                         "add an r: spec, e.g. 'r:do_sys_openat2 ret=$retval'")
+    facts = probeplan.resolve(specs, k, dry_run=o.dry_run, force=o.force, pid=o.pid)
+    options = probeplan.Options(string_size=o.string_size, kstack=o.stack,
+                                ustack=o.user_stack, latency=o.latency, pid=o.pid,
+                                tid=o.tid, comm=o.comm, skip_pid=os.getpid(), filter=expr,
+                                context=tracectx.preempt_defines(k.kallsyms, k.btf)
+                                if o.context else None,
+                                rate_limit=o.rate_limit)
+    plan = probeplan.assemble(facts, options, k.abi)
+    return plan, attachments(k, plan)
+
+
+def run(o: Options, prog: str = "bpfprobes probe") -> int:
+    if not o.dry_run:
+        shared.require_root()        # before planning: tracefs is root-only
+    k = current()
+    plan, attaches = _plan(k, o)
+    for warning in plan.warnings:
+        print(f"{prog}: {for_terminal(warning)}", file=sys.stderr)
+    if o.dry_run:
+        return dry_run(k, plan, attaches)
+    if o.count:
+        targets = [countplan.Target(p.spec.kind, p.event,
+                                    _attach_for(k, p.spec, f"count_{i}", p.uprobe, o.pid))
+                   for i, p in enumerate(plan.probes)]
+        return count.count_targets(k, targets, count.Options(
+            by=o.by, interval=o.interval, pid=o.pid, duration=o.duration, json=o.json,
+            verbose=o.verbose), prog)
+    if o.backend == "tracefs":
+        return probe_tracefs.trace(k, plan, o, prog, "asked for by --backend tracefs")
+    try:
+        trace(k, plan, attaches, o, prog.split()[-1])
+    except CompileError as e:
+        if o.backend == "bpf" or probe_tracefs.unsupported(plan, o) is not None \
+                or any(p.spec.kind == "tracepoint" for p in plan.probes):
+            raise
+        why = f"the BPF backend cannot run here ({e.what}): using the kernel's dynamic events"
+        print(f"{prog}: {for_terminal(why)}", file=sys.stderr)
+        return probe_tracefs.trace(k, plan, o, prog, why)
+    return 0
