@@ -10,6 +10,7 @@ bpftrace count() map printed at exit (the kernel-side floor prints no lines).
 from __future__ import annotations
 
 import re
+import subprocess
 import uuid
 from dataclasses import dataclass
 from typing import Callable
@@ -88,7 +89,12 @@ def baseline(checkout: str) -> Tracer:
     by side in one table (make bench BENCH_ARGS="--baseline DIR")."""
     start = (f"import sys; sys.path.insert(0, {checkout!r}); "
              "from bpfprobes.cli.main import main; sys.exit(main(['opensnoop']))")
-    return Tracer(f"bpfprobes opensnoop @ {checkout}", ("{python}", "-c", start), OURS.lost,
+    try:            # named by its commit where it is a git checkout
+        label = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        label = checkout
+    return Tracer(f"bpfprobes opensnoop @ {label}", ("{python}", "-c", start), OURS.lost,
                   note="the same tool from the baseline checkout, program cache warm",
                   env=(("BPFPROBES_CACHE", "{work}/cache-baseline"),), warm_up=True)
 

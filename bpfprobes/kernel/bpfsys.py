@@ -7,6 +7,7 @@ syscall directly keeps those probes fast and free of a BCC compile.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import struct
 
@@ -15,7 +16,7 @@ from bpfprobes.kernel import arch
 _libc = ctypes.CDLL(None, use_errno=True)
 
 BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD, BPF_OBJ_GET_INFO_BY_FD, \
-    BPF_RAW_TRACEPOINT_OPEN = 0, 2, 5, 15, 17
+    BPF_RAW_TRACEPOINT_OPEN, BPF_MAP_FREEZE = 0, 2, 5, 15, 17, 22
 MAP_PERF_EVENT_ARRAY, MAP_RINGBUF = 4, 27
 PROG_TRACING = 26
 ATTACH_TRACE_FENTRY = 24
@@ -69,6 +70,11 @@ def write_config(map_fd: int, value: bytes) -> None:
     if size != len(value):
         raise ValueError(f"config is {len(value)} bytes, the program's map holds {size}")
     map_update(map_fd, b"\0" * 4, value)
+    # frozen: nobody rewrites a running tracer's filters through the map (the
+    # program cannot either: BPF_F_RDONLY_PROG); kernels before 5.2 have no freeze
+    err = _bpf(BPF_MAP_FREEZE, struct.pack("<I", map_fd))
+    if err < 0 and err != -errno.EINVAL:
+        raise OSError(-err, f"bpf map freeze: {os.strerror(-err)}")
 
 
 def fentry_load(btf_id: int) -> int:

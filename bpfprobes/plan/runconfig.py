@@ -49,9 +49,17 @@ def pack(layout: Layout, values: Mapping[str, object]) -> bytes:
         if value is None:
             continue
         kind = dict(layout.fields)[name]
-        if "[" in kind and not kind.startswith("char["):
+        base, _, count = kind.partition("[")
+        if base == "char":              # a C string: its NUL must fit
+            if not isinstance(value, bytes) or len(value) >= int(count[:-1]):
+                raise ValueError(f"config {name}: {value!r} does not fit {kind} with its NUL")
+        elif count:
+            if len(value) != int(count[:-1]):
+                raise ValueError(f"config {name}: {len(value)} values for {kind}")
+            for item in value:
+                _check_int(name, base, item)
             value = ctype_of(kind)(*value)
-        elif not kind.startswith("char["):
+        else:
             _check_int(name, kind, value)
         setattr(obj, name, value)
     return bytes(obj)
@@ -87,7 +95,8 @@ def task(*, skip_pid: int | None = None, pid: int | None = None, tid: int | None
 
 
 def describe(layout: Layout, raw: bytes) -> str:
-    """The settings that filter or limit anything, as `name=value` (for --dry-run)."""
+    """The settings that filter or limit anything, as `name=value` (for --dry-run);
+    our own PID, skipped by every run, is not the user's filter."""
     obj = layout.ctype.from_buffer_copy(raw)
     out = []
     for name, kind in layout.fields:
@@ -96,7 +105,7 @@ def describe(layout: Layout, raw: bytes) -> str:
             value = value.decode("ascii", "backslashreplace")
         elif "[" in kind:
             value = list(value)
-        if name != "reserved" and value not in (0, b"", "", None) and \
+        if name not in ("reserved", "skip_pid") and value not in (0, b"", "", None) and \
                 value != _DEFAULTS.get(name) and not (isinstance(value, list) and not any(value)):
             out.append(f"{name}={value}")
     return " ".join(out) or "(no filters)"

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bpfprobes import __version__
-from bpfprobes.backends.bpf import perfbuffer
 from bpfprobes.backends.bpf.backend import BpfBackend
 from bpfprobes.base.errors import KernelError
 from bpfprobes.base.safetext import for_terminal
@@ -19,13 +18,12 @@ from bpfprobes.kernel import policy
 from bpfprobes.kernel.running import Kernel, current
 from bpfprobes.plan import runconfig
 from bpfprobes.plan.attach import Attach
-from bpfprobes.plan.runconfig import RateLimit
 from bpfprobes.present.decode import EXEC_ARGS_MISSING, EXEC_ARGS_SIZE, EXEC_ARG_MAX, exec_event
 from bpfprobes.present.output import Column, JsonOutput, TextOutput
 from bpfprobes.session import loop
 from bpfprobes.session.core import Session, decoding, standard_meta
 from bpfprobes.tools import shared
-from bpfprobes.tools.shared import Clock
+from bpfprobes.tools.shared import Clock, SessionOptions
 
 SYSCALLS = ("execve", "execveat")
 INFLIGHT_MAX = 1024        # execs between entry and return at once; beyond: counted drops
@@ -34,7 +32,7 @@ DEFAULT_MAX_ARGS = 20
 
 
 @dataclass(frozen=True)
-class Options:
+class Options(SessionOptions):
     time: bool = False                  # -T: HH:MM:SS column
     timestamp: bool = False             # -t: seconds since start
     fails: bool = False                 # -x: failed execs too
@@ -46,12 +44,6 @@ class Options:
     ppid: int | None = None             # children of this process only
     max_args: int = DEFAULT_MAX_ARGS
     attach: str | None = None           # policy.CHOICES
-    duration: float | None = None
-    max_events: int | None = None
-    json: bool = False
-    buffer_pages: int = perfbuffer.DEFAULT_PAGES
-    rate_limit: RateLimit | None = None
-    verbose: bool = False
 
 
 def _plan(o: Options, k: Kernel) -> tuple[policy.Choice, list[Attach], dict]:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from tabulate import tabulate
 
 from bpfprobes import __version__
-from bpfprobes.backends.bpf import perfbuffer
 from bpfprobes.backends.bpf.backend import BpfBackend
 from bpfprobes.base.errors import KernelError
 from bpfprobes.base.safetext import for_terminal, write_line
@@ -24,14 +23,13 @@ from bpfprobes.kernel import errnos, features, interrupts, irqhandlers, policy, 
 from bpfprobes.kernel.running import Kernel, current
 from bpfprobes.plan import runconfig
 from bpfprobes.plan.attach import Attach
-from bpfprobes.plan.runconfig import RateLimit
 from bpfprobes.present.decode import irq_event
 from bpfprobes.present.latency import Reservoir, human_ns
 from bpfprobes.present.output import Column, JsonOutput, Quiet, TextOutput
 from bpfprobes.session import loop
 from bpfprobes.session.core import Session, decoding, standard_meta
 from bpfprobes.tools import shared
-from bpfprobes.tools.shared import Clock
+from bpfprobes.tools.shared import Clock, SessionOptions
 
 # include/linux/interrupt.h: the vectors in order, the same on every kernel since 5.x
 SOFTIRQS = ("HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED",
@@ -47,7 +45,7 @@ PROG = "bpfprobes irq"
 
 
 @dataclass(frozen=True)
-class Options:
+class Options(SessionOptions):
     device: str | None = None           # a NIC (eth0) or a disk (vda)
     irq: list[int] = field(default_factory=list)      # these IRQ lines
     name: str | None = None             # lines whose /proc/interrupts name matches
@@ -60,12 +58,6 @@ class Options:
     summary: bool = False
     interval: float | None = None
     quiet: bool = False
-    duration: float | None = None
-    max_events: int | None = None
-    json: bool = False
-    buffer_pages: int = perfbuffer.DEFAULT_PAGES
-    rate_limit: RateLimit | None = None
-    verbose: bool = False
 
 
 @dataclass

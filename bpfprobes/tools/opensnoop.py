@@ -16,20 +16,19 @@ from bpfprobes.kernel import openflags, policy
 from bpfprobes.kernel.running import current
 from bpfprobes.plan import runconfig
 from bpfprobes.plan.attach import Attach
-from bpfprobes.plan.runconfig import RateLimit
 from bpfprobes.present.decode import open_event
 from bpfprobes.present.output import Column, JsonOutput, TextOutput
 from bpfprobes.session import loop
 from bpfprobes.session.core import Session, decoding, standard_meta
 from bpfprobes.tools import shared
-from bpfprobes.tools.shared import Clock
+from bpfprobes.tools.shared import Clock, SessionOptions
 
 SYSCALLS = ("open", "openat", "openat2")
 INFLIGHT_MAX = 16384
 
 
 @dataclass(frozen=True)
-class Options:
+class Options(SessionOptions):
     timestamp: bool = False             # -T: a time column
     print_uid: bool = False             # -U: a UID column
     failed: bool = False                # -x: failed opens only
@@ -42,12 +41,6 @@ class Options:
     cgroup: str | None = None           # a cgroup v2 directory
     attach: str | None = None           # policy.CHOICES: force kprobes or tracepoints
     perf_buffer: bool = False           # a perf buffer even where a ring buffer exists
-    duration: float | None = None
-    max_events: int | None = None
-    json: bool = False
-    buffer_pages: int = perfbuffer.DEFAULT_PAGES
-    rate_limit: RateLimit | None = None
-    verbose: bool = False
 
 
 def _cgroup_id(path: str) -> int:

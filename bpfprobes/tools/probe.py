@@ -7,7 +7,6 @@ import sys
 from dataclasses import dataclass, field, replace
 
 from bpfprobes import __version__
-from bpfprobes.backends.bpf import perfbuffer
 from bpfprobes.backends.bpf.backend import BpfBackend
 from bpfprobes.backends.bpf.loaded import LoadedProgram
 from bpfprobes.base.errors import CompileError, UsageError
@@ -17,23 +16,20 @@ from bpfprobes.kernel import features, tracectx
 from bpfprobes.kernel.running import Kernel, current
 from bpfprobes.plan import countplan, probefilter, probelayout, probeplan, runconfig, spec
 from bpfprobes.plan.attach import Attach
-from bpfprobes.plan.runconfig import RateLimit
 from bpfprobes.present import probefmt
 from bpfprobes.present.output import Column, JsonOutput, Quiet, TextOutput
 from bpfprobes.session import loop
 from bpfprobes.session.core import Session
 from bpfprobes.tools import count, probe_tracefs, shared
-from bpfprobes.tools.shared import Clock
+from bpfprobes.tools.shared import Clock, SessionOptions
 
 BACKENDS = ("auto", "bpf", "tracefs")
 
 
 @dataclass(frozen=True)
-class Options:
+class Options(SessionOptions):
     specs: list[str] = field(default_factory=list)
     filter: str | None = None               # the --filter expression
-    duration: float | None = None
-    max_events: int | None = None
     pid: int | None = None
     tid: int | None = None
     comm: str | None = None                 # the exact task name (bytes as given)
@@ -44,17 +40,13 @@ class Options:
     summary: bool = False                   # a table per probe at exit
     quiet: bool = False                     # no event lines
     backend: str = "auto"                   # BACKENDS
-    rate_limit: RateLimit | None = None
     count: bool = False                     # count calls in the kernel instead
     by: str | None = None                   # with count: count.BY's keys
     interval: float | None = None           # with count: each interval's table
     context: bool = False                   # hardirq/softirq/NMI, preempt depth
     string_size: int = probelayout.DEFAULT_STRING_SIZE
-    json: bool = False
-    buffer_pages: int = perfbuffer.DEFAULT_PAGES
     dry_run: bool = False                   # show the program and lines, attach nothing
     force: bool = False                     # an unproven instruction boundary, with a warning
-    verbose: bool = False
 
 
 # ---------------------------------------------------------------- plan -> attachments

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
+from bpfprobes.backends.bpf.perfbuffer import DEFAULT_PAGES
 from bpfprobes.base.errors import KernelError
 from bpfprobes.gen import codegen
 from bpfprobes.kernel.running import Kernel
 from bpfprobes.plan.attach import Attach
+from bpfprobes.plan.runconfig import RateLimit
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What every tracing tool's options hold: bounds, output, transport, verbosity
+    (cli/common.add_session_options gives them on the command line)."""
+    duration: float | None = None       # seconds, then stop
+    max_events: int | None = None       # events, then stop
+    json: bool = False                  # JSON lines instead of text
+    buffer_pages: int = DEFAULT_PAGES   # per CPU, a power of two
+    rate_limit: RateLimit | None = None
+    verbose: bool = False
 
 
 def require_root() -> None:

@@ -127,3 +127,20 @@ def test_a_config_without_a_user_filter_lets_every_user_through():
                    runconfig.COUNT, runconfig.IRQ):
         c = layout.ctype.from_buffer_copy(runconfig.pack(layout, runconfig.task()))
         assert c.uid == runconfig.ANY_UID, layout.c_name
+
+
+@pytest.mark.parametrize("layout, bad", [
+    (runconfig.IRQ, {"irqs": [2**32 + 5] + [0] * 15}),        # an element cut by ctypes
+    (runconfig.IRQ, {"irqs": [1, 2]}),                          # too few slots
+    (runconfig.PROBE, {"comm": b"x" * 16}),                     # no room for the NUL
+    (runconfig.PROBE, {"comm": "text"})])                       # not bytes
+def test_config_arrays_and_strings_are_checked_too(layout, bad):
+    with pytest.raises(ValueError):
+        runconfig.pack(layout, bad)
+
+
+def test_dry_run_config_names_the_users_filters_only():
+    raw = runconfig.pack(runconfig.PROBE, runconfig.task(skip_pid=4242))
+    assert runconfig.describe(runconfig.PROBE, raw) == "(no filters)"
+    raw = runconfig.pack(runconfig.PROBE, runconfig.task(skip_pid=4242, pid=7))
+    assert runconfig.describe(runconfig.PROBE, raw) == "pid=7"
