@@ -20,7 +20,7 @@ BPF_HASH(inflight, u64, struct open_args, INFLIGHT_MAX);
 BPF_PERCPU_ARRAY(scratch, struct open_event, 1);
 #ifdef OUTPUT_RINGBUF
 /* One ring for all CPUs, written without a wakeup (BPF_RB_NO_WAKEUP): the
- * reader polls it (stream.py), so the traced program never pays for waking it,
+ * reader polls it (session/loop.py), so the traced program never pays for waking it,
  * and a ring costs less per event than a perf sample (bench/). */
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 #define RB_NO_WAKEUP 1
