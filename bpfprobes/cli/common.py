@@ -121,6 +121,16 @@ def comm_arg(text: str) -> str:
     return text
 
 
+def listen_arg(text: str) -> tuple[str, int]:
+    """ADDR:PORT to serve on: 127.0.0.1:9435, [::1]:9435, or :9435 (every address)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"an address is ADDR:PORT, not {shown(text)}")
+    number = int_type(0, "a port", 65535)(port)
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return host or "0.0.0.0", number
+
+
 def rate_arg(text: str) -> RateLimit:
     """'500' (all CPUs together) or '500/cpu' (each CPU)."""
     number, slash, scope = text.partition("/")

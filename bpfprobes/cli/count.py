@@ -18,6 +18,7 @@ EXAMPLES = """\
     bpfprobes count 'p:/lib/x86_64-linux-gnu/libc.so.6:malloc' -d 5
     bpfprobes count --force --limit 5000 'ext4_*'    # more targets than the default limit
     bpfprobes count --json -d 10 't:sched:sched_*'
+    bpfprobes count --prometheus 127.0.0.1:9435 --by comm 't:syscalls:sys_enter_openat'
     bpfprobes probe --count 'p:do_sys_openat2' 'r:do_sys_openat2'   # the same for probe specs
 """
 
@@ -37,6 +38,9 @@ def build_parser() -> common.Parser:
                                      f"{countplan.DEFAULT_LIMIT})")
     p.add_argument("--force", action="store_true", help="attach more than --limit targets")
     p.add_argument("-v", "--verbose", action="store_true", help="list what is attached")
+    p.add_argument("--prometheus", type=common.listen_arg, metavar="ADDR:PORT",
+                   help="also serve the counts at http://ADDR:PORT/metrics for Prometheus "
+                        "(bpfprobes_calls_total)")
     return p
 
 

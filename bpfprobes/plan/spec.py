@@ -54,7 +54,8 @@ MAX_ARGS = 128            # the kernel's MAX_TRACE_ARGS
 MAX_DEPTH = 8             # nested dereferences; the kernel has 16 fetch ops in all
 MAX_NAME = 63             # the kernel's MAX_EVENT_NAME_LEN, minus the NUL
 MAX_MAXACTIVE = 4096      # the kernel's KRETPROBE_MAXACTIVE_MAX
-RESERVED_PREFIXES = ("common_", "__probe_")   # names the kernel keeps for itself
+# names the kernel keeps for itself, and ours (the tracefs backend's bpfprobes_comm)
+RESERVED_PREFIXES = ("common_", "__probe_", "bpfprobes_")
 
 FORMS = ("expected p[:[GRP/]EVENT] [MOD:]SYM[+OFFS] [ARGS], r[N][:[GRP/]EVENT] SYM [ARGS], "
          "p[:EVENT] /PATH:SYM [ARGS] or t:SUBSYS:EVENT [FIELDS]")
@@ -426,7 +427,7 @@ def _fetch_args(tokens: Sequence[str], ctx: _Ctx) -> tuple[FetchArg, ...]:
     for a in args:
         if a.name.startswith(RESERVED_PREFIXES):
             raise UsageError(f"argument name {a.name!r} is reserved by the kernel",
-                             "pick a name without the common_/__probe_ prefix")
+                             "pick a name without the common_, __probe_ or bpfprobes_ prefix")
         if a.name in seen:
             raise UsageError(f"duplicate argument name {a.name!r}",
                              "give each argument its own NAME=; unnamed ones are arg1, arg2, "

@@ -21,6 +21,7 @@ from bpfprobes.base.safetext import for_terminal
 from bpfprobes.gen import codegen
 from bpfprobes.kernel.running import Kernel, current
 from bpfprobes.plan import countplan, runconfig
+from bpfprobes.present import exporter
 from bpfprobes.present.decode import COUNT_KEY, cstr
 from bpfprobes.present.output import JsonOutput, TextOutput
 from bpfprobes.session import loop
@@ -44,6 +45,23 @@ class Options:
     limit: int = countplan.DEFAULT_LIMIT    # most targets a pattern may attach
     force: bool = False                 # more than that
     verbose: bool = False
+    prometheus: tuple[str, int] | None = None   # also serve /metrics here
+
+
+PUBLISH_S = 0.5                 # the metrics' snapshot is at most this old
+
+
+def metric_families(counts: dict, names: list[str], by: str | None, lost: int) -> list:
+    """bpfprobes_calls_total{target[, pid][, comm]} and bpfprobes_lost_events_total."""
+    labels = ["target", *(c for c in ("pid", "comm") if by and c in by)]
+
+    def values(target: int, pid: int | None, comm: str | None) -> list[str]:
+        return [names[target], *([str(pid)] if "pid" in labels else []),
+                *([comm] if "comm" in labels else [])]
+    return [exporter.counter("calls", "Calls counted in the kernel", labels,
+                             ((values(*key), n) for key, n in counts.items())),
+            exporter.counter("lost_events", "Calls not counted (full table, skipped runs)",
+                             [], [([], lost)])]
 
 
 class Counts:
@@ -100,6 +118,7 @@ class CountTables(perfbuffer.PerfBuffer):
         self.kind = "tables"
         self.counts = Counts(loaded, by)
         self.final: dict = {}
+        self.final_lost = 0
 
     def open(self, on_sample) -> None:
         pass
@@ -112,6 +131,7 @@ class CountTables(perfbuffer.PerfBuffer):
 
     def finish(self) -> None:
         self.final = self.counts.read()
+        self.final_lost = self.lost         # the maps are gone once detached
 
     def close(self) -> None:
         pass
@@ -158,7 +178,13 @@ def count_targets(k: Kernel, targets: list[countplan.Target], o: Options,
 
     # BCC loads it (its hash table is read through BCC); nothing streams: a table reader
     backend = BpfBackend(k, program, [t.attach for t in targets], cacheable=False, reader=reader)
-    window = {"last": {}, "at": 0.0, "next": None}
+    window = {"last": {}, "at": 0.0, "next": None, "published": 0.0}
+    # bound before anything is attached: a port in use is one line, nothing attached
+    metrics = exporter.Exporter(*o.prometheus) if o.prometheus else None
+
+    def publish(counts: dict, lost: int) -> None:
+        metrics.publish(metric_families(counts, names, o.by, lost))
+        window["published"] = time.monotonic()
 
     def live() -> None:
         now = time.monotonic()
@@ -166,6 +192,8 @@ def count_targets(k: Kernel, targets: list[countplan.Target], o: Options,
 
     def tick() -> None:
         now = time.monotonic()
+        if metrics is not None and now - window["published"] >= PUBLISH_S:
+            publish(tables[-1].counts.read(), tables[-1].lost)
         if window["next"] is None or now < window["next"]:
             return
         current_counts, last = tables[-1].counts.read(), window["last"]
@@ -176,6 +204,8 @@ def count_targets(k: Kernel, targets: list[countplan.Target], o: Options,
         window.update(last=current_counts, at=now, next=max(window["next"] + o.interval, now))
 
     def at_exit(summary: loop.Summary) -> dict:
+        if metrics is not None:
+            publish(tables[-1].final, tables[-1].final_lost)    # the last scrapes get it
         table = rows(tables[-1].final, names, summary.elapsed, o.by)
         sink.table("totals", table, time.strftime("%H:%M:%S ") + "totals\n"
                    + text_table(table, o.by))
@@ -183,11 +213,16 @@ def count_targets(k: Kernel, targets: list[countplan.Target], o: Options,
 
     def meta(live: Live) -> dict:
         return {"version": __version__, "kernel": k.release, "targets": len(targets),
-                "by": o.by, "pid": o.pid, "startup_s": live.startup_s}
+                "by": o.by, "pid": o.pid, "startup_s": live.startup_s,
+                **({"metrics": f"http://{metrics.address}/metrics"} if metrics else {})}
 
-    Session(prog, k, backend, sink, lambda _b: lambda _raw: False,
-            loop.Limits(o.duration, None), meta, verbose=o.verbose,
-            on_live=live, on_tick=tick, at_exit=at_exit).run()
+    try:
+        Session(prog, k, backend, sink, lambda _b: lambda _raw: False,
+                loop.Limits(o.duration, None), meta, verbose=o.verbose,
+                on_live=live, on_tick=tick, at_exit=at_exit).run()
+    finally:
+        if metrics is not None:
+            metrics.close()
     return 0
 
 

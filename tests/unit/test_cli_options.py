@@ -28,3 +28,20 @@ def test_defaults_agree():
     args = opensnoop.build_parser().parse_args([])
     from bpfprobes.cli import common
     assert common.options(args, opensnoop_tool.Options) == opensnoop_tool.Options()
+
+
+@pytest.mark.parametrize("text, want", [("127.0.0.1:9435", ("127.0.0.1", 9435)),
+                                        ("[::1]:9435", ("::1", 9435)),
+                                        (":9435", ("0.0.0.0", 9435)),
+                                        ("localhost:0", ("localhost", 0))])
+def test_listen_addresses(text, want):
+    from bpfprobes.cli import common
+    assert common.listen_arg(text) == want
+
+
+@pytest.mark.parametrize("text", ["9435", "host:", "host:65536", "host:-1", "host:http"])
+def test_bad_listen_addresses_are_refused(text):
+    import argparse
+    from bpfprobes.cli import common
+    with pytest.raises(argparse.ArgumentTypeError):
+        common.listen_arg(text)

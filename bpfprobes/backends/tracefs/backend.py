@@ -18,6 +18,11 @@ from bpfprobes.plan import spec
 from bpfprobes.plan.probeplan import Plan
 
 READ_BYTES = 1 << 20
+# Every event of ours also records its task's name ($comm) in the record itself:
+# trace_pipe's COMM column is a cache read at print time (a task gone by then
+# shows "<...>", a reused PID another task's name; see ftracetask.py)
+COMM_FIELD = "bpfprobes_comm"
+COMM_ARG = f"{COMM_FIELD}=$comm"
 
 
 def kind_letter(slot) -> str:
@@ -31,7 +36,7 @@ class TracefsBackend:
         self.kernel, self.plan = kernel, plan
         self.buffer_kb, self.stacks = buffer_kb, stacks
         self.names_of = {p.event: [(s.name, kind_letter(s)) for s in p.layout.slots]
-                         for p in plan.probes}
+                         + [(COMM_FIELD, "string")] for p in plan.probes}
         self.session: dynevents.Session | None = None
         self.lines: list[str] = []          # each event's line, as shown (the real path)
 
@@ -52,11 +57,11 @@ class TracefsBackend:
             stop.check("adding events")
             up = p.uprobe.file_offset if p.uprobe else None
             s = replace(p.spec, group=self.session.group, event=p.event)
-            line = spec.to_kprobe_events(s, k.abi, uprobe_offset=up)      # shown: the real path
+            line = spec.to_kprobe_events(s, k.abi, uprobe_offset=up) + " " + COMM_ARG  # shown
             # written: /proc/self/fd/N of the checked file, held open, which the kernel
             # resolves to that inode whatever a directory of the path became
-            written = line if p.uprobe is None else \
-                spec.to_kprobe_events(replace(s, path=p.uprobe.target), k.abi, uprobe_offset=up)
+            written = line if p.uprobe is None else spec.to_kprobe_events(
+                replace(s, path=p.uprobe.target), k.abi, uprobe_offset=up) + " " + COMM_ARG
             self.session.add("uprobe" if p.spec.is_uprobe else "kprobe", written, p.event)
             self.lines.append(line)
         stop.check("adding events")
@@ -132,6 +137,10 @@ class TracePipe:
         return self.session.overrun() if self.session is not None else 0
 
     def _hand_on(self, lines: list) -> None:
+        for ln in lines:                # the name the record holds, where it reads as one
+            comm = ln.values.pop(COMM_FIELD, None)
+            if comm is not None and comm != tracepipe.FAULT:
+                ln.comm = comm
         if self.session is not None:    # ftrace's process column is a cache: checked
             ftracetask.resolve(lines, self.session.tracefs)
         for line in lines:
