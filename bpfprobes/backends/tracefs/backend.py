@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import select
+import time
 from dataclasses import replace
 
 from bpfprobes.backends.tracefs import dynevents, ftracetask, tracepipe
@@ -18,6 +19,11 @@ from bpfprobes.plan import spec
 from bpfprobes.plan.probeplan import Plan
 
 READ_BYTES = 1 << 20
+# How long one read of trace_pipe may go on: under a storm the pipe never runs
+# dry, and the loop must get back to signals and the duration. At a stop, what
+# is still unread after FINISH_S is counted lost (the instance goes with it).
+DRAIN_S = 0.05
+FINISH_S = 0.5
 # Every event of ours also records its task's name ($comm) in the record itself:
 # trace_pipe's COMM column is a cache read at print time (a task gone by then
 # shows "<...>", a reused PID another task's name; see ftracetask.py)
@@ -97,6 +103,7 @@ class TracePipe:
         self.on_sample = None
         self.partial = b""
         self.partial_records = 0
+        self.skipped = 0                    # left unread at a stop: counted lost
         self.stats = _open_stats(session)
         self.consumed = self._records_read()
 
@@ -109,14 +116,16 @@ class TracePipe:
     def drain(self) -> None:
         """What trace_pipe has now, read without waiting: its poll wakes only at
         buffer_percent, so a quiet trickle is read on the run loop's timer."""
-        if not self._read():
+        if not self._read(DRAIN_S):
             self._hand_on(self.reader.flush())  # no more stack lines can follow a quiet poll
         else:
             self._hand_on(self.reader.take())
 
     def finish(self) -> None:
-        """What was traced up to the stop."""
-        self._read()
+        """What was traced up to the stop, within FINISH_S; the rest is counted
+        lost, not left unsaid."""
+        self._read(FINISH_S)
+        self.skipped = self._unread()
         if self.partial:                    # a line the kernel never ended: not trusted
             self.reader.feed([decode_exact(self.partial)], -1)   # -1 records: tainted
             self.partial = b""
@@ -134,7 +143,7 @@ class TracePipe:
 
     @property
     def lost(self) -> int:
-        return self.session.overrun() if self.session is not None else 0
+        return (self.session.overrun() if self.session is not None else 0) + self.skipped
 
     def _hand_on(self, lines: list) -> None:
         for ln in lines:                # the name the record holds, where it reads as one
@@ -161,9 +170,22 @@ class TracePipe:
             total += int(m.group(1))
         return total
 
-    def _read(self) -> bool:
+    def _unread(self) -> int:
+        """Records still in our instance's buffers (every CPU)."""
+        total = 0
+        for f in self.stats:
+            try:
+                m = _ENTRIES.search(os.pread(f, 4096, 0))
+            except OSError:
+                continue
+            total += int(m.group(1)) if m else 0
+        return total
+
+    def _read(self, budget_s: float) -> bool:
+        """Read what trace_pipe has, for at most budget_s; whether anything came."""
         got_any = False
-        while True:
+        deadline = time.monotonic() + budget_s
+        while time.monotonic() < deadline:
             try:
                 chunk = os.read(self.fd, READ_BYTES)
             except BlockingIOError:
@@ -187,9 +209,11 @@ class TracePipe:
             # kernel prints strings raw, not always UTF-8)
             lines = [decode_exact(raw) for raw in data.split(b"\n")[:-1]]
             self.reader.feed(lines, records)
+        return got_any
 
 
 _READ_EVENTS = re.compile(rb"^read events: (\d+)", re.M)
+_ENTRIES = re.compile(rb"^entries: (\d+)", re.M)
 
 
 def _open_stats(session: dynevents.Session | None) -> list[int]:
