@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpfprobes.backends.bpf import loader, perfring
-from bpfprobes.backends.bpf.loaded import STACK_DEPTH
+from bpfprobes.backends.bpf.loaded import STACK_DEPTH, LoadedProgram
 from bpfprobes.base import safefs, signals
 from bpfprobes.base.errors import BpfprobesError, CompileError, KernelError
 from bpfprobes.gen.codegen import Program
@@ -94,11 +94,10 @@ def usable(attaches: list[Attach]) -> bool:
             and all(a.kind not in ("kprobe", "kretprobe") or _kprobe_pmu() for a in attaches))
 
 
-def load(program: Program, headers: Headers, attaches: list[Attach]):
+def load(program: Program, headers: Headers, attaches: list[Attach]) -> LoadedProgram:
     """A loaded program: from the cache when it holds this one, else compiled by
-    BCC, saved, and loaded the same way. Either kind attaches, closes and hands
-    out maps (`loaded[name].map_fd`) as loader.Loaded does. Raises
-    safefs.UnsafePath (one line) when the cache is not ours alone."""
+    BCC, saved, and loaded the same way. Either kind is a loaded.LoadedProgram.
+    Raises safefs.UnsafePath (one line) when the cache is not ours alone."""
     if not usable(attaches):
         return loader.compile_program(program, headers)
     try:
