@@ -50,13 +50,18 @@ def map_update(map_fd: int, key: bytes, value: bytes) -> None:
         raise OSError(-err, f"bpf map update: {os.strerror(-err)}")
 
 
-def map_value_size(map_fd: int) -> int:
-    """bpf_map_info.value_size of a map; raises OSError."""
+_MAP_INFO = struct.Struct("<IIIIII16s")     # struct bpf_map_info: type .. name
+
+
+def map_info(map_fd: int) -> dict:
+    """A map's definition as the kernel reports it (BPF_OBJ_GET_INFO_BY_FD); raises OSError."""
     info = ctypes.create_string_buffer(128)
     err = _bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", map_fd, 128, ctypes.addressof(info)))
     if err < 0:
         raise OSError(-err, f"bpf map info: {os.strerror(-err)}")
-    return struct.unpack_from("<I", info.raw, 12)[0]
+    kind, _id, key, value, entries, flags, _name = _MAP_INFO.unpack_from(info.raw)
+    return {"type": kind, "key_size": key, "value_size": value, "max_entries": entries,
+            "flags": flags}
 
 
 CONFIG_MAP = "config"       # bpf_c/common.h: every program's run settings
@@ -66,7 +71,7 @@ def write_config(map_fd: int, value: bytes) -> None:
     """A program's run settings (runconfig.py) into its one-entry config map,
     before anything is attached. A size that is not the map's is a mirror out
     of step with its C struct: refused, never written short."""
-    size = map_value_size(map_fd)
+    size = map_info(map_fd)["value_size"]
     if size != len(value):
         raise ValueError(f"config is {len(value)} bytes, the program's map holds {size}")
     map_update(map_fd, b"\0" * 4, value)

@@ -192,11 +192,16 @@ def count_targets(k: Kernel, targets: list[countplan.Target], o: Options,
 
     def tick() -> None:
         now = time.monotonic()
-        if metrics is not None and now - window["published"] >= PUBLISH_S:
-            publish(tables[-1].counts.read(), tables[-1].lost)
-        if window["next"] is None or now < window["next"]:
+        due_metrics = metrics is not None and now - window["published"] >= PUBLISH_S
+        due_interval = window["next"] is not None and now >= window["next"]
+        if not (due_metrics or due_interval):
             return
-        current_counts, last = tables[-1].counts.read(), window["last"]
+        current_counts = tables[-1].counts.read()      # one read of the table serves both
+        if due_metrics:
+            publish(current_counts, tables[-1].lost)
+        if not due_interval:
+            return
+        last = window["last"]
         delta = {key: n - last.get(key, 0) for key, n in current_counts.items()
                  if n > last.get(key, 0)}
         table = rows(delta, names, now - window["at"], o.by)

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from bpfprobes.backends.bpf import perfring
 from bpfprobes.backends.bpf.loaded import LoadedProgram
+from bpfprobes.kernel import bpfsys
 
 DEFAULT_PAGES = 1024   # per CPU: 4 MiB (a ring buffer: that times the CPUs, in one),
                        # ~40k opensnoop events each, ~150 ms of a storm
@@ -88,7 +89,7 @@ class PerfBuffer:
                                           self._wakeup or BCC_WAKEUP)
             return
         fd = self._loaded.map_fd(self._map)
-        if perfring.map_info(fd)["type"] == perfring.MAP_RINGBUF:
+        if bpfsys.map_info(fd)["type"] == bpfsys.MAP_RINGBUF:
             self._rings = perfring.RingBuffer(fd)
             self.kind = "ring_buffer"
         else:

@@ -30,7 +30,7 @@ import time
 from typing import Callable, Iterable
 
 from bpfprobes.base.errors import UsageError
-from bpfprobes.kernel import arch
+from bpfprobes.kernel import arch, bpfsys
 
 PAGE = mmap.PAGESIZE
 
@@ -45,7 +45,6 @@ PERF_RECORD_LOST = 2
 PERF_RECORD_SAMPLE = 9
 
 BPF_MAP_LOOKUP_ELEM = 1
-BPF_MAP_UPDATE_ELEM = 2
 
 # offsets in struct perf_event_mmap_page
 _DATA_HEAD = 1024
@@ -77,7 +76,7 @@ def ringbuf_supported() -> bool:
         ok = False
         if supported():
             try:
-                os.close(bpf(0, struct.pack("<IIII", MAP_RINGBUF, 0, 0, PAGE)))  # BPF_MAP_CREATE
+                os.close(bpf(0, struct.pack("<IIII", bpfsys.MAP_RINGBUF, 0, 0, PAGE)))  # BPF_MAP_CREATE
                 ok = True
             except OSError:
                 pass
@@ -114,12 +113,6 @@ def bpf(cmd: int, attr: bytes | bytearray) -> int:
     return _syscall("bpf", ctypes.c_int(cmd), buf, ctypes.c_uint(max(len(attr), 128)))
 
 
-def map_update(map_fd: int, key: bytes, value: bytes) -> None:
-    k, v = ctypes.create_string_buffer(key), ctypes.create_string_buffer(value)
-    bpf(BPF_MAP_UPDATE_ELEM, struct.pack("<IxxxxQQQ", map_fd, ctypes.addressof(k),
-                                         ctypes.addressof(v), 0))
-
-
 def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
     """The value's bytes, or None when the key is absent."""
     k, v = ctypes.create_string_buffer(key), ctypes.create_string_buffer(value_size)
@@ -148,18 +141,6 @@ def map_next_key(map_fd: int, key: bytes | None, key_size: int) -> bytes | None:
 
 
 BPF_OBJ_GET_INFO_BY_FD = 15
-MAP_PERF_EVENT_ARRAY, MAP_RINGBUF = 4, 27
-_MAP_INFO = struct.Struct("<IIIIII16s")     # struct bpf_map_info: type .. name
-
-
-def map_info(map_fd: int) -> dict:
-    """A map's definition as the kernel reports it (BPF_OBJ_GET_INFO_BY_FD)."""
-    info = ctypes.create_string_buffer(128)
-    bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", map_fd, 128, ctypes.addressof(info)))
-    kind, _id, key, value, entries, flags, _name = _MAP_INFO.unpack_from(info.raw)
-    return {"type": kind, "key_size": key, "value_size": value, "max_entries": entries,
-            "flags": flags}
-
 
 # struct bpf_prog_info (include/uapi/linux/bpf.h): offsets checked with offsetof
 # against the uapi header; recursion_misses came in 5.12, so an older kernel's
@@ -306,7 +287,7 @@ class PerfRings:
                 ring = Ring(cpu, pages, attr)
                 self.rings.append(ring)
                 self._epoll.register(ring.fd, select.EPOLLIN)
-                map_update(map_fd, struct.pack("<I", cpu), struct.pack("<I", ring.fd))
+                bpfsys.map_update(map_fd, struct.pack("<I", cpu), struct.pack("<I", ring.fd))
         except BaseException:
             self.close()
             raise
@@ -398,7 +379,7 @@ class RingBuffer:
     """A BPF ring buffer map read in place; the same calls as PerfRings."""
 
     def __init__(self, map_fd: int) -> None:
-        self.size = map_info(map_fd)["max_entries"]
+        self.size = bpfsys.map_info(map_fd)["max_entries"]
         self.lost = 0                   # a full ring is the program's drops counter
         self._backlog = False
         self._cons_mm = mmap.mmap(map_fd, PAGE, mmap.MAP_SHARED,

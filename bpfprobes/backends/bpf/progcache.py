@@ -67,6 +67,7 @@ from bpfprobes.backends.bpf.loaded import STACK_DEPTH, LoadedProgram
 from bpfprobes.base import safefs, signals
 from bpfprobes.base.errors import BpfprobesError, CompileError, KernelError
 from bpfprobes.gen.codegen import Program
+from bpfprobes.kernel import bpfsys
 from bpfprobes.kernel.headers import CACHE, Headers
 from bpfprobes.plan.attach import Attach
 
@@ -392,7 +393,7 @@ def _object(loaded, attaches: list[Attach]) -> dict:
         funcs[fn] = {"prog_type": fns[fn], "insns": base64.b64encode(code).decode(),
                      "maps": _map_sites(code, names_by_fd)}
     # every table, used by these functions or not: tools look maps up by name
-    maps = {name: perfring.map_info(fd) for name, fd in exported["tables"].items()}
+    maps = {name: bpfsys.map_info(fd) for name, fd in exported["tables"].items()}
     return {"format": FORMAT, "license": exported["license"],
             "kern_version": exported["kern_version"], "maps": maps, "functions": funcs,
             "toolchain": _toolchain_here()}     # the parent keys the entry with it
@@ -557,6 +558,7 @@ class DirectLoaded:
         self._maps: dict[str, int] = {}
         self._progs: dict[str, int] = {}
         self._events: list[int] = []            # perf event / raw tracepoint fds: the attachments
+        self._ncpu = len(perfring.cpus("possible"))     # per-CPU values' slots, read every poll
         try:
             for name, spec in obj["maps"].items():
                 self._maps[name] = _create_map(name, spec)
@@ -583,9 +585,8 @@ class DirectLoaded:
         return list(self._progs.values())
 
     def per_cpu_sum(self, name: str) -> int:
-        ncpu = len(perfring.cpus("possible"))
-        raw = perfring.map_lookup(self._maps[name], b"\0" * 4, 8 * ncpu)
-        return sum(struct.unpack(f"<{ncpu}Q", raw)) if raw else 0
+        raw = perfring.map_lookup(self._maps[name], b"\0" * 4, 8 * self._ncpu)
+        return sum(struct.unpack(f"<{self._ncpu}Q", raw)) if raw else 0
 
     def stack(self, name: str, stack_id: int) -> list[int]:
         raw = perfring.map_lookup(self._maps[name], struct.pack("<I", stack_id),
@@ -599,8 +600,8 @@ class DirectLoaded:
         return f"0x{addr:x}"            # no symbolizer without BCC: the address, as BCC's unknown
 
     def table_items(self, name: str) -> list[tuple[bytes, list[int]]]:
-        fd, info = self._maps[name], perfring.map_info(self._maps[name])
-        ncpu = len(perfring.cpus("possible"))
+        fd, info = self._maps[name], bpfsys.map_info(self._maps[name])
+        ncpu = self._ncpu
         out, key = [], None
         while (key := perfring.map_next_key(fd, key, info["key_size"])) is not None:
             raw = perfring.map_lookup(fd, key, 8 * ncpu)

@@ -143,7 +143,14 @@ class TracePipe:
 
     @property
     def lost(self) -> int:
-        return (self.session.overrun() if self.session is not None else 0) + self.skipped
+        """Overrun from the stats files held open (read every poll; the Session's
+        own count, which opens them, where they could not be held), plus what a
+        stop left unread."""
+        if self.stats:
+            overrun = sum(v or 0 for v in self._stat_values(_OVERRUN))
+        else:
+            overrun = self.session.overrun() if self.session is not None else 0
+        return overrun + self.skipped
 
     def _hand_on(self, lines: list) -> None:
         for ln in lines:                # the name the record holds, where it reads as one
@@ -155,31 +162,25 @@ class TracePipe:
         for line in lines:
             self.on_sample(line)
 
-    def _records_read(self) -> int | None:
-        """Records consumed from our instance so far (every CPU), or None."""
-        if not self.stats:
-            return None
-        total = 0
+    def _stat_values(self, field: re.Pattern) -> list[int | None]:
+        """One field of each CPU's stats file (None where it cannot be read)."""
+        out: list[int | None] = []
         for f in self.stats:
             try:
-                m = _READ_EVENTS.search(os.pread(f, 4096, 0))
+                m = field.search(os.pread(f, 4096, 0))
             except OSError:
-                return None
-            if m is None:
-                return None
-            total += int(m.group(1))
-        return total
+                m = None
+            out.append(int(m.group(1)) if m else None)
+        return out
+
+    def _records_read(self) -> int | None:
+        """Records consumed from our instance so far (every CPU), or None."""
+        values = self._stat_values(_READ_EVENTS)
+        return None if not values or None in values else sum(values)
 
     def _unread(self) -> int:
         """Records still in our instance's buffers (every CPU)."""
-        total = 0
-        for f in self.stats:
-            try:
-                m = _ENTRIES.search(os.pread(f, 4096, 0))
-            except OSError:
-                continue
-            total += int(m.group(1)) if m else 0
-        return total
+        return sum(v or 0 for v in self._stat_values(_ENTRIES))
 
     def _read(self, budget_s: float) -> bool:
         """Read what trace_pipe has, for at most budget_s; whether anything came."""
@@ -214,6 +215,7 @@ class TracePipe:
 
 _READ_EVENTS = re.compile(rb"^read events: (\d+)", re.M)
 _ENTRIES = re.compile(rb"^entries: (\d+)", re.M)
+_OVERRUN = re.compile(rb"^overrun: (\d+)", re.M)
 
 
 def _open_stats(session: dynevents.Session | None) -> list[int]:
