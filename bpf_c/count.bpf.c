@@ -3,15 +3,18 @@
  * One tiny function per target (COUNTER(n), emitted by codegen.py), all of
  * them adding to one per-CPU table: by target index alone (a per-CPU array,
  * no locks, no hashing), or with COUNT_BY_PID / COUNT_BY_COMM by (target,
- * pid, comm) in a per-CPU hash of COUNT_KEYS entries, a full table counted
- * as drops. Nothing leaves the kernel but the table, read every interval.
+ * pid, comm) in metrics.h's table of METRIC_SERIES rows, whose overflow goes
+ * to the target's `other` row. Nothing leaves the kernel but the table, read
+ * every interval.
  */
 #include <uapi/linux/ptrace.h>
 #include "count.h"
 #include "common.h"
 
 #if defined(COUNT_BY_PID) || defined(COUNT_BY_COMM)
-BPF_PERCPU_HASH(counts, struct count_key, u64, COUNT_KEYS);
+#define METRIC_PROBES COUNT_TARGETS
+#define METRIC_SLOTS 0
+#include "metrics.h"
 
 static __always_inline int count(u32 target)
 {
@@ -19,19 +22,14 @@ static __always_inline int count(u32 target)
     const struct count_config *c = settings();
     if (!c || task_filtered(id, RUN(c)))
         return 0;
-    struct count_key key = {.target = target};
+    struct metric_key key = {.probe = target};
 #ifdef COUNT_BY_PID
     key.pid = id >> 32;
 #endif
 #ifdef COUNT_BY_COMM
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
 #endif
-    u64 zero = 0;
-    u64 *n = counts.lookup_or_try_init(&key, &zero);
-    if (n)
-        (*n)++;
-    else
-        count_drop();
+    metric_add(&key, 0, 0);
     return 0;
 }
 #else

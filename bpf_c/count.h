@@ -1,16 +1,9 @@
-/* bpfprobes count: its table's key (mirrored once in decode.py) and its
- * settings (config.h, mirrored once in runconfig.py). */
+/* bpfprobes count: its settings (config.h, mirrored once in runconfig.py); with
+ * --by its table is metrics.h's. */
 #ifndef BPFPROBES_COUNT_H
 #define BPFPROBES_COUNT_H
 
 #include "config.h"
-
-/* with --by: a row per (target, pid, comm); without, the table is indexed by target */
-struct count_key {
-    u32 target;
-    u32 pid;
-    char comm[16];
-};
 
 struct count_config {
     RUN_CONFIG_FIELDS

@@ -10,7 +10,8 @@
  *
  * Defines from codegen: PROBE_PAYLOAD_MAX (largest payload of any probe),
  * PROBE_STACKS (stack map size, when -s or -U), PROBE_PAIRS (entry
- * timestamps kept for latency); the run's filters are in its config
+ * timestamps kept for latency), PROBE_METRICS (count in the kernel, send
+ * nothing: metrics.h's METRIC_*); the run's filters are in its config
  * (struct probe_config, probe_event.h).
  */
 #ifndef BPFPROBES_PROBE_H
@@ -20,6 +21,11 @@
 
 BPF_PERCPU_ARRAY(probe_scratch, struct probe_event, 1);
 BPF_PERF_OUTPUT(events);
+
+#ifdef PROBE_METRICS
+/* metrics mode: each probe counts its call under its labels (metric_add) */
+#include "metrics.h"
+#endif
 
 #ifdef PROBE_STACKS
 BPF_STACK_TRACE(stacks, PROBE_STACKS);

@@ -59,7 +59,7 @@ class Tool:
     def _read_err(self) -> None:
         for line in self.proc.stderr:
             self.err.append(line.rstrip("\n"))
-            if ": live after" in line:
+            if ": live after" in line or ": serving http" in line:
                 self._live.set()
 
     def held(self) -> "Held":

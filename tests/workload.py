@@ -10,6 +10,8 @@ OP: open:PATH:FLAGS:MODE  (FLAGS like O_WRONLY|O_CREAT; MODE octal)
     paced:PREFIX:K:SECONDS    (K opens of PREFIX-i every 0.1 s for SECONDS, from just after
                                a turn of the CLOCK_MONOTONIC second)
     read:PATH:N               (N one-byte preads of PATH)
+    comms:PATH:N              (N opens of a missing PATH, each under a new random comm;
+                               the comm chosen at start is back after)
 Prints its pid first, then one line per op: the fd or -errno it got.
 """
 from __future__ import annotations
@@ -120,7 +122,20 @@ def do_read(path: str, n: str) -> int:
     return int(n)
 
 
-OPS = {"open": do_open, "openat2": do_openat2, "storm": do_storm, "diskio": do_diskio,
+def do_comms(path: str, n: str) -> int:
+    """A comm storm: n distinct random task names, one failed open under each."""
+    mine = sys.argv[1]                  # the comm chosen at start (no open to learn it)
+    for _ in range(int(n)):
+        set_comm(os.urandom(7).hex())
+        try:
+            os.close(os.open(path, os.O_RDONLY))
+        except FileNotFoundError:
+            pass
+    set_comm(mine)
+    return int(n)
+
+
+OPS = {"comms": do_comms, "open": do_open, "openat2": do_openat2, "storm": do_storm, "diskio": do_diskio,
        "udp": do_udp, "paced": do_paced, "read": do_read}
 
 

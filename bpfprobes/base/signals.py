@@ -44,11 +44,20 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.caught: int | None = None      # the first stop signal; later ones change nothing
+        self.reloads = 0                    # SIGHUPs, where a tool made it mean "reload"
+        self._reload: set[int] = set()
         self._saved: dict = {}
 
     def __call__(self, signum: int, _frame) -> None:
-        if self.caught is None:
+        if signum in self._reload:
+            self.reloads += 1
+        elif self.caught is None:
             self.caught = signum
+
+    def reload_on(self, signum: int) -> None:
+        """From now on `signum` (serve: SIGHUP) asks for a reload, counted in
+        `reloads`, and no longer stops the run."""
+        self._reload.add(signum)
 
     def check(self, phase: str) -> None:
         """Raise Stopped if a stop signal came; `phase` says where set-up was."""

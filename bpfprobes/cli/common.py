@@ -14,6 +14,7 @@ from bpfprobes.base import signals
 from bpfprobes.base.errors import BpfprobesError, UsageError
 from bpfprobes.base.safetext import for_terminal, write_line
 from bpfprobes.gen import codegen
+from bpfprobes.plan import sessionfile
 from bpfprobes.plan.probelayout import COMM_SIZE
 from bpfprobes.plan.runconfig import RateLimit
 
@@ -123,12 +124,10 @@ def comm_arg(text: str) -> str:
 
 def listen_arg(text: str) -> tuple[str, int]:
     """ADDR:PORT to serve on: 127.0.0.1:9435, [::1]:9435, or :9435 (every address)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"an address is ADDR:PORT, not {shown(text)}")
-    number = int_type(0, "a port", 65535)(port)
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    return host or "0.0.0.0", number
+    try:
+        return sessionfile.listen_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def rate_arg(text: str) -> RateLimit:

@@ -26,6 +26,7 @@ TOOLS = {
     "probe": ("probe", "main", "kprobe/kretprobe/uprobe/tracepoint on any function"),
     "count": ("count", "main", "count calls of functions/tracepoints in the kernel (funccount)"),
     "irq": ("irq", "main", "a device's interrupt handlers, softirqs, tasklets: time, context"),
+    "serve": ("serve", "main", "a session file's in-kernel counts and histograms for Prometheus"),
 }
 
 
@@ -35,13 +36,14 @@ def usage() -> str:
     lines += ["", "Run `bpfprobes TOOL --help` for a tool's options and examples.",
               "", "examples:", "  bpfprobes doctor", "  bpfprobes opensnoop -x",
               "  bpfprobes probe 'p:do_sys_openat2 file=+0(%si):string'",
-              "  bpfprobes irq eth0 --summary -d 10"]
+              "  bpfprobes irq eth0 --summary -d 10",
+              "  bpfprobes serve tools/session.example.toml"]
     return "\n".join(lines)
 
 
 # the module's name for a tool in its messages (common.main's first argument)
 PROGS = {"doctor": "bpfprobes doctor", "probe": "bpfprobes probe", "count": "bpfprobes count",
-         "irq": "bpfprobes irq", "opensnoop": "opensnoop", "execsnoop": "execsnoop",
+         "irq": "bpfprobes irq", "serve": "bpfprobes serve", "opensnoop": "opensnoop", "execsnoop": "execsnoop",
          "kprobe": "kprobe"}
 
 

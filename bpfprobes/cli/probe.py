@@ -26,6 +26,7 @@ EXAMPLES = """\
   bpfprobes probe --backend tracefs 'p:do_sys_openat2 file=+0(%si):string'  # no BCC needed
   bpfprobes probe --count 'p:vfs_read' 'p:vfs_write' -i 1      # calls counted in the kernel
   bpfprobes probe --rate-limit 100 'p:vfs_read count=$arg3:u64'  # at most 100 events/s
+  bpfprobes probe --prometheus :9435 'p:do_sys_openat2' 'r:do_sys_openat2'  # hits, latency
   bpfprobes probe --dry-run 'p:do_sys_openat2 file=+0(%si):string'   # show C, attach nothing
   kprobe 'p:myopen do_sys_openat2 file=+0(%si):string' 'file ~ "/etc/*"'  # perf-tools style
 
@@ -69,6 +70,9 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--by", choices=sorted(count.BY), help="with --count: per process too")
     p.add_argument("-i", "--interval", type=common.seconds_arg, metavar="SECONDS",
                    help="with --count: the counts of each interval")
+    p.add_argument("--prometheus", type=common.listen_arg, metavar="ADDR:PORT",
+                   help="count each probe's hits (and latencies) in the kernel and serve them "
+                        "at http://ADDR:PORT/metrics instead of printing events")
     p.add_argument("--context", action="store_true",
                    help="the context of each event: hardirq/softirq/NMI, bottom halves off, "
                         "need-resched, preempt depth (ftrace's d.h1 columns; read from the "

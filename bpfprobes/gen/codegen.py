@@ -22,7 +22,7 @@ from typing import Mapping
 
 from bpfprobes.base.errors import UsageError
 from bpfprobes.kernel.arch import Abi
-from bpfprobes.plan import runconfig
+from bpfprobes.plan import metricplan, runconfig
 from bpfprobes.plan.probefilter import glob_prefix as _glob_prefix
 from bpfprobes.plan.probeplan import PAIR_ENTRIES, STACK_ENTRIES
 from bpfprobes.plan.spec import TYPES as _TYPES
@@ -382,6 +382,9 @@ def _probe_function(probe, plan, abi: Abi) -> str:
     out += [f"    {line}" for line in g.lines]
     if probe.kernel_filter is not None:
         out += [f"    if (!{_filter_c(probe.kernel_filter, probe)})", "        return 0;"]
+    if plan.options.metrics is not None:
+        return "\n".join(out + [f"    {line}" for line in _metric_lines(probe, plan)]
+                         + ["    return 0;", "}"])
     # a uprobe fires in user mode: there is no kernel stack to take
     k, u = int(plan.options.kstack and not spec.is_uprobe), int(plan.options.ustack)
     if k or u:
@@ -392,6 +395,25 @@ def _probe_function(probe, plan, abi: Abi) -> str:
     out += [f"    probe_submit(ctx, e, offsetof(struct probe_event, payload) + {size});",
             "    return 0;", "}"]
     return "\n".join(out)
+
+
+def _metric_lines(probe, plan) -> list[str]:
+    """Metrics mode: the call counted under its labels (metrics.h), nothing sent.
+    Only slot offsets and fixed names reach the C: labels are data, never code."""
+    m, sources = plan.options.metrics, plan.metric_labels[probe.index]
+    lines = [f"struct metric_key mk = {{.probe = {probe.index}, .err = METRIC_NO_ERRNO}};"]
+    if "pid" in m.by:
+        lines.append("mk.pid = e->pid;")
+    if "comm" in m.by:
+        lines.append("__builtin_memcpy(mk.comm, e->comm, sizeof(mk.comm));")
+    if metricplan.ERRNO in m.by and sources.errno is not None:
+        ret = sources.errno.c_value(f"SLOT(e, {sources.errno.offset})")
+        lines.append(f"mk.err = metric_errno({ret});")
+    for i, src in enumerate(sources.args):
+        if src is not None:
+            lines.append(f"mk.args[{i}] = {src.c_value(f'SLOT(e, {src.offset})')};")
+    timed = "e->latency_ns != 0" if m.timed and probe.pair is not None else "0"
+    return lines + [f"metric_add(&mk, e->latency_ns, {timed});"]
 
 
 def _stash_function(stash) -> str:
@@ -406,9 +428,14 @@ def _stash_function(stash) -> str:
 def probe_defines(plan) -> dict[str, object]:
     o = plan.options
     payload = max((p.layout.size for p in plan.probes), default=0)
+    metrics = {} if o.metrics is None else {
+        "PROBE_METRICS": True, "METRIC_SERIES": o.metrics.max_series,
+        "METRIC_PROBES": max(1, len(plan.probes)),
+        "METRIC_SLOTS": metricplan.SLOTS if o.metrics.timed else 0}
     return {"PROBE_PAYLOAD_MAX": max(payload, 8),
             "PROBE_STACKS": STACK_ENTRIES if (o.kstack or o.ustack) else None,
-            "PROBE_PAIRS": PAIR_ENTRIES if plan.pairs else None, **(o.context or {})}
+            "PROBE_PAIRS": PAIR_ENTRIES if plan.pairs else None, **(o.context or {}),
+            **metrics}
 
 
 def probe_config(plan) -> bytes:

@@ -21,7 +21,7 @@ from bpfprobes.kernel.arch import Abi
 from bpfprobes.kernel.btf import BtfError
 from bpfprobes.kernel.elfsym import Elf
 from bpfprobes.kernel.running import Kernel
-from bpfprobes.plan import probefilter, probelayout, tpformat
+from bpfprobes.plan import metricplan, probefilter, probelayout, tpformat
 from bpfprobes.plan.probefilter import Expr, FieldInfo
 from bpfprobes.plan.probelayout import PayloadLayout
 from bpfprobes.plan.runconfig import RateLimit
@@ -359,6 +359,7 @@ class Options:
     filter: Expr | None = None
     context: dict | None = None       # --context: tracectx.preempt_defines() (may be empty)
     rate_limit: RateLimit | None = None     # --rate-limit
+    metrics: metricplan.Options | None = None   # count in the kernel, send no events
 
 
 @dataclass(frozen=True)
@@ -369,6 +370,7 @@ class Plan:
     symbols: Mapping[str, int]
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()            # printed to stderr whatever the options
+    metric_labels: tuple[metricplan.ProbeLabels, ...] = ()     # with options.metrics
 
     @property
     def pairs(self) -> int:
@@ -469,8 +471,9 @@ def assemble(facts: Facts, options: Options, abi: Abi) -> Plan:
             stashes.append(Stash(pid_, ret.spec, ret.uprobe))
     if options.filter is not None:
         probes = _filtered(probes, options.filter)
+    labels = metricplan.bind(probes, options.metrics) if options.metrics is not None else ()
     return Plan(tuple(probes), tuple(stashes), options, dict(facts.symbols), tuple(facts.notes),
-                tuple(facts.warnings))
+                tuple(facts.warnings), labels)
 
 
 def _filtered(probes: list[Probe], expr: Expr) -> list[Probe]:

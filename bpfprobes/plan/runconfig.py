@@ -83,6 +83,15 @@ class RateLimit:
     def meta(self) -> dict:
         return {"per_second": self.per_second, "per_cpu": self.per_cpu}
 
+    @classmethod
+    def parse(cls, text: str) -> "RateLimit":
+        """'500' (all CPUs together) or '500/cpu' (each CPU); ValueError says why not."""
+        number, slash, scope = text.partition("/")
+        if (slash and scope != "cpu") or not number.isdigit() \
+                or not 1 <= int(number) <= 2**31 - 1:
+            raise ValueError(f"N or N/cpu with N from 1 to {2**31 - 1}, not {text!r}")
+        return cls(int(number), bool(slash))
+
 
 def task(*, skip_pid: int | None = None, pid: int | None = None, tid: int | None = None,
          uid: int | None = None, cgroup: int | None = None,

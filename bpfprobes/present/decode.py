@@ -146,5 +146,10 @@ def irq_event(raw: bytes) -> dict:
     return e
 
 
-# bpf_c/count.h: a row of count's per-CPU table with --by
-COUNT_KEY = Layout("count_key", (("target", "u32"), ("pid", "u32"), ("comm", "char[16]")))
+# bpf_c/metrics.h: a row's labels in the in-kernel metrics table, and the fixed
+# head of its value (the log2 latency buckets follow: value_size says how many)
+METRIC_ARGS = 4
+METRIC_KEY = Layout("metric_key", (("probe", "u32"), ("pid", "u32"), ("err", "s32"),
+                                   ("reserved", "u32"), ("comm", "char[16]"),
+                                   ("args", f"u64[{METRIC_ARGS}]")))
+METRIC_VALUE = Layout("metric_value", (("count", "u64"), ("sum_ns", "u64")))

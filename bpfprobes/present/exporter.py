@@ -14,7 +14,7 @@ from typing import Iterable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from bpfprobes.base.errors import KernelError
@@ -83,6 +83,15 @@ def counter(name: str, doc: str, labels: list[str],
             samples: Iterable[tuple[list[str], float]]) -> CounterMetricFamily:
     """A counter family `bpfprobes_NAME_total` with one sample per label values."""
     family = CounterMetricFamily(PREFIX + name, doc, labels=labels)
+    for values, value in samples:
+        family.add_metric([label(v) for v in values], value)
+    return family
+
+
+def gauge(name: str, doc: str, labels: list[str],
+          samples: Iterable[tuple[list[str], float]]) -> GaugeMetricFamily:
+    """A gauge family `bpfprobes_NAME` with one sample per label values."""
+    family = GaugeMetricFamily(PREFIX + name, doc, labels=labels)
     for values, value in samples:
         family.add_metric([label(v) for v in values], value)
     return family

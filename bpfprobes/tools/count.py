@@ -14,22 +14,21 @@ from dataclasses import dataclass, field
 from tabulate import tabulate
 
 from bpfprobes import __version__
-from bpfprobes.backends.bpf import perfbuffer
+from bpfprobes.backends.bpf import tables
 from bpfprobes.backends.bpf.backend import BpfBackend
 from bpfprobes.backends.bpf.loaded import LoadedProgram
 from bpfprobes.base.safetext import for_terminal
 from bpfprobes.gen import codegen
 from bpfprobes.kernel.running import Kernel, current
 from bpfprobes.plan import countplan, runconfig
-from bpfprobes.present import exporter
-from bpfprobes.present.decode import COUNT_KEY, cstr
+from bpfprobes.present import exporter, metricrows
 from bpfprobes.present.output import JsonOutput, TextOutput
 from bpfprobes.session import loop
 from bpfprobes.session.core import Live, Session
 from bpfprobes.tools import shared
 
 PROG = "bpfprobes count"
-COUNT_KEYS = 10240            # (target, pid, comm) rows kept with --by; beyond: counted drops
+COUNT_KEYS = 10240            # (target, pid, comm) rows kept with --by; beyond: `other` rows
 BY = {"pid": ("COUNT_BY_PID",), "comm": ("COUNT_BY_COMM",),
       "pid,comm": ("COUNT_BY_PID", "COUNT_BY_COMM")}
 
@@ -49,56 +48,57 @@ class Options:
 
 
 PUBLISH_S = 0.5                 # the metrics' snapshot is at most this old
+OTHER = "(other)"               # the row of calls past the table's rows (metrics.h)
 
 
-def metric_families(counts: dict, names: list[str], by: str | None, lost: int) -> list:
-    """bpfprobes_calls_total{target[, pid][, comm]} and bpfprobes_lost_events_total."""
-    labels = ["target", *(c for c in ("pid", "comm") if by and c in by)]
+def labels_of(names: list[str], by: str | None) -> metricrows.Labels:
+    """count's labels: the target, and the process id and/or name with --by."""
+    return metricrows.Labels("target", tuple(names), pid=bool(by and "pid" in by),
+                             comm=bool(by and "comm" in by))
 
-    def values(target: int, pid: int | None, comm: str | None) -> list[str]:
-        return [names[target], *([str(pid)] if "pid" in labels else []),
-                *([comm] if "comm" in labels else [])]
-    return [exporter.counter("calls", "Calls counted in the kernel", labels,
-                             ((values(*key), n) for key, n in counts.items())),
+
+def metric_families(counts: dict, labels: metricrows.Labels, lost: int) -> list:
+    """bpfprobes_calls_total{target[, pid][, comm][, other]} and bpfprobes_lost_events_total."""
+    return [metricrows.counter("calls", "Calls counted in the kernel", labels, counts),
             exporter.counter("lost_events", "Calls not counted (full table, skipped runs)",
                              [], [([], lost)])]
 
 
 class Counts:
-    """The kernel's table, read and summed over CPUs: {(target, pid, comm): calls}."""
+    """A counting program's table, summed over CPUs: {(label values, other?): Totals}:
+    metrics.h's rows, or count's array indexed by target (without per-task labels)."""
 
-    def __init__(self, loaded: LoadedProgram, by: str | None) -> None:
+    def __init__(self, loaded: LoadedProgram, labels: metricrows.Labels) -> None:
         self.loaded = loaded
-        self.by = by
+        self.labels = labels
 
-    def read(self) -> dict[tuple[int, int | None, str | None], int]:
-        out: dict[tuple[int, int | None, str | None], int] = {}
+    def read(self) -> dict:
+        if not self.loaded.has_map("counts"):
+            return metricrows.fold(tables.percpu_rows(self.loaded, "metrics"),
+                                   tables.percpu_rows(self.loaded, "metric_other"), self.labels)
+        out: dict = {}
         for raw, per_cpu in self.loaded.table_items("counts"):
-            if self.by is None:                 # an array indexed by target
-                key = (int.from_bytes(raw[:4], "little"), None, None)
-            else:
-                row = COUNT_KEY.unpack(raw)
-                key = (row["target"], row["pid"] if "pid" in self.by else None,
-                       cstr(row["comm"]) if "comm" in self.by else None)
+            target = int.from_bytes(raw[:4], "little")
+            values = (self.labels.names[target],) if self.labels.index_label else ()
             if sum(per_cpu):
-                out[key] = out.get(key, 0) + sum(per_cpu)
+                out.setdefault((values, False), metricrows.Totals()).add(sum(per_cpu), 0, ())
         return out
 
 
-def rows(counts: dict, names: list[str], seconds: float, by: str | None) -> list[dict]:
+def rows(counts: dict, labels: metricrows.Labels, seconds: float) -> list[dict]:
     out = []
-    for (target, pid, comm), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][0])):
-        row = {"target": names[target], "count": n, "rate": round(n / max(seconds, 1e-9), 1)}
-        if by and "pid" in by:
-            row["pid"] = pid
-        if by and "comm" in by:
-            row["comm"] = comm
-        out.append(row)
+    for (values, other), t in sorted(counts.items(), key=lambda kv: (-kv[1].count, kv[0])):
+        row = dict(zip(labels.label_names, values))
+        if other:
+            row.update({k: OTHER for k in row if k != "target"})
+        elif labels.pid:
+            row["pid"] = int(row["pid"])
+        out.append({**row, "count": t.count, "rate": round(t.count / max(seconds, 1e-9), 1)})
     return out
 
 
-def text_table(rs: list[dict], by: str | None) -> str:
-    cols = ["target", *(c for c in ("pid", "comm") if by and c in by), "count", "rate"]
+def text_table(rs: list[dict], labels: metricrows.Labels) -> str:
+    cols = [*labels.label_names, "count", "rate"]
     head = {"target": "FUNC", "pid": "PID", "comm": "COMM", "count": "COUNT", "rate": "RATE/s"}
     # targets (ELF symbols of any binary) and comms come from the traced system
     text = {"target", "comm"}
@@ -106,35 +106,6 @@ def text_table(rs: list[dict], by: str | None) -> str:
                       for c in cols] for r in rs], headers=[head[c] for c in cols],
                     disable_numparse=True, colalign=["left"] * (len(cols) - 2) + ["right"] * 2) \
         if rs else "(no calls)"
-
-
-class CountTables(perfbuffer.PerfBuffer):
-    """count's transport: no event stream, the kernel's table read at each
-    interval and once more at the stop (while still attached); loss is the
-    program's drops and the runs the kernel skipped, as for every program."""
-
-    def __init__(self, loaded: LoadedProgram, by: str | None) -> None:
-        super().__init__(loaded, direct=False)       # BCC loads count's program
-        self.kind = "tables"
-        self.counts = Counts(loaded, by)
-        self.final: dict = {}
-        self.final_lost = 0
-
-    def open(self, on_sample) -> None:
-        pass
-
-    def poll(self, timeout_ms: int) -> None:
-        time.sleep(timeout_ms / 1000)
-
-    def drain(self) -> None:
-        pass
-
-    def finish(self) -> None:
-        self.final = self.counts.read()
-        self.final_lost = self.lost         # the maps are gone once detached
-
-    def close(self) -> None:
-        pass
 
 
 class _Text(TextOutput):
@@ -164,17 +135,22 @@ class _Text(TextOutput):
 def count_targets(k: Kernel, targets: list[countplan.Target], o: Options,
                   prog: str = PROG) -> int:
     """Attach a counter to each target, print tables, detach; the run's exit status."""
-    defs: dict[str, object] = {"COUNT_KEYS": COUNT_KEYS if o.by else None,
+    defs: dict[str, object] = {"METRIC_SERIES": COUNT_KEYS if o.by else None,
                                **{d: True for d in BY.get(o.by or "", ())}}
     config = runconfig.pack(runconfig.COUNT, runconfig.task(skip_pid=os.getpid(), pid=o.pid))
     program = codegen.count_program(len(targets), defs, config)
     names = [t.name for t in targets]
+    labels = labels_of(names, o.by)
     sink = JsonOutput(prog) if o.json else _Text(prog, names)
-    tables: list[CountTables] = []
+    readers: list[tables.TableReader] = []
+    counts: list[Counts] = []
+    final: dict = {}
 
-    def reader(loaded) -> CountTables:
-        tables.append(CountTables(loaded, o.by))
-        return tables[-1]
+    def reader(loaded) -> tables.TableReader:
+        counts.append(Counts(loaded, labels))
+        # the last figures, read at the stop while still attached (the maps go with it)
+        readers.append(tables.TableReader(loaded, lambda: final.update(counts=counts[-1].read())))
+        return readers[-1]
 
     # BCC loads it (its hash table is read through BCC); nothing streams: a table reader
     backend = BpfBackend(k, program, [t.attach for t in targets], cacheable=False, reader=reader)
@@ -183,7 +159,7 @@ def count_targets(k: Kernel, targets: list[countplan.Target], o: Options,
     metrics = exporter.Exporter(*o.prometheus) if o.prometheus else None
 
     def publish(counts: dict, lost: int) -> None:
-        metrics.publish(metric_families(counts, names, o.by, lost))
+        metrics.publish(metric_families(counts, labels, lost))
         window["published"] = time.monotonic()
 
     def live() -> None:
@@ -196,25 +172,27 @@ def count_targets(k: Kernel, targets: list[countplan.Target], o: Options,
         due_interval = window["next"] is not None and now >= window["next"]
         if not (due_metrics or due_interval):
             return
-        current_counts = tables[-1].counts.read()      # one read of the table serves both
+        current_counts = counts[-1].read()      # one read of the table serves both
         if due_metrics:
-            publish(current_counts, tables[-1].lost)
+            publish(current_counts, readers[-1].lost)
         if not due_interval:
             return
         last = window["last"]
-        delta = {key: n - last.get(key, 0) for key, n in current_counts.items()
-                 if n > last.get(key, 0)}
-        table = rows(delta, names, now - window["at"], o.by)
-        sink.table("interval", table, time.strftime("%H:%M:%S\n") + text_table(table, o.by))
+        delta = {key: metricrows.Totals(t.count - last[key].count if key in last else t.count)
+                 for key, t in current_counts.items()
+                 if t.count > (last[key].count if key in last else 0)}
+        table = rows(delta, labels, now - window["at"])
+        sink.table("interval", table, time.strftime("%H:%M:%S\n") + text_table(table, labels))
         window.update(last=current_counts, at=now, next=max(window["next"] + o.interval, now))
 
     def at_exit(summary: loop.Summary) -> dict:
+        totals = final.get("counts", {})
         if metrics is not None:
-            publish(tables[-1].final, tables[-1].final_lost)    # the last scrapes get it
-        table = rows(tables[-1].final, names, summary.elapsed, o.by)
+            publish(totals, readers[-1].final_lost)    # the last scrapes get it
+        table = rows(totals, labels, summary.elapsed)
         sink.table("totals", table, time.strftime("%H:%M:%S ") + "totals\n"
-                   + text_table(table, o.by))
-        return {"events": sum(tables[-1].final.values())}
+                   + text_table(table, labels))
+        return {"events": sum(t.count for t in totals.values())}
 
     def meta(live: Live) -> dict:
         return {"version": __version__, "kernel": k.release, "targets": len(targets),

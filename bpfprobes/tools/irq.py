@@ -171,11 +171,10 @@ def program_and_attaches(p: Plan, k: Kernel, stack: bool,
                 attaches += [Attach("kprobe", sym, "kp_handler"),
                              Attach("kretprobe", sym, "kr_handler")]
         else:
+            # raw: a skipped run is counted (recursion_misses); a perf tracepoint's is not
             defs["HARDIRQ_TP"] = True
-            defs.update(_tp_offsets(k, "irq_handler_entry", {"irq": "TP_IRQ_OFF"}))
-            defs.update(_tp_offsets(k, "irq_handler_exit", {"ret": "TP_RET_OFF"}))
-            attaches += [Attach("tracepoint", "irq:irq_handler_entry", "tp_irq_entry"),
-                         Attach("tracepoint", "irq:irq_handler_exit", "tp_irq_exit")]
+            attaches += [Attach("raw_tracepoint", "irq_handler_entry", "raw_irq_entry"),
+                         Attach("raw_tracepoint", "irq_handler_exit", "raw_irq_exit")]
     if p.softirq_mask:
         defs.update({"SOFTIRQ": True, **_tp_offsets(k, "softirq_entry", {"vec": "TP_VEC_OFF"})})
         attaches += [Attach("tracepoint", "irq:softirq_entry", "tp_softirq_entry"),

@@ -14,13 +14,15 @@ from bpfprobes.base.safetext import for_terminal
 from bpfprobes.gen import codegen
 from bpfprobes.kernel import features, tracectx
 from bpfprobes.kernel.running import Kernel, current
-from bpfprobes.plan import countplan, probefilter, probelayout, probeplan, runconfig, spec
+from bpfprobes.plan import (countplan, probefilter, probelayout, probeplan, runconfig,
+                            sessionfile, spec)
 from bpfprobes.plan.attach import Attach
+from bpfprobes.plan.probeattach import attach_for, attachments, default_maxactive  # noqa: F401
 from bpfprobes.present import probefmt
 from bpfprobes.present.output import Column, JsonOutput, Quiet, TextOutput
 from bpfprobes.session import loop
 from bpfprobes.session.core import Session
-from bpfprobes.tools import count, probe_tracefs, shared
+from bpfprobes.tools import count, metricparts, probe_tracefs, serve, shared
 from bpfprobes.tools.shared import Clock, SessionOptions
 
 BACKENDS = ("auto", "bpf", "tracefs")
@@ -47,44 +49,7 @@ class Options(SessionOptions):
     string_size: int = probelayout.DEFAULT_STRING_SIZE
     dry_run: bool = False                   # show the program and lines, attach nothing
     force: bool = False                     # an unproven instruction boundary, with a warning
-
-
-# ---------------------------------------------------------------- plan -> attachments
-
-def default_maxactive() -> int:
-    """The kernel's own default for kretprobes (kernel/kprobes.c), stated explicitly so
-    BCC registers through kprobe_events, where kprobe_profile counts misses."""
-    return max(10, 2 * (os.cpu_count() or 1))
-
-
-def _kernel_target(k: Kernel, s: spec.ProbeSpec) -> str:
-    # BCC names kprobe_events entries after the target: keep MOD: only when ambiguous
-    if s.module and len(k.kallsyms.find(s.symbol)) > 1:
-        return f"{s.module}:{s.symbol}"
-    return s.symbol
-
-
-def _attach_for(k: Kernel, s: spec.ProbeSpec, fn: str, up: probeplan.Uprobe | None,
-                pid: int | None, kind: str | None = None) -> Attach:
-    kind = kind or s.kind
-    if s.kind == "tracepoint":
-        return Attach("tracepoint", f"{s.group}:{s.event}", fn)
-    if up is not None:
-        # the address probeplan placed and checked, not BCC's own symbol lookup
-        return Attach(kind, "", fn, path=up.path, offset=up.vaddr, pid=pid or -1,
-                             kernel_path=up.kernel_path or None)
-    maxactive = (s.maxactive or default_maxactive()) if kind == "kretprobe" else 0
-    return Attach(kind, _kernel_target(k, s), fn, offset=s.offset, maxactive=maxactive)
-
-
-def attachments(k: Kernel, plan: probeplan.Plan) -> list[Attach]:
-    pid = plan.options.pid
-    out = []
-    for st in plan.stashes:            # entries first: a return then finds its start
-        entry = {"kretprobe": "kprobe", "uretprobe": "uprobe"}[st.spec.kind]
-        out.append(_attach_for(k, st.spec, st.fn, st.uprobe, pid, entry))
-    out += [_attach_for(k, p.spec, p.fn, p.uprobe, pid) for p in plan.probes]
-    return out
+    prometheus: tuple[str, int] | None = None   # count in the kernel, serve /metrics here
 
 
 # ---------------------------------------------------------------- dry run / verbose
@@ -223,10 +188,32 @@ def _plan(k: Kernel, o: Options) -> tuple:
     return plan, attachments(k, plan)
 
 
+# what --prometheus cannot do: it sends no events (option -> why it needs them)
+NOT_WITH_PROMETHEUS = {"count": "--count", "stack": "-s", "user_stack": "-U",
+                       "summary": "--summary", "json": "--json", "header": "-H",
+                       "context": "--context", "dry_run": "--dry-run", "max_events": "-n"}
+
+
+def prometheus(k: Kernel, o: Options, prog: str) -> int:
+    """--prometheus: the specs as one metric part, served until a stop."""
+    given = [flag for name, flag in NOT_WITH_PROMETHEUS.items() if getattr(o, name)]
+    if given or o.backend == "tracefs" or o.pid or o.tid or o.comm:
+        raise UsageError(f"--prometheus counts in the kernel and sends no events: not with "
+                         f"{', '.join(given) or '--backend tracefs, -p, -L or --comm'}",
+                         "a session file's [[probe]] part labels by comm or pid (serve)")
+    decl = sessionfile.Part("probe", "probe", 0, specs=tuple(o.specs), filter=o.filter,
+                            latency=o.latency, rate_limit=o.rate_limit)
+    serve.serve(k, [metricparts.plan_part(k, decl, strict=True)], o.prometheus,
+                serve.Options(duration=o.duration, verbose=o.verbose), prog)
+    return 0
+
+
 def run(o: Options, prog: str = "bpfprobes probe") -> int:
     if not o.dry_run:
         shared.require_root()        # before planning: tracefs is root-only
     k = current()
+    if o.prometheus:
+        return prometheus(k, o, prog)
     plan, attaches = _plan(k, o)
     for warning in plan.warnings:
         print(f"{prog}: {for_terminal(warning)}", file=sys.stderr)
@@ -234,7 +221,7 @@ def run(o: Options, prog: str = "bpfprobes probe") -> int:
         return dry_run(k, plan, attaches)
     if o.count:
         targets = [countplan.Target(p.spec.kind, p.event,
-                                    _attach_for(k, p.spec, f"count_{i}", p.uprobe, o.pid))
+                                    attach_for(k, p.spec, f"count_{i}", p.uprobe, o.pid))
                    for i, p in enumerate(plan.probes)]
         return count.count_targets(k, targets, count.Options(
             by=o.by, interval=o.interval, pid=o.pid, duration=o.duration, json=o.json,

@@ -5,15 +5,16 @@ import dataclasses
 
 import pytest
 
-from bpfprobes.cli import count, doctor, execsnoop, irq, opensnoop, probe
+from bpfprobes.cli import count, doctor, execsnoop, irq, opensnoop, probe, serve
 from bpfprobes.tools import count as count_tool, doctor as doctor_tool, \
     execsnoop as execsnoop_tool, irq as irq_tool, opensnoop as opensnoop_tool, \
-    probe as probe_tool
+    probe as probe_tool, serve as serve_tool
 
 PAIRS = [(doctor.build_parser, doctor_tool.Options), (opensnoop.build_parser, opensnoop_tool.Options),
          (execsnoop.build_parser, execsnoop_tool.Options), (count.build_parser, count_tool.Options),
          (irq.build_parser, irq_tool.Options), (probe.build_parser, probe_tool.Options),
-         (probe.build_kprobe_parser, probe_tool.Options)]
+         (probe.build_kprobe_parser, probe_tool.Options),
+         (serve.build_parser, serve_tool.Options)]
 
 
 @pytest.mark.parametrize("build, options", PAIRS, ids=lambda x: getattr(x, "__qualname__", ""))

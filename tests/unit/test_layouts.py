@@ -92,10 +92,13 @@ def test_irq_event_golden_bytes():
     assert e["cpu"] == 1 and e["ctx"]["preempt"] == 0x10000 and e["comm"] == "swapper/1"
 
 
-def test_count_key_golden_bytes():
+def test_metric_key_golden_bytes():
     import struct
-    row = decode.COUNT_KEY.unpack(struct.pack("<II16s", 3, 4242, b"nginx\0"))
-    assert (row["target"], row["pid"], decode.cstr(row["comm"])) == (3, 4242, "nginx")
+    row = decode.METRIC_KEY.unpack(struct.pack("<IIiI16s4Q", 3, 4242, -1, 0, b"nginx\0",
+                                               7, 0, 0, 2**64 - 1))
+    assert (row["probe"], row["pid"], row["err"], decode.cstr(row["comm"])) == \
+        (3, 4242, -1, "nginx")
+    assert struct.unpack("<4Q", row["args"]) == (7, 0, 0, 2**64 - 1)
 
 
 def test_config_golden_bytes():

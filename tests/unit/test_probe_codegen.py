@@ -560,3 +560,50 @@ def test_string_filters_go_to_the_kernel_only_when_their_bytes_fit():
     assert probefilter.kernel_ok(probefilter.parse('comm == "abcdefghijklmno"'), comm)
     assert not probefilter.kernel_ok(probefilter.parse('comm == "' + "é" * 15 + '"'), comm)
     assert not probefilter.kernel_ok(probefilter.parse('comm ~ "' + "é" * 9 + '*"'), comm)
+
+
+# ---------------------------------------------------------------- metrics mode (serve, --prometheus)
+
+def metrics_plan(texts, by=(), timed=False, **kw):
+    from bpfprobes.plan import metricplan
+    return plan_for(texts, metrics=metricplan.Options(tuple(by), 100, timed), **kw)
+
+
+def test_metrics_mode_counts_in_the_kernel_and_sends_nothing():
+    plan = metrics_plan(["p:do_sys_openat2 flags=$arg3:u32", "r:do_sys_openat2 ret=$retval:s32"],
+                        by=("comm", "pid", "errno", "flags"), timed=True)
+    c = codegen.probe_source(plan, X86)
+    assert "probe_submit" not in c and "perf_submit" not in c
+    entry, ret = c.split("/* spec 1 */")
+    assert "metric_add(&mk, e->latency_ns, 0);" in entry           # an entry: no latency
+    assert "metric_add(&mk, e->latency_ns, e->latency_ns != 0);" in ret
+    assert "mk.err = metric_errno" not in entry                      # no return value there
+    # an int's upper register bits never split a row: cut to 32 bits, sign-extended
+    assert "mk.err = metric_errno((u64)(s64)(s32)SLOT(e, 0));" in ret
+    assert "mk.args[0] = (SLOT(e, 0) & 0xffffffffULL);" in entry and "mk.args[0]" not in ret
+    assert "mk.pid = e->pid;" in c and "__builtin_memcpy(mk.comm, e->comm" in c
+    defs = codegen.probe_defines(plan)
+    assert (defs["PROBE_METRICS"], defs["METRIC_SERIES"], defs["METRIC_PROBES"],
+            defs["METRIC_SLOTS"]) == (True, 100, 2, 40)
+
+
+def test_metrics_labels_are_checked_before_any_c():
+    with pytest.raises(UsageError, match="is a string: strings are no labels"):
+        metrics_plan(["p:do_sys_openat2 f=+0(%si):string"], by=("f",))
+    with pytest.raises(UsageError, match="no probe captures as an integer"):
+        metrics_plan(["p:do_sys_openat2"], by=("nosuch",))
+    with pytest.raises(UsageError, match="no probe captures a return value"):
+        metrics_plan(["p:do_sys_openat2"], by=("errno",))
+    with pytest.raises(UsageError, match="4 at most"):
+        metrics_plan(["p:f a=$arg1 b=$arg2 c=$arg3 d=$arg4 e=$arg5"], by=tuple("abcde"))
+    # a filter the kernel cannot check exactly would need events in userspace: none come
+    with pytest.raises(UsageError, match="cannot be checked in the kernel"):
+        metrics_plan(["p:f s=+0(%si):string"], filter=probefilter.parse('s ~ "*x*"'))
+
+
+def test_hostile_label_names_never_reach_the_c():
+    """A label is an argument's name: only slot offsets are written, never the name."""
+    plan = metrics_plan(["p:f evil=$arg1:u64"], by=("evil",))
+    c = codegen.probe_source(plan, X86)
+    assert "evil" not in c.split("/* spec 0 */")[1].split("metric_add")[0].replace(
+        "/* argument 0 */", "")

@@ -226,7 +226,7 @@ def test_execsnoop_args_escaped_plain_and_quoted():
 def test_count_and_doctor_tables_escape_names():
     from bpfprobes.tools import count, doctor
     table = count.text_table([{"target": "main\033[2J", "pid": 5, "comm": "\u202eevil",
-                               "count": 3, "rate": 1.5}], "pid,comm")
+                               "count": 3, "rate": 1.5}], count.labels_of(["x"], "pid,comm"))
     assert "main\\x1b[2J" in table and "\\u202eevil" in table
     assert not raw_controls(table.encode().replace(b"\n", b""))
     report = {"kernel": {"release": "6.1\033]0;x\007", "arch": "x86_64"},

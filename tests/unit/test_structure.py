@@ -104,7 +104,8 @@ def test_the_command_line_is_thin():
     """cli/ turns argv into a tool's options and nothing else: small, no cli
     module imports another tool's cli module, no Namespace past it."""
     cli = {m: p for m, p in MODULES.items() if m.startswith("cli.")}
-    assert sum(len(p.read_text().splitlines()) for p in cli.values()) < 800
+    # about a hundred lines a tool (argparse declarations, examples): seven tools
+    assert sum(len(p.read_text().splitlines()) for p in cli.values()) < 900
     shared = {"cli.common", "cli.main"}
     for name, path in cli.items():
         assert not (imports(path) & set(cli)) - shared, name

@@ -1,0 +1,72 @@
+"""The transport of a program that sends no events: its per-CPU tables, read
+whenever its tool asks (an interval, a metrics snapshot) and once more at the
+stop, while still attached. Loss is what every program counts (drops, runs the
+kernel skipped), as for an events map.
+"""
+from __future__ import annotations
+
+import struct
+import time
+
+from bpfprobes.backends.bpf import perfring
+from bpfprobes.backends.bpf.loaded import LoadedProgram
+from bpfprobes.backends.bpf.perfbuffer import PerfBuffer
+from bpfprobes.kernel import bpfsys
+
+
+def percpu_rows(loaded: LoadedProgram, name: str) -> list[tuple[bytes, list[bytes]]]:
+    """(key, [each possible CPU's value bytes]) of every entry of a per-CPU map,
+    read with bpf(2) whoever loaded the program: values of any struct."""
+    fd = loaded.map_fd(name)
+    info = bpfsys.map_info(fd)
+    ncpu = len(perfring.cpus("possible"))
+    stride = (info["value_size"] + 7) & ~7          # the kernel rounds each CPU's copy up
+    out, key = [], None
+    while (key := perfring.map_next_key(fd, key, info["key_size"])) is not None:
+        raw = perfring.map_lookup(fd, key, stride * ncpu)
+        if raw is not None:
+            size = info["value_size"]
+            out.append((key, [raw[i * stride:i * stride + size] for i in range(ncpu)]))
+    return out
+
+
+def percpu_array_sums(loaded: LoadedProgram, name: str, fields: int) -> list[list[int]]:
+    """A per-CPU array whose values are `fields` u64s: per index, the fields summed over CPUs."""
+    fmt = struct.Struct(f"<{fields}Q")
+    out = []
+    for _key, values in percpu_rows(loaded, name):
+        sums = [0] * fields
+        for v in values:
+            for i, n in enumerate(fmt.unpack_from(v)):
+                sums[i] += n
+        out.append(sums)
+    return out
+
+
+class TableReader(PerfBuffer):
+    """A run without an events map: poll only waits; the tool reads its tables
+    (`on_finish` takes the last figures at the stop, the maps gone once detached)."""
+
+    def __init__(self, loaded: LoadedProgram, on_finish=None) -> None:
+        super().__init__(loaded, direct=False)
+        self.kind = "tables"
+        self.loaded = loaded
+        self.on_finish = on_finish
+        self.final_lost = 0
+
+    def open(self, on_sample) -> None:
+        pass
+
+    def poll(self, timeout_ms: int) -> None:
+        time.sleep(timeout_ms / 1000)
+
+    def drain(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        if self.on_finish is not None:
+            self.on_finish()
+        self.final_lost = self.lost
+
+    def close(self) -> None:
+        pass
