@@ -40,10 +40,13 @@ vm-run: setup-test
 	$(PY) tests/vm/boot.py -- '$(CMD)'
 
 # bpfprobes opensnoop against its peers, side by side (~10 min; BENCH_ARGS=--quick: ~1 min,
-# BENCH_ARGS=--vm: also the kprobe path in the test VM, ~15 min more); writes bench/RESULTS.md
+# BENCH_ARGS=--vm: also the kprobe path in the test VM, ~15 min more); writes bench/RESULTS.md,
+# then the exporter row (~2 min; EXPORTER_ARGS="--seconds 10"): bench/EXPORTER.md
 BENCH_ARGS ?=
+EXPORTER_ARGS ?=
 bench: setup-test
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/exporter.py $(EXPORTER_ARGS)
 
 # A 10-minute opensnoop session at a steady 20,000 opens/s: RSS, CPU, every event
 # accounted for (SOAK_ARGS="--tool execsnoop", "--minutes 1"); writes bench/SOAK.md

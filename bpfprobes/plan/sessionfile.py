@@ -182,6 +182,7 @@ def parse(text: str, path: str) -> Session:
         if not isinstance(value, list):
             raise _error(path, lines.tables.get(key, 0), f"{key} is a table of parts: [[{key}]]")
         parts += [_part(path, lines, key, i, table) for i, table in enumerate(value)]
+    parts.sort(key=lambda p: p.line)            # the file's order, whatever the kinds
     seen: dict[str, Part] = {}
     for p in parts:
         if p.name in seen:
