@@ -82,16 +82,18 @@ def label(text: str) -> str:
 def counter(name: str, doc: str, labels: list[str],
             samples: Iterable[tuple[list[str], float]]) -> CounterMetricFamily:
     """A counter family `bpfprobes_NAME_total` with one sample per label values."""
-    family = CounterMetricFamily(PREFIX + name, doc, labels=labels)
-    for values, value in samples:
-        family.add_metric([label(v) for v in values], value)
-    return family
+    return _family(CounterMetricFamily, name, doc, labels, samples)
 
 
 def gauge(name: str, doc: str, labels: list[str],
           samples: Iterable[tuple[list[str], float]]) -> GaugeMetricFamily:
     """A gauge family `bpfprobes_NAME` with one sample per label values."""
-    family = GaugeMetricFamily(PREFIX + name, doc, labels=labels)
+    return _family(GaugeMetricFamily, name, doc, labels, samples)
+
+
+def _family(kind, name: str, doc: str, labels: list[str],
+            samples: Iterable[tuple[list[str], float]]):
+    family = kind(PREFIX + name, doc, labels=labels)
     for values, value in samples:
         family.add_metric([label(v) for v in values], value)
     return family

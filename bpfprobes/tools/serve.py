@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bpfprobes import __version__
+from bpfprobes.backends.bpf import tables
 from bpfprobes.base import signals
 from bpfprobes.base.errors import BpfprobesError
 from bpfprobes.base.safetext import for_terminal
@@ -43,27 +44,14 @@ class Options:
     verbose: bool = False
 
 
-class PartsTables:
+class PartsTables(tables.NoStream):
     """The session's transport: nothing streams; loss is every live part's."""
-    kind = "tables"
 
     def __init__(self, parts: "Parts") -> None:
         self.parts = parts
 
-    def open(self, on_sample) -> None:
-        pass
-
-    def poll(self, timeout_ms: int) -> None:
-        time.sleep(timeout_ms / 1000)
-
-    def drain(self) -> None:
-        pass
-
     def finish(self) -> None:
         self.parts.publish()            # the last figures, while still attached
-
-    def close(self) -> None:
-        pass
 
     def _sum(self, key: str) -> int:
         return sum(p.health().get(key, 0) for p in self.parts.all)

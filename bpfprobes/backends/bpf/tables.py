@@ -43,16 +43,9 @@ def percpu_array_sums(loaded: LoadedProgram, name: str, fields: int) -> list[lis
     return out
 
 
-class TableReader(PerfBuffer):
-    """A run without an events map: poll only waits; the tool reads its tables
-    (`on_finish` takes the last figures at the stop, the maps gone once detached)."""
-
-    def __init__(self, loaded: LoadedProgram, on_finish=None) -> None:
-        super().__init__(loaded, direct=False)
-        self.kind = "tables"
-        self.loaded = loaded
-        self.on_finish = on_finish
-        self.final_lost = 0
+class NoStream:
+    """A transport with nothing to read as it comes: polling only waits."""
+    kind = "tables"
 
     def open(self, on_sample) -> None:
         pass
@@ -63,10 +56,22 @@ class TableReader(PerfBuffer):
     def drain(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
+
+class TableReader(NoStream, PerfBuffer):
+    """A run without an events map: the tool reads its tables (`on_finish` takes
+    the last figures at the stop, the maps gone once detached); loss as for any."""
+
+    def __init__(self, loaded: LoadedProgram, on_finish=None) -> None:
+        PerfBuffer.__init__(self, loaded, direct=False)
+        self.kind = "tables"
+        self.loaded = loaded
+        self.on_finish = on_finish
+        self.final_lost = 0
+
     def finish(self) -> None:
         if self.on_finish is not None:
             self.on_finish()
         self.final_lost = self.lost
-
-    def close(self) -> None:
-        pass
