@@ -87,7 +87,9 @@ def test_disk_interrupts_equal_the_proc_interrupts_delta(tmp_path):
             inner_after = proc_counts(irqs)
             skipped = recursion_misses(ours.progs)      # since attach, any line: a bound
         outer_after = proc_counts(irqs)
-        assert t.proc.returncode == 0 and t.json("summary")[0]["lost"] == 0
+        summary = t.json("summary")[0]
+        # the only loss: runs the kernel skipped (an interrupt inside another BPF program)
+        assert t.proc.returncode == 0 and summary["lost"] == summary["recursion_misses"]
         events = t.json()
         caused = sum(inner_after[n] - inner_before[n] for n in irqs)
         assert caused >= 300, (inner_before, inner_after)   # every write and fsync waited for
