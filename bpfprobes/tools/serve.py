@@ -118,7 +118,7 @@ class Parts:
         for part in self.all:
             try:
                 families += part.snapshot()
-            except OSError as e:                # its maps went away under us: say, go on
+            except (OSError, BpfprobesError) as e:      # its maps went away: say, go on
                 self.log(f"part {part.name}: cannot read its tables: {e}")
         families += metricrows.health((p.name, p.health()) for p in self.all)
         self.metrics.publish(families)
@@ -132,9 +132,12 @@ class Parts:
                 if p.name in old and old[p.name].decl == p.decl and old[p.name].up]
         kept = {p.name for p in keep}
         fresh = [p for p in wanted if p.name not in kept]
+        gone = [p for p in self.all if p.name not in kept]
+        # all of them ours until the swap: a stop signal while a fresh part compiles
+        # (signals.Stopped) leaves through the session's teardown, which closes self.all
+        self.all = keep + gone + fresh
         for part in fresh:
             self.start(part, stop)
-        gone = [p for p in self.all if p.name not in kept]
         for part in gone:
             part.close()
         order = {p.name: i for i, p in enumerate(wanted)}
