@@ -56,8 +56,11 @@ class StopSignals:
 
     def reload_on(self, signum: int) -> None:
         """From now on `signum` (serve: SIGHUP) asks for a reload, counted in
-        `reloads`, and no longer stops the run."""
+        `reloads`, and no longer stops the run: handled even where it was ignored
+        (nohup), since a reload is what a service's SIGHUP means."""
         self._reload.add(signum)
+        if signum not in self._saved:
+            self._saved[signum] = signal.signal(signum, self)
 
     def check(self, phase: str) -> None:
         """Raise Stopped if a stop signal came; `phase` says where set-up was."""

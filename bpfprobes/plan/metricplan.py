@@ -18,7 +18,7 @@ TASK_LABELS = ("comm", "pid")
 MAX_ARG_LABELS = 4                  # metric_row.h METRIC_ARGS
 DEFAULT_MAX_SERIES = 1000
 SLOTS = 40                          # log2 latency buckets: up to 2^40 ns (18 min)
-MAX_SERIES_LIMIT = 1_000_000        # a table the kernel would allocate for every CPU
+MAX_SERIES_LIMIT = 100_000          # a table the kernel allocates for every CPU at load
 ERRNO = "errno"
 
 
@@ -92,6 +92,12 @@ def bind(probes, o: Options) -> tuple[ProbeLabels, ...]:
     if ERRNO in o.by and not any(pl.errno for pl in out):
         raise UsageError("by names errno, and no probe captures a return value",
                          "capture one: r:FUNC ret=$retval, or a sys_exit tracepoint's ret")
+    unsigned = [p.event for p, pl in zip(probes, out)
+                if ERRNO in o.by and pl.errno and pl.errno.type.kind != "s"]
+    if unsigned:
+        raise UsageError(f"by names errno, and {unsigned[0]}'s return value is unsigned: "
+                         "no errno is negative there", "type it signed: ret=$retval:s32 "
+                         "for an int, :s64 for a long")
     for i, name in enumerate(args):
         if not any(pl.args[i] for pl in out):
             strings = any(s.name == name for p in probes for s in p.layout.slots)

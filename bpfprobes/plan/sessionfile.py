@@ -12,7 +12,9 @@ checked by their own parsers when the part is planned.
 """
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass
 
@@ -24,8 +26,14 @@ from bpfprobes.plan.runconfig import RateLimit
 DEFAULT_LISTEN = ("127.0.0.1", 9435)
 MAX_FILE = 1 << 20                  # a session file is a page of text, not a megabyte
 NAME = re.compile(r"[a-z_][a-z0-9_]{0,63}")     # part of a metric name: nothing else
-# the exporter's own families (present/metricrows.health, the process collector)
-RESERVED = ("part_up", "lost_events", "throttled_events", "series_dropped", "process")
+# the families each kind of part adds (after bpfprobes_), and the exporter's own
+FAMILIES = {"count": ("{}",), "probe": ("{}_events", "{}_latency_seconds"),
+            "opensnoop": ("{}_opens",)}
+HEALTH = ("part_up", "lost_events", "throttled_events", "series_dropped")
+# label names an argument may not take: Prometheus's own (__*, le, quantile, and the
+# target's instance and job) and the ones the exporter sets itself
+RESERVED_LABELS = ("le", "quantile", "instance", "job", "other", "part", "probe", "target",
+                   "syscall", "comm", "pid", "errno")
 
 # kind -> (key -> (type, required)); by's fixed choices per kind (probe also: its args)
 KEYS = {
@@ -124,18 +132,19 @@ def _part(path: str, lines: _Lines, kind: str, index: int, table: object) -> Par
         if required and key not in table:
             raise _error(path, header, f"[[{kind}]]: {key} is required")
     name = table.get("name", kind)
-    if not NAME.fullmatch(name) or name.startswith(RESERVED):
+    if not NAME.fullmatch(name):
         raise _error(path, lines.key(kind, index, "name"),
                      f"[[{kind}]] name {for_terminal(repr(name))}: a metric name's part is "
-                     "lowercase letters, digits and _ (not a digit first, at most 64)",
-                     "reserved: " + ", ".join(RESERVED))
+                     "lowercase letters, digits and _ (not a digit first, at most 64)")
     by = tuple(table.get("by", DEFAULT_BY[kind]))
     for label in by:
-        if label not in BY[kind] and (kind != "probe" or not NAME.fullmatch(label)):
+        if label not in BY[kind] and (kind != "probe" or not NAME.fullmatch(label)
+                                      or label.startswith("__") or label in RESERVED_LABELS):
             raise _error(path, lines.key(kind, index, "by"),
                          f"[[{kind}]] by: {for_terminal(repr(label))} is no label here",
                          "labels: " + ", ".join(BY[kind]) +
-                         (", or a captured argument's name" if kind == "probe" else ""))
+                         (", or a captured argument's name (not __*, le, quantile, instance, "
+                          "job, other, part, target, syscall)" if kind == "probe" else ""))
     if len(set(by)) != len(by):
         raise _error(path, lines.key(kind, index, "by"), f"[[{kind}]] by names a label twice")
     for key in ("targets", "specs"):
@@ -154,6 +163,20 @@ def _part(path: str, lines: _Lines, kind: str, index: int, table: object) -> Par
                 by, table.get("filter"), bool(table.get("latency", False)), max_series, rate)
 
 
+def _unique_families(path: str, parts: list[Part]) -> None:
+    """Two parts must not make one metric (count `x_events` and probe `x` would both
+    be bpfprobes_x_events), nor one of the exporter's own: a scrape would fail whole."""
+    owner: dict[str, str] = {h: "the exporter's own" for h in HEALTH}
+    for p in parts:
+        for pattern in FAMILIES[p.kind]:
+            family = pattern.format(p.name)
+            if family in owner:
+                raise _error(path, p.line, f"[[{p.kind}]] {p.name} would make the metric "
+                             f"bpfprobes_{family}, which is {owner[family]}",
+                             "rename one of them")
+            owner[family] = f"part {p.name}'s"
+
+
 def listen_address(text: str) -> tuple[str, int]:
     """ADDR:PORT: 127.0.0.1:9435, [::1]:9435, or :9435 (every address). ValueError."""
     host, sep, port = text.rpartition(":")
@@ -169,6 +192,8 @@ def parse(text: str, path: str) -> Session:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise _error(path, 0, f"not TOML: {e}") from None
+    except RecursionError:          # tomllib recurses per nested [ or {: a hostile file
+        raise _error(path, 0, "not TOML we read: nested too deeply") from None
     lines = _Lines(text)
     parts: list[Part] = []
     for key, value in doc.items():
@@ -189,6 +214,7 @@ def parse(text: str, path: str) -> Session:
             raise _error(path, p.line, f"two parts are named {p.name!r} (the other at line "
                          f"{seen[p.name].line})", "names make the metrics' names: one each")
         seen[p.name] = p
+    _unique_families(path, parts)
     if not parts:
         raise _error(path, 0, "no parts", "add a [[count]], [[probe]] or [[opensnoop]] table")
     listen = doc.get("listen", None)
@@ -205,10 +231,19 @@ def parse(text: str, path: str) -> Session:
 def load(path: str) -> Session:
     """Read and parse the file (UsageError: it cannot be read, or what is wrong)."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_FILE + 1)
+        # not blocking on a FIFO put where the file was (a reload must not hang), and a
+        # regular file only
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise UsageError(f"cannot read {for_terminal(path)}: {e.strerror or e}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"{for_terminal(path)} is not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            raw = f.read(MAX_FILE + 1)
+        except OSError as e:
+            raise UsageError(f"cannot read {for_terminal(path)}: {e.strerror or e}") from None
     if len(raw) > MAX_FILE:
         raise _error(path, 0, f"larger than {MAX_FILE} bytes: no session file is")
     try:

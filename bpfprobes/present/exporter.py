@@ -23,6 +23,8 @@ PREFIX = "bpfprobes_"
 
 
 class _Quiet(WSGIRequestHandler):
+    timeout = 10            # a client that connects and sends nothing holds a thread no longer
+
     def log_message(self, *args) -> None:      # a line per scrape is noise on stderr
         pass
 
@@ -31,7 +33,7 @@ class Exporter:
     """Serves `/metrics` on (host, port) from the moment it is made (bound first:
     a port in use is one line before anything is attached) until close()."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, flag: str = "--prometheus") -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
         self._families: list[Metric] = []
@@ -44,9 +46,10 @@ class Exporter:
                                      handler_class=_Quiet)
         except OSError as e:
             raise KernelError(f"cannot serve metrics on {host}:{port}: "
-                              f"{e.strerror or e}", "choose another --prometheus ADDR:PORT") \
+                              f"{e.strerror or e}", f"choose another {flag} ADDR:PORT") \
                 from None
-        self.address = f"{host}:{self.httpd.server_port}"
+        shown = f"[{host}]" if ":" in host else host        # an IPv6 address in a URL
+        self.address = f"{shown}:{self.httpd.server_port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics",
                                        daemon=True)
         self.thread.start()

@@ -27,6 +27,26 @@ from bpfprobes.present import metricrows
 from bpfprobes.tools import count, opensnoop
 
 COUNT_BY = {"pid": "COUNT_BY_PID", "comm": "COUNT_BY_COMM"}
+PART_BUDGET = 128 << 20         # kernel bytes one part's table may take (all CPUs)
+ENTRY_BYTES = 64 + 56           # a row's key and the hash's own per-row bookkeeping
+
+
+def table_bytes(decl: Decl, cpus: int) -> int:
+    """What a part's preallocated per-CPU table costs the kernel: every row's key
+    once, its value on every possible CPU (16 bytes, 336 with latency buckets)."""
+    value = 16 + (8 * metricplan.SLOTS if decl.latency or decl.kind == "probe" else 0)
+    return decl.max_series * (ENTRY_BYTES + value * cpus)
+
+
+def check_budget(decl: Decl) -> int:
+    """The part's table bytes, refused (UsageError) past PART_BUDGET on this machine."""
+    cpus = len(tables.possible_cpus())
+    need = table_bytes(decl, cpus)
+    if need > PART_BUDGET:
+        raise UsageError(f"max_series {decl.max_series} would take {need >> 20} MiB of kernel "
+                         f"memory on {cpus} CPUs (at most {PART_BUDGET >> 20} MiB a part)",
+                         "lower max_series: the rows past it are counted under other=\"true\"")
+    return need
 
 
 def _int_label(t: spec.ArgType) -> Callable[[int], str]:
@@ -74,6 +94,10 @@ class Part:
             self.close()
             self.up, self.reason = False, e.what
             return
+        except signals.Stopped:
+            self.close()                # what was made is torn down here, then the stop
+            self.reason = "stopped while starting"
+            raise
         self.up, self.reason = True, f"{len(self.backend.loaded.attached)} attached"
 
     def totals(self) -> dict:

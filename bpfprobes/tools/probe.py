@@ -191,7 +191,8 @@ def _plan(k: Kernel, o: Options) -> tuple:
 # what --prometheus cannot do: it sends no events (option -> why it needs them)
 NOT_WITH_PROMETHEUS = {"count": "--count", "stack": "-s", "user_stack": "-U",
                        "summary": "--summary", "json": "--json", "header": "-H",
-                       "context": "--context", "dry_run": "--dry-run", "max_events": "-n"}
+                       "context": "--context", "dry_run": "--dry-run", "max_events": "-n",
+                       "by": "--by", "interval": "-i", "quiet": "-q"}
 
 
 def prometheus(k: Kernel, o: Options, prog: str) -> int:

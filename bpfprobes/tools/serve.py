@@ -21,7 +21,7 @@ from typing import Callable
 from bpfprobes import __version__
 from bpfprobes.backends.bpf import tables
 from bpfprobes.base import signals
-from bpfprobes.base.errors import BpfprobesError
+from bpfprobes.base.errors import BpfprobesError, UsageError
 from bpfprobes.base.safetext import for_terminal
 from bpfprobes.kernel.running import Kernel, current
 from bpfprobes.plan import sessionfile
@@ -30,7 +30,7 @@ from bpfprobes.present.output import TextOutput
 from bpfprobes.session import loop
 from bpfprobes.session.core import Live, Session
 from bpfprobes.tools import shared
-from bpfprobes.tools.metricparts import Part, plan_part
+from bpfprobes.tools.metricparts import Part, check_budget, plan_part
 
 PROG = "bpfprobes serve"
 PUBLISH_S = 1.0                 # the snapshot a scrape gets is at most this old
@@ -54,7 +54,8 @@ class PartsTables(tables.NoStream):
         self.parts.publish()            # the last figures, while still attached
 
     def _sum(self, key: str) -> int:
-        return sum(p.health().get(key, 0) for p in self.parts.all)
+        return sum(p.health().get(key, 0) for p in self.parts.all) + \
+            self.parts.retired.get(key, 0)
 
     @property
     def lost(self) -> int:
@@ -80,6 +81,7 @@ class Parts:
         self.metrics = metrics
         self.prog = prog
         self.published = 0.0
+        self.retired = {"lost": 0, "throttled": 0}      # of parts a reload removed
 
     def log(self, line: str) -> None:
         """One line on stderr (the journal, under systemd), escaped: it names user text."""
@@ -134,12 +136,26 @@ class Parts:
         fresh = [p for p in wanted if p.name not in kept]
         gone = [p for p in self.all if p.name not in kept]
         # all of them ours until the swap: a stop signal while a fresh part compiles
-        # (signals.Stopped) leaves through the session's teardown, which closes self.all
+        # leaves through the session's teardown, which closes self.all
         self.all = keep + gone + fresh
-        for part in fresh:
-            self.start(part, stop)
+        try:
+            for part in fresh:
+                self.start(part, stop)
+        except signals.Stopped:
+            self.log("stopped during a reload: every part is detached now")
+            return                      # the loop sees the signal: summary, teardown
+        # a changed part whose new definition cannot run: the running one stays
+        running = {p.name: p for p in gone if p.up}
+        for part in [p for p in fresh if not p.up and p.name in running]:
+            self.log(f"part {part.name}: its new definition is down; the running one stays")
+            fresh.remove(part)
+            gone.remove(running[part.name])
+            keep.append(running[part.name])
         for part in gone:
+            figures = part.health()
             part.close()
+            for key in self.retired:
+                self.retired[key] += figures.get(key, 0)
         order = {p.name: i for i, p in enumerate(wanted)}
         self.all = sorted(keep + fresh, key=lambda p: order[p.name])
         self.log(f"reloaded: {len(fresh)} attached, {len(gone)} detached, {len(keep)} unchanged")
@@ -167,15 +183,23 @@ class _Log(TextOutput):
         self.err.flush()
 
 
+SESSION_BUDGET = 512 << 20      # kernel bytes all parts' tables may take together
+
+
 def plan_all(k: Kernel, session: sessionfile.Session) -> list[Part]:
     """Every part planned; an error names the part (its file and line)."""
-    out = []
+    out, total = [], 0
     for decl in session.parts:
         try:
+            total += check_budget(decl)
             out.append(plan_part(k, decl))
         except BpfprobesError as e:
             e.what = f"{session.path}:{decl.line}: [[{decl.kind}]] {decl.name}: {e.what}"
             raise
+    if total > SESSION_BUDGET:
+        raise UsageError(f"{session.path}: the parts' tables would take {total >> 20} MiB of "
+                         f"kernel memory (at most {SESSION_BUDGET >> 20} MiB a session)",
+                         "lower max_series")
     return out
 
 
@@ -185,9 +209,10 @@ def serve(k: Kernel, planned: list[Part], listen: tuple[str, int], o: Options,
     calls `reread` for the parts wanted now (None: SIGHUP stops, as for any tool)."""
     stop = signals.stop_signals()
     # bound before anything is attached: a port in use is one line, nothing attached
-    with exporter.Exporter(*listen) as metrics:
+    with exporter.Exporter(*listen, flag="--listen" if reread else "--prometheus") as metrics:
         parts = Parts(k, planned, metrics, prog)
-        state = {"reloads": stop.reloads}
+        parts.publish()             # from the first scrape: every part, up 0 until attached
+        state = {"reloads": 0}      # a SIGHUP during set-up is a reload at the first tick
 
         def tick() -> None:
             if stop.reloads != state["reloads"]:
@@ -201,6 +226,10 @@ def serve(k: Kernel, planned: list[Part], listen: tuple[str, int], o: Options,
                 wanted = reread()
             except BpfprobesError as e:
                 parts.log(f"reload refused, still running the last good file: {e.what}")
+                return
+            except Exception as e:      # noqa: BLE001 - whatever the file does, we keep serving
+                parts.log(f"reload refused, still running the last good file: "
+                          f"{type(e).__name__}: {e}")
                 return
             parts.replace(wanted, stop)
             parts.publish()
@@ -220,6 +249,13 @@ def run(o: Options) -> int:
     signals.stop_signals().reload_on(signal.SIGHUP)
     session = sessionfile.load(o.file)
     k = current()
-    serve(k, plan_all(k, session), o.listen or session.listen, o,
-          reread=lambda: plan_all(k, sessionfile.load(o.file)))
+    listen = o.listen or session.listen
+
+    def reread() -> list[Part]:
+        again = sessionfile.load(o.file)
+        if not o.listen and again.listen != listen:
+            print(f"{PROG}: listen changed in the file: a restart applies it", file=sys.stderr)
+        return plan_all(k, again)
+
+    serve(k, plan_all(k, session), listen, o, reread=reread)
     return 0

@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 from bpfprobes.backends.bpf import loader, progcache
 from bpfprobes.backends.tracefs import dynevents
 from bpfprobes.base import signals
-from bpfprobes.cli import common, count, doctor, execsnoop, irq, opensnoop, probe
+from bpfprobes.cli import common, count, doctor, execsnoop, irq, opensnoop, probe, serve
 from bpfprobes.cli import main as cli_main
 from tooling import held_by, leftovers, run_tool, tracefs_objects_of
 
@@ -60,6 +60,7 @@ PARSERS: dict[str, tuple[Callable[[], argparse.ArgumentParser], str]] = {
     "irq": (irq.build_parser, "bpfprobes irq"),
     "doctor": (doctor.build_parser, "bpfprobes doctor"),
     "kprobe": (probe.build_kprobe_parser, "kprobe"),
+    "serve": (serve.build_parser, "bpfprobes serve"),
 }
 EXIT_OK = {0, 1, 2}
 

@@ -227,15 +227,37 @@ def test_sighup_adds_a_part_and_keeps_counters_monotonic(tmp_path):
                 prom.vector(new)
             assert prom.until(lambda: [v for _, v in prom.vector(expr)] == [500])
             assert prom.vector(f"resets({expr}[5m])")[0][1] == 0
-            # a file that no longer parses: one line, the running set stays
-            path.write_text("[[count]]\nname = 1\n")
-            os.kill(t.proc.pid, signal.SIGHUP)
-            assert t.wait_until(lambda: any("reload refused" in line for line in t.err))
+            # a file that no longer parses (a wrong type; nesting that would exhaust the
+            # parser's recursion): one line each, the running set stays
+            for bad in ("[[count]]\nname = 1\n", "x = " + "[" * 5000 + "]" * 5000 + "\n"):
+                refused = sum("reload refused" in line for line in t.err)
+                path.write_text(bad)
+                os.kill(t.proc.pid, signal.SIGHUP)
+                assert t.wait_until(lambda: sum("reload refused" in line for line in t.err)
+                                    > refused), t.stderr
+            assert "Traceback" not in t.stderr
             assert ("bpfprobes_part_up", frozenset({"part": "opensnoop"}.items())) in \
                 scrape(address)
         finally:
             prom.stop()
     assert t.proc.returncode == 0
+
+
+def test_a_stop_during_a_reload_is_a_stop_with_a_summary(tmp_path):
+    """SIGTERM while a reload compiles its new part: status 0, the summary, and
+    every part (the running one, the half-started one) detached."""
+    path = tmp_path / "session.toml"
+    path.write_text('[[opensnoop]]\n')
+    t = Tool("serve", "--listen", "127.0.0.1:0", str(path)).wait_live()
+    held = t.held().progs
+    assert held
+    path.write_text('[[opensnoop]]\n[[count]]\nname = "execs"\ntargets = ["t:sched:sched_process_exec"]\n')
+    os.kill(t.proc.pid, signal.SIGHUP)
+    assert t.wait_until(lambda: len(t.held().progs) > len(held) or any(
+        "reloaded" in line for line in t.err), 60)
+    assert t.stop(signal.SIGTERM, timeout=60) == 0, t.stderr
+    assert any("stopped by signal:SIGTERM" in line for line in t.err), t.stderr
+    assert "Traceback" not in t.stderr
 
 
 def test_a_comm_storm_stays_within_max_series(tmp_path):

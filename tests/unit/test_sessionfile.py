@@ -1,5 +1,7 @@
 """Session files (serve): what a good file becomes, and every mistake as one line
 naming the file, the line and the key, before anything touches the kernel."""
+import os
+
 import pytest
 
 from bpfprobes.base.errors import UsageError
@@ -61,7 +63,18 @@ BAD = [
      "'bad-name' is no label here"),
     ('[[opensnoop]]\nrate_limit = "5/node"\n', "s.toml:2: [[opensnoop]] rate_limit: N or N/cpu"),
     ('[[opensnoop]]\nname = "Opens-1"\n', "s.toml:2: [[opensnoop]] name 'Opens-1': a metric name"),
-    ('[[opensnoop]]\nname = "part_up"\n', "s.toml:2: [[opensnoop]] name 'part_up'"),
+    ('[[count]]\nname = "lost_events"\ntargets = ["x"]\n', "s.toml:1: [[count]] lost_events "
+     "would make the metric bpfprobes_lost_events, which is the exporter's own"),
+    ('[[count]]\nname = "x_events"\ntargets = ["x"]\n[[probe]]\nname = "x"\nspecs = ["p:f"]\n',
+     "s.toml:4: [[probe]] x would make the metric bpfprobes_x_events, which is part x_events's"),
+    ('[[probe]]\nname = "a"\nspecs = ["p:f le=$arg1"]\nby = ["le"]\n', "s.toml:4: [[probe]] by: "
+     "'le' is no label here"),
+    ('[[probe]]\nname = "a"\nspecs = ["p:f x=$arg1"]\nby = ["__name__"]\n', "s.toml:4: [[probe]] "
+     "by: '__name__' is no label here"),
+    ('[[probe]]\nname = "a"\nspecs = ["p:f x=$arg1"]\nby = ["other"]\n', "s.toml:4: [[probe]] "
+     "by: 'other' is no label here"),
+    ("x = " + "[" * 2000 + "]" * 2000 + "\n", "s.toml: not TOML we read: nested too deeply"),
+    ('[[opensnoop]]\nmax_series = 100001\n', "s.toml:2: [[opensnoop]] max_series: 1 to 100000"),
     ('[[opensnoop]]\n\n[[opensnoop]]\n', "s.toml:3: two parts are named 'opensnoop' (the other "
      "at line 1)"),
     ('listen = "nowhere"\n[[opensnoop]]\n', "s.toml:1: listen: an address is ADDR:PORT"),
@@ -83,6 +96,12 @@ def test_each_mistake_is_one_line_with_its_place(text, message):
 
 
 def test_files_that_cannot_be_read(tmp_path):
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)                         # nobody writes: a blocking open would hang
+    with pytest.raises(UsageError, match="is not a regular file"):
+        sessionfile.load(str(fifo))
+    with pytest.raises(UsageError, match="is not a regular file"):
+        sessionfile.load(str(tmp_path))
     with pytest.raises(UsageError, match="cannot read"):
         sessionfile.load(str(tmp_path / "missing.toml"))
     big = tmp_path / "big.toml"

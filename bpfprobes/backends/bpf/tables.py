@@ -14,12 +14,17 @@ from bpfprobes.backends.bpf.perfbuffer import PerfBuffer
 from bpfprobes.kernel import bpfsys
 
 
+def possible_cpus() -> list[int]:
+    """The CPUs a per-CPU map has a value for (each possible one, online or not)."""
+    return perfring.cpus("possible")
+
+
 def percpu_rows(loaded: LoadedProgram, name: str) -> list[tuple[bytes, list[bytes]]]:
     """(key, [each possible CPU's value bytes]) of every entry of a per-CPU map,
     read with bpf(2) whoever loaded the program: values of any struct."""
     fd = loaded.map_fd(name)
     info = bpfsys.map_info(fd)
-    ncpu = len(perfring.cpus("possible"))
+    ncpu = len(possible_cpus())
     stride = (info["value_size"] + 7) & ~7          # the kernel rounds each CPU's copy up
     out, key = [], None
     while (key := perfring.map_next_key(fd, key, info["key_size"])) is not None:
