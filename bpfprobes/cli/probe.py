@@ -20,6 +20,8 @@ EXAMPLES = """\
   bpfprobes probe 'p:9pnet_virtio:p9_virtio_request'           # a function in a module
   bpfprobes probe 'p:/lib/x86_64-linux-gnu/libc.so.6:malloc size=$arg1:u64' -p 1234
   bpfprobes probe -U 'r:/usr/bin/bash:readline line=+0($retval):string'
+  bpfprobes probe 'r:bash:readline +0($retval):string'           # bash from PATH
+  bpfprobes probe -p 1234 'p:libc:malloc size=$arg1:u64'        # the libc pid 1234 mapped
   bpfprobes probe 't:syscalls:sys_enter_openat filename:string' --filter 'filename ~ "/etc/*"'
   bpfprobes probe --json 't:sched:sched_process_exec filename pid'
   bpfprobes probe --context 'p:vring_interrupt irq=$arg1:s32'      # hardirq? preempt depth?
@@ -32,6 +34,9 @@ EXAMPLES = """\
 
 specs: p[:[GRP/]EVENT] [MOD:]SYM[+OFFS] [ARGS]   kprobe     r[N][:EVENT] [MOD:]SYM [ARGS]  kretprobe
        p[:EVENT] /PATH:SYM[+OFFS] [ARGS]         uprobe     r[:EVENT] /PATH:SYM [ARGS]     uretprobe
+       PATH may be relative (./a.out:main) or a name: a kernel module of that name first,
+       else (with -p) a file that process mapped, a program on PATH (bash:readline), a
+       library in the loader's cache (libc:malloc, c:malloc, libc.so.6:malloc)
        t:SUBSYS:EVENT [FIELD[:TYPE] ...]         tracepoint (fields from its format file)
 ARGS:  [NAME=]FETCHARG[:TYPE]; FETCHARG: %REG $argN $retval $comm $stackN @SYM[+OFFS]
        +|-[u]OFFS(FETCHARG) or a BTF parameter name; TYPE: u8..u64 s8..s64 x8..x64 string

@@ -2,7 +2,8 @@
 
     vfs_*  or  p:vfs_*          kernel functions (kprobes), from kallsyms
     t:syscalls:sys_enter_open*  tracepoints, from tracefs
-    p:/usr/bin/bash:read*       functions of a binary (uprobes), from its ELF symbols
+    p:/usr/bin/bash:read*       functions of a binary (uprobes), from its ELF symbols;
+    p:bash:read*, libc:malloc   the binary by name (kernel/binaries.py), ./a.out:f* too
 
 A wildcard can match thousands of kernel functions, and each kprobe costs on
 every call: more than `limit` targets is refused unless forced. Kernel names
@@ -11,11 +12,13 @@ compiler clones such as foo.isra.0, the __pfx_ padding symbols).
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from bpfprobes.base.errors import KernelError, UsageError
-from bpfprobes.kernel import features
+from bpfprobes.kernel import binaries, features
 from bpfprobes.kernel.elfsym import Elf
 from bpfprobes.kernel.kallsyms import Wildcard
 from bpfprobes.kernel.running import Kernel
@@ -32,15 +35,24 @@ class Target:
     attach: Attach
 
 
-def _split(pattern: str) -> tuple[str, str]:
-    """('kprobe'|'tracepoint'|'uprobe', rest)."""
+def _split(pattern: str, binary: Callable[[str], str | None]) -> tuple[str, str]:
+    """('kprobe'|'tracepoint'|'uprobe', rest): a path (absolute or relative) or a
+    binary by name (`bash:read*`, `libc:malloc`: kernel/binaries.py's rule) is a
+    user function; a kernel module's name stays a kernel one."""
     if pattern.startswith("t:"):
         return "tracepoint", pattern[2:]
     body = pattern[2:] if pattern.startswith("p:") else pattern
-    if body.startswith("/"):
-        return "uprobe", body
-    if not body or ":" in body and not body.split(":", 1)[0].isidentifier():
-        raise UsageError(f"bad pattern {pattern!r}", "forms: FUNC*, t:CAT:EVENT*, p:/PATH:FUNC*")
+    head, sep, func = body.rpartition(":")
+    if "/" in head:
+        return "uprobe", f"{os.path.abspath(head)}:{func}"
+    if sep and head:
+        path = binary(head)
+        if path:
+            return "uprobe", f"{path}:{func}"
+    if not body or sep and not head.replace("-", "_").isidentifier():
+        raise UsageError(f"bad pattern {pattern!r}",
+                         "forms: FUNC*, MOD:FUNC*, t:CAT:EVENT*, p:PATH:FUNC*, p:NAME:FUNC* "
+                         "(a program or library by name: bash:read*, libc:malloc)")
     return "kprobe", body
 
 
@@ -101,8 +113,9 @@ def expand(k: Kernel, patterns: list[str], limit: int = DEFAULT_LIMIT,
     target i is count_i (codegen.count_program)."""
     out: list[Target] = []
     seen: set[tuple[str, str]] = set()
+    names = binaries.Resolver(pid=pid)
     for pattern in patterns:
-        kind, body = _split(pattern)
+        kind, body = _split(pattern, names)
         found = {"kprobe": lambda: _kprobes(k, body), "tracepoint": lambda: _tracepoints(k, body),
                  "uprobe": lambda: _uprobes(body)}[kind]()
         if not found:

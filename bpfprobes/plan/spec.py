@@ -190,6 +190,7 @@ _EVENT_RE = re.compile(rf"(?:({_IDENT})/)?({_IDENT})?")
 _TRACEPOINT_RE = re.compile(rf"({_IDENT})[:/]({_IDENT})")
 _SYM_OFFS_RE = re.compile(rf"({_SYMBOL})(?:\+({_NUM}))?")
 _MODULE_RE = re.compile(r"[A-Za-z0-9_-]+")
+_BINARY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")       # bash, libc.so.6, libstdc++
 _DEREF_RE = re.compile(rf"([+-])(u?)({_NUM})\((.*)\)", re.S)
 _GSYM_RE = re.compile(rf"@({_SYMBOL})(?:([+-])({_NUM}))?")
 _VAR_RE = re.compile(r"\$(arg|stack)([0-9]+)")
@@ -473,8 +474,9 @@ def _kernel_target(tok: str, is_return: bool) -> _Target:
     module, sep, rest = tok.rpartition(":")
     if sep and not _MODULE_RE.fullmatch(module):
         raise UsageError(f"bad module name {module!r} in {tok!r}",
-                         "kernel targets are [MOD:]SYM[+OFFS]; a uprobe needs a path "
-                         "with '/', e.g. ./a.out:main")
+                         "kernel targets are [MOD:]SYM[+OFFS]; a uprobe's is PATH:SYM "
+                         "(./a.out:main) or a program or library by name (bash:readline, "
+                         "libc:malloc)")
     if re.match(r"[0-9]", rest):
         raise UsageError(f"{tok!r}: probing a raw address is not supported",
                          "give a symbol name, e.g. do_sys_open+0x10")
@@ -523,12 +525,23 @@ def _user_target(tok: str, is_return: bool) -> _Target:
     return _Target(is_return, m[1], None, path, offset)
 
 
-def _target(tok: str, letter: str) -> _Target:
+def _by_name(tok: str, binary: Callable[[str], str | None] | None) -> str:
+    """NAME:SYM where NAME is a binary, not a kernel module (`bash:readline`,
+    `libc:malloc`): PATH:SYM with the path `binary` finds (kernel/binaries.py)."""
+    name, sep, rest = tok.rpartition(":")
+    if binary is None or not sep or "/" in name or not _BINARY_RE.fullmatch(name):
+        return tok
+    path = binary(name)
+    return f"{path}:{rest}" if path else tok
+
+
+def _target(tok: str, letter: str, binary: Callable[[str], str | None] | None = None) -> _Target:
     is_return = letter == "r"
     if tok.endswith(_RETURN_SUFFIX):
         if is_return:
             raise UsageError(f"{tok!r}: r: probes already fire on return", "drop %return")
         tok, is_return = tok[:-len(_RETURN_SUFFIX)], True
+    tok = _by_name(tok, binary)
     target = (_user_target if "/" in tok else _kernel_target)(tok, is_return)
     if is_return and target.offset and target.symbol:
         raise UsageError(f"{tok!r}: a return probe fires when the function returns; "
@@ -573,8 +586,10 @@ def _parse_tracepoint(text: str, tokens: list[str], name_part: str | None,
     return ProbeSpec("tracepoint", m[1], m[2], m[2], None, None, 0, 0, args, text)
 
 
-def parse(text: str, abi: Abi) -> ProbeSpec:
-    """Parse and fully validate one probe spec for architecture `abi`."""
+def parse(text: str, abi: Abi, binary: Callable[[str], str | None] | None = None) -> ProbeSpec:
+    """Parse and fully validate one probe spec for architecture `abi`. `binary`:
+    NAME -> a binary's path, for targets named as the peers name them (bash:readline);
+    None keeps every NAME: a kernel module's."""
     if not isinstance(text, str):
         raise UsageError(f"probe spec must be text, not {type(text).__name__}", FORMS)
     try:
@@ -596,7 +611,7 @@ def parse(text: str, abi: Abi) -> ProbeSpec:
         return _parse_tracepoint(text, tokens, name_part, maxactive_text, abi)
     maxactive = _maxactive(maxactive_text, letter, tokens[0])
     group, event, target_tok, arg_tokens = _locate_target(tokens[0], name_part, tokens[1:])
-    target = _target(target_tok, letter)
+    target = _target(target_tok, letter, binary)
     kind = _KINDS[(target.is_return, target.path is not None)]
     if maxactive and target.path is not None:
         raise UsageError(f"{tokens[0]!r}: MAXACTIVE applies to kretprobes, not uretprobes",
@@ -608,9 +623,10 @@ def parse(text: str, abi: Abi) -> ProbeSpec:
                      args, text)
 
 
-def parse_all(texts: Iterable[str], abi: Abi) -> list[ProbeSpec]:
+def parse_all(texts: Iterable[str], abi: Abi,
+              binary: Callable[[str], str | None] | None = None) -> list[ProbeSpec]:
     """parse() each spec, in order."""
-    return [parse(t, abi) for t in texts]
+    return [parse(t, abi, binary) for t in texts]
 
 
 # ---------------------------------------------------------------- BTF parameters and fields

@@ -19,6 +19,7 @@ from bpfprobes.backends.bpf.backend import BpfBackend
 from bpfprobes.base import signals
 from bpfprobes.base.errors import BpfprobesError, KernelError, UsageError
 from bpfprobes.gen import codegen
+from bpfprobes.kernel import binaries
 from bpfprobes.kernel.running import Kernel
 from bpfprobes.plan import (countplan, metricplan, probeattach, probefilter, probeplan,
                             runconfig, spec)
@@ -125,7 +126,7 @@ class Part:
 def _probe_part(k: Kernel, decl: Decl, texts: list[str], index_label: str,
                 names: Callable[[probeplan.Plan], tuple[str, ...]], metric: str,
                 doc: str) -> Part:
-    specs = spec.parse_all(texts, k.abi)
+    specs = spec.parse_all(texts, k.abi, binaries.Resolver())      # bash:readline too
     expr = probefilter.parse(decl.filter) if decl.filter else None
     if decl.latency and not any(s.is_return for s in specs):
         raise UsageError(f"part {decl.name}: latency times return probes, and no spec is one",

@@ -12,7 +12,7 @@ from bpfprobes.backends.bpf.loaded import LoadedProgram
 from bpfprobes.base.errors import CompileError, UsageError
 from bpfprobes.base.safetext import for_terminal
 from bpfprobes.gen import codegen
-from bpfprobes.kernel import features, tracectx
+from bpfprobes.kernel import binaries, features, tracectx
 from bpfprobes.kernel.running import Kernel, current
 from bpfprobes.plan import (countplan, probefilter, probelayout, probeplan, runconfig,
                             sessionfile, spec)
@@ -172,12 +172,14 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[Attach], o: Options,
 
 
 def _plan(k: Kernel, o: Options) -> tuple:
-    specs = spec.parse_all(o.specs, k.abi)
+    names = binaries.Resolver(pid=o.pid)          # bash:readline, libc:malloc
+    specs = spec.parse_all(o.specs, k.abi, names)
     expr = probefilter.parse(o.filter) if o.filter else None
     if o.latency and not any(s.is_return for s in specs):
         raise UsageError("--latency times return probes, and no spec is one",
                          "add an r: spec, e.g. 'r:do_sys_openat2 ret=$retval'")
     facts = probeplan.resolve(specs, k, dry_run=o.dry_run, force=o.force, pid=o.pid)
+    facts.notes[:0] = names.notes               # -v: which binary each name became
     options = probeplan.Options(string_size=o.string_size, kstack=o.stack,
                                 ustack=o.user_stack, latency=o.latency, pid=o.pid,
                                 tid=o.tid, comm=o.comm, skip_pid=os.getpid(), filter=expr,
