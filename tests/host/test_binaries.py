@@ -17,12 +17,9 @@ N = 40
 USLEEPS = N + 1             # probe_target naps N times, then sleeps once more before exiting
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory) -> Path:
-    exe = tmp_path_factory.mktemp("binaries") / "probe_target"
-    subprocess.run(["gcc", "-O1", "-o", str(exe), str(ROOT / "tests/host/probe_target.c")],
-                   check=True)
-    return exe
+@pytest.fixture
+def target(target_bin) -> Path:
+    return Path(target_bin)           # conftest's probe_target, built once a session
 
 
 def start_target(exe: Path) -> subprocess.Popen:

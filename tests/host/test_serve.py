@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tooling import ROOT, Tool, Workload, run_tool, unique
+from tooling import Tool, Workload, run_tool, unique
 
 PROMETHEUS = shutil.which("prometheus")
 OPENS = ["t:syscalls:sys_enter_openat", "t:syscalls:sys_enter_openat2"]
@@ -147,13 +147,9 @@ def test_prometheus_sees_each_exporters_counts_exactly(tmp_path):
     assert not a.held().progs        # detached: the process is gone, nothing of it stays
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory) -> Path:
-    """tests/host/probe_target.c, built: functions with known results and sleeps."""
-    exe = tmp_path_factory.mktemp("serve_target") / "probe_target"
-    subprocess.run(["gcc", "-O1", "-o", str(exe), str(ROOT / "tests/host/probe_target.c")],
-                   check=True)
-    return exe
+@pytest.fixture
+def target(target_bin) -> Path:
+    return Path(target_bin)           # conftest's probe_target, built once a session
 
 
 def run_target(exe: Path, iterations: int, nap_us: int) -> None:
@@ -251,7 +247,8 @@ def test_a_stop_during_a_reload_is_a_stop_with_a_summary(tmp_path):
     t = Tool("serve", "--listen", "127.0.0.1:0", str(path)).wait_live()
     held = t.held().progs
     assert held
-    path.write_text('[[opensnoop]]\n[[count]]\nname = "execs"\ntargets = ["t:sched:sched_process_exec"]\n')
+    path.write_text('[[opensnoop]]\n[[count]]\nname = "execs"\n'
+                    'targets = ["t:sched:sched_process_exec"]\n')
     os.kill(t.proc.pid, signal.SIGHUP)
     assert t.wait_until(lambda: len(t.held().progs) > len(held) or any(
         "reloaded" in line for line in t.err), 60)
@@ -307,8 +304,9 @@ BAD = [
      "bad.toml:2: [[opensnoop]] by: 'path' is no label here"),
     ("duplicate names", '[[opensnoop]]\n\n[[opensnoop]]\n', 2,
      "bad.toml:3: two parts are named 'opensnoop' (the other at line 1)"),
-    ("string label", '[[probe]]\nname = "a"\nspecs = ["t:syscalls:sys_enter_openat filename:string"]\n'
-     'by = ["filename"]\n', 2, "is a string: strings are no labels"),
+    ("string label", '[[probe]]\nname = "a"\n'
+     'specs = ["t:syscalls:sys_enter_openat filename:string"]\nby = ["filename"]\n', 2,
+     "is a string: strings are no labels"),
     ("not toml", "[[count]\n", 2, "bad.toml: not TOML"),
 ]
 
