@@ -23,9 +23,9 @@ struct metric_key {
 
 struct metric_value {
     u64 count;
-    u64 sum_ns;                 /* with buckets: the latencies' sum */
+    u64 sum_ns;                 /* with buckets: the values' sum (latencies: ns) */
 #if METRIC_SLOTS
-    u64 slots[METRIC_SLOTS];    /* slot i: latencies in [2^i, 2^(i+1)) ns; 0 in slot 0 */
+    u64 slots[METRIC_SLOTS];    /* log2: slot 0 holds 0, slot i [2^(i-1), 2^i) */
 #endif
 };
 

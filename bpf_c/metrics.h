@@ -9,7 +9,11 @@
  * costs a fixed table, never more, and no call goes uncounted.
  *
  * Defines: METRIC_SERIES (label sets kept), METRIC_PROBES (probes or targets:
- * the other rows), METRIC_SLOTS (0: counts only; else log2 latency buckets).
+ * the other rows), METRIC_SLOTS (0: counts only; else buckets of a value: a
+ * latency, or a captured argument for probe --hist), METRIC_LINEAR (a bucket's
+ * width; else log2 buckets as bpftrace's hist(): [0], [1], [2, 4), [4, 8) ...),
+ * METRIC_SIGNED (the value is signed: a negative one goes to slot 0 with 0),
+ * METRIC_DIV (the value is divided by it first: a latency in us or ms).
  * The row (metric_row.h) is mirrored once in decode.py (METRIC_KEY, METRIC_VALUE).
  */
 #ifndef BPFPROBES_METRICS_H
@@ -36,17 +40,38 @@ static __always_inline u32 metric_log2(u64 v)
     return r;
 }
 
-static __always_inline void metric_bump(struct metric_value *m, u64 latency_ns, int timed)
+#ifndef METRIC_DIV
+#define METRIC_DIV 1
+#endif
+
+/* The slot of a value: linear (v / METRIC_LINEAR), or log2 with 0 and 1 apart (slot
+ * i >= 1 holds [2^(i-1), 2^i)); the last slot takes everything above. */
+static __always_inline u32 metric_slot(u64 v)
+{
+#ifdef METRIC_SIGNED
+    if ((s64)v < 0)
+        return 0;
+#endif
+    v /= METRIC_DIV;
+#ifdef METRIC_LINEAR
+    u64 slot = v / METRIC_LINEAR;
+#else
+    u64 slot = v ? metric_log2(v) + 1 : 0;
+#endif
+    /* the compare must stay on `slot`: folded into one on v (v < 80 for width 2),
+     * it leaves the verifier no bound on the index */
+    asm volatile("" : "+r"(slot));
+    return slot < METRIC_SLOTS ? (u32)slot : METRIC_SLOTS - 1;
+}
+
+static __always_inline void metric_bump(struct metric_value *m, u64 value, int timed)
 {
     m->count++;
 #if METRIC_SLOTS
     if (!timed)
         return;
-    m->sum_ns += latency_ns;
-    u32 slot = metric_log2(latency_ns);
-    if (slot >= METRIC_SLOTS)
-        slot = METRIC_SLOTS - 1;
-    m->slots[slot]++;
+    m->sum_ns += value;
+    m->slots[metric_slot(value)]++;
 #endif
 }
 
@@ -57,9 +82,9 @@ static __always_inline s32 metric_errno(u64 ret)
     return r < 0 && r >= -4095 ? (s32)-r : 0;
 }
 
-/* One call under the labels in `key` (a latency when `timed`). The per-CPU
+/* One call under the labels in `key` (its value bucketed when `timed`). The per-CPU
  * hash needs no lock: this CPU's copy of the row is ours while we run. */
-static __always_inline void metric_add(struct metric_key *key, u64 latency_ns, int timed)
+static __always_inline void metric_add(struct metric_key *key, u64 value, int timed)
 {
     const struct run_config *c = RUN(settings());
     if (!c || throttle(c))
@@ -68,12 +93,12 @@ static __always_inline void metric_add(struct metric_key *key, u64 latency_ns, i
     struct metric_value *blank = metric_blank.lookup(&first);
     struct metric_value *m = blank ? metrics.lookup_or_try_init(key, blank) : 0;
     if (m) {
-        metric_bump(m, latency_ns, timed);
+        metric_bump(m, value, timed);
         return;
     }
     m = metric_other.lookup(&probe);
     if (m)
-        metric_bump(m, latency_ns, timed);
+        metric_bump(m, value, timed);
     else
         count_drop();
     u64 *n = series_dropped.lookup(&first);

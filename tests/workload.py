@@ -10,6 +10,8 @@ OP: open:PATH:FLAGS:MODE  (FLAGS like O_WRONLY|O_CREAT; MODE octal)
     paced:PREFIX:K:SECONDS    (K opens of PREFIX-i every 0.1 s for SECONDS, from just after
                                a turn of the CLOCK_MONOTONIC second)
     read:PATH:N               (N one-byte preads of PATH)
+    sizes:PATH:N              (N preads of PATH of sizes 0, 1, 2, 3, 5, 8, ... spread over
+                               0 to 64 KiB: pread64's count takes every log2 bucket)
     comms:PATH:N              (N opens of a missing PATH, each under a new random comm;
                                the comm chosen at start is back after)
 Prints its pid first, then one line per op: the fd or -errno it got.
@@ -122,6 +124,17 @@ def do_read(path: str, n: str) -> int:
     return int(n)
 
 
+def do_sizes(path: str, n: str) -> int:
+    """n preads of known, spread sizes: i-th size is (i * i * 7) % 65537."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for i in range(int(n)):
+            os.pread(fd, (i * i * 7) % 65537, 0)
+    finally:
+        os.close(fd)
+    return int(n)
+
+
 def do_comms(path: str, n: str) -> int:
     """A comm storm: n distinct random task names, one failed open under each."""
     mine = sys.argv[1]                  # the comm chosen at start (no open to learn it)
@@ -135,7 +148,7 @@ def do_comms(path: str, n: str) -> int:
     return int(n)
 
 
-OPS = {"comms": do_comms, "open": do_open, "openat2": do_openat2, "storm": do_storm, "diskio": do_diskio,
+OPS = {"comms": do_comms, "sizes": do_sizes, "open": do_open, "openat2": do_openat2, "storm": do_storm, "diskio": do_diskio,
        "udp": do_udp, "paced": do_paced, "read": do_read}
 
 

@@ -29,6 +29,9 @@ EXAMPLES = """\
   bpfprobes probe --count 'p:vfs_read' 'p:vfs_write' -i 1      # calls counted in the kernel
   bpfprobes probe --rate-limit 100 'p:vfs_read count=$arg3:u64'  # at most 100 events/s
   bpfprobes probe --prometheus :9435 'p:do_sys_openat2' 'r:do_sys_openat2'  # hits, latency
+  bpfprobes probe --hist -d 10 'p:vfs_read' 'r:vfs_read'        # latency histogram, in us
+  bpfprobes probe --hist --hist-of n --by comm 'r:vfs_read n=$retval'  # sizes read, per comm
+  bpfprobes probe --hist --linear 100 --hist-of count 't:syscalls:sys_enter_read count' 
   bpfprobes probe --dry-run 'p:do_sys_openat2 file=+0(%si):string'   # show C, attach nothing
   kprobe 'p:myopen do_sys_openat2 file=+0(%si):string' 'file ~ "/etc/*"'  # perf-tools style
 
@@ -72,9 +75,19 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", action="store_true",
                    help="count calls per probe in the kernel instead of printing events "
                         "(arguments are not read); see also bpfprobes count")
-    p.add_argument("--by", choices=sorted(count.BY), help="with --count: per process too")
+    p.add_argument("--by", choices=sorted(count.BY),
+                   help="with --count or --hist: per process too")
     p.add_argument("-i", "--interval", type=common.seconds_arg, metavar="SECONDS",
-                   help="with --count: the counts of each interval")
+                   help="with --count or --hist: each interval's")
+    p.add_argument("--hist", action="store_true",
+                   help="a log2 histogram per probe, bucketed in the kernel, printed at exit "
+                        "(and each -i): of the latency (a p:/r: pair or --latency), or of "
+                        "--hist-of")
+    p.add_argument("--linear", type=common.int_type(1, "--linear", 2**32), metavar="STEP",
+                   help="with --hist: buckets STEP wide instead of log2")
+    p.add_argument("--hist-of", metavar="NAME", help="with --hist: a captured integer argument")
+    p.add_argument("--unit", choices=("ns", "us", "ms"), default="us",
+                   help="with --hist: a latency's unit (default us)")
     p.add_argument("--prometheus", type=common.listen_arg, metavar="ADDR:PORT",
                    help="count each probe's hits (and latencies) in the kernel and serve them "
                         "at http://ADDR:PORT/metrics instead of printing events")

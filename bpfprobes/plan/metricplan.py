@@ -27,6 +27,13 @@ class Options:
     by: tuple[str, ...] = ()                # labels besides the probe's name
     max_series: int = DEFAULT_MAX_SERIES    # label sets kept; past it: other="true"
     timed: bool = False                     # latency histograms of return probes
+    value: str | None = None                # probe --hist-of: bucket this argument instead
+    linear: int | None = None               # buckets this wide; None: log2
+    divide: int = 1                         # the latency's unit: 1 ns, 1000 us, 10^6 ms
+
+    @property
+    def bucketed(self) -> bool:
+        return self.timed or self.value is not None
 
 
 @dataclass(frozen=True)
@@ -48,9 +55,11 @@ class Source:
 
 @dataclass(frozen=True)
 class ProbeLabels:
-    """One probe's sources: errno's (None: it has no return value), each arg label's."""
+    """One probe's sources: errno's (None: it has no return value), each arg label's,
+    and the value --hist-of buckets (None: the probe lacks it, or a latency is)."""
     errno: Source | None
     args: tuple[Source | None, ...]
+    value: Source | None = None
 
 
 def _errno_source(probe) -> Source | None:
@@ -88,7 +97,14 @@ def bind(probes, o: Options) -> tuple[ProbeLabels, ...]:
         if p.user_filter is not None:
             raise UsageError(f"the filter cannot be checked in the kernel for {p.event}, and a "
                              "metric is counted there", "compare integer fields and comm only")
-        out.append(ProbeLabels(_errno_source(p), tuple(_arg_source(p, n) for n in args)))
+        out.append(ProbeLabels(_errno_source(p), tuple(_arg_source(p, n) for n in args),
+                               _arg_source(p, o.value) if o.value else None))
+    if o.value and not any(pl.value for pl in out):
+        strings = any(s.name == o.value for p in probes for s in p.layout.slots)
+        raise UsageError(f"--hist-of {o.value}: " + ("a string has no histogram" if strings
+                                                     else "no probe captures it"),
+                         "name a captured integer argument, e.g. 'r:FUNC ret=$retval' "
+                         "--hist-of ret")
     if ERRNO in o.by and not any(pl.errno for pl in out):
         raise UsageError("by names errno, and no probe captures a return value",
                          "capture one: r:FUNC ret=$retval, or a sys_exit tracepoint's ret")

@@ -476,6 +476,12 @@ def assemble(facts: Facts, options: Options, abi: Abi) -> Plan:
                 tuple(facts.warnings), labels)
 
 
+def with_metrics(plan: Plan, metrics: metricplan.Options) -> Plan:
+    """The plan counting in the kernel (metrics mode), its labels bound to its probes."""
+    return replace(plan, options=replace(plan.options, metrics=metrics),
+                   metric_labels=metricplan.bind(plan.probes, metrics))
+
+
 def _filtered(probes: list[Probe], expr: Expr) -> list[Probe]:
     wanted = probefilter.names(expr)
     out, bound = [], 0

@@ -2,8 +2,8 @@
 
 A row's key holds only the labels a part asked for (the probe's index always);
 rows are summed over CPUs, then over what no label tells apart (a count part
-without `target`). Latencies are log2 buckets in the kernel: slot i holds
-[2^i, 2^(i+1)) ns, so the cumulative bucket `le = 2^(i+1) ns` is exact. The
+without `target`). Latencies are log2 buckets in the kernel: slot 0 holds 0 ns,
+slot i [2^(i-1), 2^i) ns, so the cumulative bucket `le = 2^i ns` is exact. The
 rows past the table's size are each probe's `other` row (other="true").
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from bpfprobes.kernel import errnos
 from bpfprobes.present import exporter
 from bpfprobes.present.decode import METRIC_ARGS, METRIC_KEY, METRIC_VALUE, cstr
 
-FIRST_BUCKET = 9            # buckets from le = 2^10 ns (~1 us): finer says nothing a scrape needs
+FIRST_BUCKET = 10           # buckets from le = 2^10 ns (~1 us): finer says nothing a scrape needs
 NO_ERRNO = -1               # metric_row.h METRIC_NO_ERRNO
 _ARGS = struct.Struct(f"<{METRIC_ARGS}Q")
 
@@ -121,13 +121,13 @@ def counter(name: str, doc: str, labels: Labels, totals: dict) -> CounterMetricF
 
 
 def bucket_bound(slot: int) -> float:
-    """The upper bound, in seconds, of log2 slot `slot` (values < 2^(slot+1) ns)."""
-    return (1 << (slot + 1)) / 1e9
+    """The upper bound, in seconds, of log2 slot `slot` (values < 2^slot ns)."""
+    return (1 << slot) / 1e9
 
 
 def histogram(name: str, doc: str, labels: Labels, totals: dict) -> HistogramMetricFamily:
     """`bpfprobes_NAME_seconds` from the rows with timed calls: cumulative
-    buckets from ~1 us to ~9 min, +Inf, the count and the sum."""
+    buckets from ~1 us to ~4.6 min, +Inf, the count and the sum."""
     names, rows = _labelled(labels, {k: t for k, t in totals.items() if sum(t.slots)})
     family = HistogramMetricFamily(exporter.PREFIX + name, doc, labels=names)
     for values, t in rows:

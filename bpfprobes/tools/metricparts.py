@@ -138,7 +138,7 @@ def _probe_part(k: Kernel, decl: Decl, texts: list[str], index_label: str,
     plan = probeplan.assemble(facts, options, k.abi)
     # timed where a latency is measured: asked for, or a p: and r: pair of one function
     timed = decl.latency or plan.pairs > 0
-    plan = replace(plan, options=replace(options, metrics=replace(options.metrics, timed=timed)))
+    plan = probeplan.with_metrics(plan, replace(options.metrics, timed=timed))
     args = metricplan.arg_labels(decl.by)
     formats = []
     for i, name in enumerate(args):

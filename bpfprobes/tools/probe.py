@@ -22,7 +22,7 @@ from bpfprobes.present import probefmt
 from bpfprobes.present.output import Column, JsonOutput, Quiet, TextOutput
 from bpfprobes.session import loop
 from bpfprobes.session.core import Session
-from bpfprobes.tools import count, metricparts, probe_tracefs, serve, shared
+from bpfprobes.tools import count, metricparts, probehist, probe_tracefs, serve, shared
 from bpfprobes.tools.shared import Clock, SessionOptions
 
 BACKENDS = ("auto", "bpf", "tracefs")
@@ -50,6 +50,10 @@ class Options(SessionOptions):
     dry_run: bool = False                   # show the program and lines, attach nothing
     force: bool = False                     # an unproven instruction boundary, with a warning
     prometheus: tuple[str, int] | None = None   # count in the kernel, serve /metrics here
+    hist: bool = False                      # a histogram in the kernel instead of events
+    linear: int | None = None               # its buckets this wide (default: log2)
+    hist_of: str | None = None              # of this captured argument (default: latency)
+    unit: str = "us"                        # a latency histogram's unit
 
 
 # ---------------------------------------------------------------- dry run / verbose
@@ -229,6 +233,11 @@ def run(o: Options, prog: str = "bpfprobes probe") -> int:
         return count.count_targets(k, targets, count.Options(
             by=o.by, interval=o.interval, pid=o.pid, duration=o.duration, json=o.json,
             verbose=o.verbose), prog)
+    if o.hist:
+        probehist.check(o)
+        probehist.run(k, plan, o, prog.split()[-1])
+        return 0
+    probehist.check_unused(o)
     if o.backend == "tracefs":
         return probe_tracefs.trace(k, plan, o, prog, "asked for by --backend tracefs")
     try:

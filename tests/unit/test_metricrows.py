@@ -70,17 +70,17 @@ def test_the_other_rows_carry_other_true():
 
 def test_log2_slots_become_cumulative_buckets():
     slots = [0] * metricplan.SLOTS
-    slots[10], slots[20], slots[metricplan.SLOTS - 1] = 3, 2, 1    # ~1-2 us, ~1-2 ms, huge
+    slots[11], slots[21], slots[metricplan.SLOTS - 1] = 3, 2, 1    # ~1-2 us, ~1-2 ms, huge
     labels = metricrows.Labels("probe", ("r",))
     totals = metricrows.fold([(key(0), [value(6, 123_456_789, slots)])], [], labels)
     got = exposed(metricrows.histogram("lat_seconds", "doc", labels, totals))
 
     def bucket(le):
         return got[("bpfprobes_lat_seconds_bucket", frozenset({"probe": "r", "le": le}.items()))]
-    # slot i holds [2^i, 2^(i+1)) ns: the bucket le=2^(i+1) ns takes it whole
+    # slot i holds [2^(i-1), 2^i) ns: the bucket le=2^i ns takes it whole
     assert bucket(repr(2 ** 10 / 1e9)) == 0 and bucket(repr(2 ** 11 / 1e9)) == 3
     assert bucket(repr(2 ** 20 / 1e9)) == 3 and bucket(repr(2 ** 21 / 1e9)) == 5
-    assert bucket(repr(2 ** (metricplan.SLOTS - 1) / 1e9)) == 5      # the last bound
+    assert bucket(repr(2 ** (metricplan.SLOTS - 2) / 1e9)) == 5      # the last bound
     assert bucket("+Inf") == 6
     assert got[("bpfprobes_lat_seconds_count", frozenset({"probe": "r"}.items()))] == 6
     assert got[("bpfprobes_lat_seconds_sum", frozenset({"probe": "r"}.items()))] == 0.123456789
@@ -122,3 +122,21 @@ def test_health_families_per_part():
     assert got[("bpfprobes_part_up", frozenset({"part": "b"}.items()))] == 0
     assert got[("bpfprobes_lost_events_total", frozenset({"part": "a"}.items()))] == 2
     assert got[("bpfprobes_series_dropped_total", frozenset({"part": "b"}.items()))] == 0
+
+
+def test_histogram_labels_as_bpftrace_prints_them():
+    from bpfprobes.present import histogram
+    log2 = histogram.Buckets(40)
+    assert [log2.label(i) for i in (0, 1, 2, 3, 11, 21, 39)] == \
+        ["[0]", "[1]", "[2, 4)", "[4, 8)", "[1K, 2K)", "[1M, 2M)", "[256G, ...)"]
+    assert histogram.Buckets(40, signed=True).label(0) == "(..., 0]"
+    lin = histogram.Buckets(40, linear=100)
+    assert [lin.label(i) for i in (0, 1, 39)] == ["[0, 100)", "[100, 200)", "[3900, ...)"]
+    text = histogram.text([0, 3, 0, 6] + [0] * 36, log2)
+    assert text.splitlines() == [
+        "[1]                        3 |" + "@" * 26 + " " * 26 + "|",
+        "[2, 4)                     0 |" + " " * 52 + "|",
+        "[4, 8)                     6 |" + "@" * 52 + "|"]
+    assert histogram.json_buckets([0, 3, 0, 6] + [0] * 36, log2) == [
+        {"min": 1, "max": 2, "count": 3}, {"min": 2, "max": 4, "count": 0},
+        {"min": 4, "max": 8, "count": 6}]

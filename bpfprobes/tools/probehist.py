@@ -1,0 +1,137 @@
+"""probe --hist: a histogram per probe (and per process with --by) of its latency
+or of a captured argument (--hist-of), bucketed in the kernel (bpf_c/metrics.h);
+no event leaves it. Printed each -i interval (that interval's calls) and at exit
+(the whole run), as bpftrace's hist() and BCC's funclatency print them."""
+from __future__ import annotations
+
+import time
+
+from bpfprobes import __version__
+from bpfprobes.backends.bpf import tables
+from bpfprobes.backends.bpf.backend import BpfBackend
+from bpfprobes.base.errors import UsageError
+from bpfprobes.base.safetext import for_terminal
+from bpfprobes.gen import codegen
+from bpfprobes.kernel.running import Kernel
+from bpfprobes.plan import metricplan, probeplan
+from bpfprobes.plan.probeattach import attachments
+from bpfprobes.present import histogram, metricrows
+from bpfprobes.present.output import JsonOutput, TextOutput
+from bpfprobes.session import loop
+from bpfprobes.session.core import Live, Session
+from bpfprobes.tools import count
+
+UNITS = {"ns": 1, "us": 1000, "ms": 1_000_000}
+SERIES = 10_240                 # histograms kept (probe x process); beyond: one other row
+
+
+def metric_options(o, pairs: bool) -> metricplan.Options:
+    """The plan's metrics: by the asked keys, bucketing the latency or --hist-of."""
+    if o.hist_of is None and not (o.latency or pairs):
+        raise UsageError("--hist buckets a latency (a p: and r: pair, or --latency) or an "
+                         "argument (--hist-of NAME), and there is neither",
+                         "e.g. --hist 'p:FUNC' 'r:FUNC', or --hist --hist-of ret 'r:FUNC "
+                         "ret=$retval'")
+    return metricplan.Options(tuple((o.by or "").split(",")) if o.by else (), SERIES,
+                              timed=o.hist_of is None, value=o.hist_of,
+                              linear=o.linear,
+                              divide=UNITS[o.unit] if o.hist_of is None else 1)
+
+
+def run(k: Kernel, plan: probeplan.Plan, o, prog: str) -> loop.Summary:
+    m = metric_options(o, plan.pairs > 0)
+    plan = probeplan.with_metrics(plan, m)
+    signed = any(pl.value is not None and pl.value.type.kind == "s" for pl in plan.metric_labels)
+    buckets = histogram.Buckets(metricplan.SLOTS, m.linear, signed)
+    labels = metricrows.Labels("probe", tuple(p.event for p in plan.probes),
+                               pid="pid" in m.by, comm="comm" in m.by)
+    unit = o.unit if m.value is None else None
+    sink = JsonOutput(prog) if o.json else _Text(prog, m.value or f"latency in {unit}",
+                                                  len(plan.probes))
+    readers: list = []
+    state = {"last": {}, "next": None, "final": {}}
+
+    def reader(loaded):
+        counts = count.Counts(loaded, labels)
+        readers.append((tables.TableReader(loaded, lambda: state.update(final=counts.read())),
+                        counts))
+        return readers[-1][0]
+
+    backend = BpfBackend(k, codegen.probe_program(plan, k.abi), attachments(k, plan),
+                         cacheable=False, reader=reader)
+
+    def show(kind: str, totals: dict, last: dict) -> None:
+        for (values, other), t in sorted(totals.items()):
+            before = last.get((values, other))
+            slots = [n - (before.slots[i] if before and i < len(before.slots) else 0)
+                     for i, n in enumerate(t.slots)]
+            if not any(slots):
+                continue
+            keys = dict(zip(labels.label_names, values))
+            if other:
+                keys = {"probe": keys["probe"], "other": True}
+            head = ", ".join(str(v) for v in keys.values())
+            text = f"@[{head}]" + (f" ({unit})" if unit else "") + ":\n" + \
+                histogram.text(slots, buckets)
+            sink.table(kind, [{**keys, **({"unit": unit} if unit else {}),
+                               "buckets": histogram.json_buckets(slots, buckets)}], text + "\n")
+
+    def live() -> None:
+        state["next"] = time.monotonic() + o.interval if o.interval else None
+
+    def tick() -> None:
+        if state["next"] is None or time.monotonic() < state["next"]:
+            return
+        now_totals = readers[-1][1].read()
+        show("interval", now_totals, state["last"])
+        state.update(last=now_totals, next=max(state["next"] + o.interval, time.monotonic()))
+
+    def at_exit(_summary) -> dict:
+        totals = state["final"]
+        show("totals", totals, {})
+        return {"events": sum(t.count for t in totals.values())}
+
+    def meta(live_: Live) -> dict:
+        return {"version": __version__, "kernel": k.release, "probes": live_.attached,
+                "hist": f"linear:{o.linear}" if o.linear else "log2",
+                "of": m.value or "latency", "unit": unit, "by": o.by,
+                "startup_s": live_.startup_s}
+
+    return Session(prog, k, backend, sink, lambda _b: lambda _raw: False,
+                   loop.Limits(o.duration, None), meta, verbose=o.verbose,
+                   throttled=o.rate_limit is not None, on_live=live, on_tick=tick,
+                   at_exit=at_exit).run()
+
+
+class _Text(TextOutput):
+    """--hist's text: what is bucketed, as funclatency says it; then the histograms."""
+
+    def __init__(self, prog: str, what: str, probes: int) -> None:
+        super().__init__(prog, [], header=False)
+        self.what, self.probes = what, probes
+
+    def meta(self, meta: dict) -> None:
+        self.out.write(f"Bucketing {for_terminal(self.what)} of {self.probes} probes in the "
+                       "kernel. Ctrl-C to end.\n")
+        self.out.flush()
+
+
+def check(o) -> None:
+    """What --hist cannot go with (it sends no events)."""
+    clash = [flag for name, flag in (("count", "--count"), ("stack", "-s"),
+                                     ("user_stack", "-U"), ("summary", "--summary"),
+                                     ("context", "--context"), ("max_events", "-n"),
+                                     ("prometheus", "--prometheus")) if getattr(o, name)]
+    if clash or o.backend == "tracefs":
+        raise UsageError(f"--hist counts in the kernel and sends no events: not with "
+                         f"{', '.join(clash) or '--backend tracefs'}")
+    if o.hist_of is not None and o.unit != "us":
+        raise UsageError("--unit is a latency's; --hist-of buckets the value as it is")
+
+
+def check_unused(o) -> None:
+    """--hist-of, --linear and --unit without --hist would say nothing: refused."""
+    given = [flag for name, flag in (("hist_of", "--hist-of"), ("linear", "--linear"))
+             if getattr(o, name) is not None] + (["--unit"] if o.unit != "us" else [])
+    if given:
+        raise UsageError(f"{', '.join(given)} shape a histogram: add --hist")
