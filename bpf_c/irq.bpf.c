@@ -9,11 +9,14 @@
  * is the IRQ number), SOFTIRQ (irq:softirq_entry/exit, vectors in
  * the config's softirq_mask), TASKLET (irq:tasklet_entry/exit) and TASKLET_SCHED (a
  * kprobe on __tasklet_schedule; TASKLET_FUNC is tasklet_struct.func's
- * offset from BTF).
+ * offset from BTF); with IRQ_HIST the times go to metrics.h's histograms.
  */
 #include <uapi/linux/ptrace.h>
 #include "irq.h"
 #include "common.h"
+#ifdef IRQ_HIST
+#include "metrics.h"        /* --hist: times bucketed in the kernel, no event sent */
+#endif
 
 struct stash {
     struct irq_event e;
@@ -88,6 +91,13 @@ static __always_inline int finish(void *ctx, u32 kind, int irq, int ret)
     if (!s || !s->busy || s->e.irq != irq)
         return 0;
     s->busy = 0;
+#ifdef IRQ_HIST
+    /* the histogram of its kind and line (the kind in the high half: one label) */
+    struct metric_key mk = {.probe = kind, .err = METRIC_NO_ERRNO};
+    mk.args[0] = ((u64)kind << 32) | (u32)irq;
+    metric_add(&mk, bpf_ktime_get_ns() - s->e.ts_ns, 1);
+    return 0;
+#endif
     const struct irq_config *c = settings();
     if (!c || throttle(RUN(c)))
         return 0;

@@ -25,6 +25,8 @@ EXAMPLES = """\
     bpfprobes irq --tasklet-schedule -s   # who schedules tasklets (kprobe)
     bpfprobes irq eth0 --attach kprobe --handler vring_interrupt -s
     bpfprobes irq vda --json -d 5         # JSON lines
+    bpfprobes irq vda --hist --unit ns -d 10   # the disk handler's time, a histogram in the kernel
+    bpfprobes irq --softirq all --hist -i 1    # each softirq vector's, every second
 """
 
 
@@ -82,6 +84,13 @@ def build_parser() -> common.Parser:
     p.add_argument("-i", "--interval", type=common.seconds_arg, metavar="SECONDS",
                    help="print the table every SECONDS (and reset it)")
     p.add_argument("-q", "--quiet", action="store_true", help="no event lines (tables only)")
+    p.add_argument("--hist", action="store_true",
+                   help="a histogram of handler times per kind and line, bucketed in the "
+                        "kernel (no events), printed at exit and each -i")
+    p.add_argument("--linear", type=common.int_type(1, "--linear", 2**32), metavar="STEP",
+                   help="with --hist: buckets STEP wide instead of log2")
+    p.add_argument("--unit", choices=("ns", "us", "ms"), default="us",
+                   help="with --hist: the times' unit (default us)")
     common.add_session_options(p)
     return p
 

@@ -16,19 +16,20 @@ from tabulate import tabulate
 
 from bpfprobes import __version__
 from bpfprobes.backends.bpf.backend import BpfBackend
-from bpfprobes.base.errors import KernelError
+from bpfprobes.base.errors import KernelError, UsageError
 from bpfprobes.base.safetext import for_terminal, write_line
 from bpfprobes.gen import codegen
 from bpfprobes.kernel import errnos, features, interrupts, irqhandlers, policy, tracectx
 from bpfprobes.kernel.running import Kernel, current
-from bpfprobes.plan import runconfig
+from bpfprobes.plan import metricplan, runconfig
 from bpfprobes.plan.attach import Attach
-from bpfprobes.present.decode import irq_event
+from bpfprobes.present import histogram, metricrows
+from bpfprobes.present.decode import IRQ_KINDS, irq_event
 from bpfprobes.present.latency import Reservoir, human_ns
 from bpfprobes.present.output import Column, JsonOutput, Quiet, TextOutput
 from bpfprobes.session import loop
 from bpfprobes.session.core import Session, decoding, standard_meta
-from bpfprobes.tools import shared
+from bpfprobes.tools import probehist, shared
 from bpfprobes.tools.shared import Clock, SessionOptions
 
 # include/linux/interrupt.h: the vectors in order, the same on every kernel since 5.x
@@ -39,6 +40,7 @@ IRQ_RETURNS = {0: "IRQ_NONE", 1: "IRQ_HANDLED", 2: "IRQ_WAKE_THREAD",
                3: "IRQ_HANDLED|IRQ_WAKE_THREAD"}
 KERNEL_FILTER_SLOTS = runconfig.IRQ_SLOTS     # bpf_c/irq.h irq_config.irqs
 NO_LINE = 0x7FFFFFFF              # an unused slot: no IRQ has this number
+HIST_SERIES = 4096                # --hist: (kind, line) histograms kept
 STACK_ENTRIES = 4096
 NO_STACK = -1                 # bpf_c/irq.bpf.c kstack(): this event wants no stack
 PROG = "bpfprobes irq"
@@ -58,6 +60,9 @@ class Options(SessionOptions):
     summary: bool = False
     interval: float | None = None
     quiet: bool = False
+    hist: bool = False                  # a histogram per kind and line, in the kernel
+    linear: int | None = None           # its buckets this wide (default: log2)
+    unit: str = "us"
 
 
 @dataclass
@@ -154,8 +159,9 @@ def _tp_offsets(k: Kernel, event: str, wanted: dict[str, str]) -> dict[str, int]
 
 
 def program_and_attaches(p: Plan, k: Kernel, stack: bool,
-                         rate: runconfig.RateLimit | None = None) -> tuple:
-    defs: dict[str, object] = {}
+                         rate: runconfig.RateLimit | None = None,
+                         hist: dict | None = None) -> tuple:
+    defs: dict[str, object] = dict(hist or {})
     # the interrupted task is whoever ran: no task filter, not even our own PID
     config = {**runconfig.task(rate=rate), "softirq_mask": p.softirq_mask}
     attaches: list[Attach] = []
@@ -328,10 +334,43 @@ class _TextSink(TextOutput):
             self.out.write(f"        stack unavailable: {e['stack_error']}\n")
 
 
+def hist(o: Options, p: Plan, k: Kernel) -> int:
+    """--hist: each kind's and line's handler times, bucketed in the kernel."""
+    clash = [f for name, f in (("stack", "-s"), ("summary", "--summary"), ("quiet", "-q"),
+                               ("max_events", "-n"), ("tasklet_schedule", "--tasklet-schedule"))
+             if getattr(o, name)]
+    if clash:
+        raise UsageError(f"--hist buckets handler times in the kernel: not with {clash[0]}")
+    program, attaches = program_and_attaches(p, k, False, o.rate_limit, {
+        "IRQ_HIST": True, "METRIC_SERIES": HIST_SERIES, "METRIC_PROBES": len(IRQ_KINDS),
+        "METRIC_SLOTS": metricplan.SLOTS, "METRIC_LINEAR": o.linear,
+        "METRIC_DIV": probehist.UNITS[o.unit]})
+
+    def line(v: int) -> str:
+        kind, n = v >> 32, v & 0xffffffff
+        if IRQ_KINDS[kind] == "softirq":
+            return SOFTIRQS[n] if n < len(SOFTIRQS) else str(n)
+        if IRQ_KINDS[kind] == "hardirq" and n in p.lines:
+            return f"{n} {p.lines[n].name}"
+        return str(n if n < 1 << 31 else n - (1 << 32))
+    labels = metricrows.Labels("kind", IRQ_KINDS, args=(("irq", line),))
+    what = ", ".join(
+        [*(["IRQ " + ", ".join(map(str, p.device.irqs)) if p.device.irqs else "every IRQ line"]
+           if p.device is not None else []),
+         *(["softirqs"] if p.softirq_mask else []), *(["tasklets"] if p.tasklet else [])])
+    probehist.session(k, PROG, program, attaches, labels, probehist.Hist(
+        histogram.Buckets(metricplan.SLOTS, o.linear), o.unit, f"handler time in {o.unit}",
+        what), o, {"device": p.device.as_dict() if p.device else None})
+    return 0
+
+
 def run(o: Options) -> int:
     shared.require_root()
     k = current()
     p = plan(o, k)
+    if o.hist:
+        return hist(o, p, k)
+    probehist.check_unused(o)
     rate_meta = {"rate_limit": o.rate_limit.meta()} if o.rate_limit else {}
     program, attaches = program_and_attaches(p, k, o.stack, o.rate_limit)
     if o.verbose:

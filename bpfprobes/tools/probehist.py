@@ -5,6 +5,7 @@ no event leaves it. Printed each -i interval (that interval's calls) and at exit
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from bpfprobes import __version__
 from bpfprobes.backends.bpf import tables
@@ -42,12 +43,29 @@ def run(k: Kernel, plan: probeplan.Plan, o, prog: str) -> loop.Summary:
     m = metric_options(o, plan.pairs > 0)
     plan = probeplan.with_metrics(plan, m)
     signed = any(pl.value is not None and pl.value.type.kind == "s" for pl in plan.metric_labels)
-    buckets = histogram.Buckets(metricplan.SLOTS, m.linear, signed)
     labels = metricrows.Labels("probe", tuple(p.event for p in plan.probes),
                                pid="pid" in m.by, comm="comm" in m.by)
     unit = o.unit if m.value is None else None
-    sink = JsonOutput(prog) if o.json else _Text(prog, m.value or f"latency in {unit}",
-                                                  len(plan.probes))
+    return session(k, prog, codegen.probe_program(plan, k.abi), attachments(k, plan), labels,
+                   Hist(histogram.Buckets(metricplan.SLOTS, m.linear, signed), unit,
+                        m.value or f"latency in {unit}", f"{len(plan.probes)} probes"),
+                   o, {"of": m.value or "latency", "by": o.by})
+
+
+@dataclass(frozen=True)
+class Hist:
+    """What a histogram run buckets, for its output."""
+    buckets: histogram.Buckets
+    unit: str | None            # a latency's; None: a value as it is
+    what: str                   # "latency in us", an argument's name
+    where: str                  # "2 probes", "IRQ 36"
+
+
+def session(k: Kernel, prog: str, program: codegen.Program, attaches: list, labels:
+            metricrows.Labels, h: Hist, o, meta_extra: dict) -> loop.Summary:
+    """A run of a program in metrics mode whose rows are histograms (probe --hist,
+    irq --hist): each -i interval's printed, and the run's at exit."""
+    sink = JsonOutput(prog) if o.json else _Text(prog, h.what, h.where)
     readers: list = []
     state = {"last": {}, "next": None, "final": {}}
 
@@ -57,8 +75,7 @@ def run(k: Kernel, plan: probeplan.Plan, o, prog: str) -> loop.Summary:
                         counts))
         return readers[-1][0]
 
-    backend = BpfBackend(k, codegen.probe_program(plan, k.abi), attachments(k, plan),
-                         cacheable=False, reader=reader)
+    backend = BpfBackend(k, program, attaches, cacheable=False, reader=reader)
 
     def show(kind: str, totals: dict, last: dict) -> None:
         for (values, other), t in sorted(totals.items()):
@@ -69,12 +86,13 @@ def run(k: Kernel, plan: probeplan.Plan, o, prog: str) -> loop.Summary:
                 continue
             keys = dict(zip(labels.label_names, values))
             if other:
-                keys = {"probe": keys["probe"], "other": True}
+                keys = {labels.index_label: keys[labels.index_label], "other": True}
             head = ", ".join(str(v) for v in keys.values())
-            text = f"@[{head}]" + (f" ({unit})" if unit else "") + ":\n" + \
-                histogram.text(slots, buckets)
-            sink.table(kind, [{**keys, **({"unit": unit} if unit else {}),
-                               "buckets": histogram.json_buckets(slots, buckets)}], text + "\n")
+            text = f"@[{head}]" + (f" ({h.unit})" if h.unit else "") + ":\n" + \
+                histogram.text(slots, h.buckets)
+            sink.table(kind, [{**keys, **({"unit": h.unit} if h.unit else {}),
+                               "buckets": histogram.json_buckets(slots, h.buckets)}],
+                       text + "\n")
 
     def live() -> None:
         state["next"] = time.monotonic() + o.interval if o.interval else None
@@ -93,9 +111,8 @@ def run(k: Kernel, plan: probeplan.Plan, o, prog: str) -> loop.Summary:
 
     def meta(live_: Live) -> dict:
         return {"version": __version__, "kernel": k.release, "probes": live_.attached,
-                "hist": f"linear:{o.linear}" if o.linear else "log2",
-                "of": m.value or "latency", "unit": unit, "by": o.by,
-                "startup_s": live_.startup_s}
+                "hist": f"linear:{h.buckets.linear}" if h.buckets.linear else "log2",
+                "unit": h.unit, **meta_extra, "startup_s": live_.startup_s}
 
     return Session(prog, k, backend, sink, lambda _b: lambda _raw: False,
                    loop.Limits(o.duration, None), meta, verbose=o.verbose,
@@ -106,13 +123,13 @@ def run(k: Kernel, plan: probeplan.Plan, o, prog: str) -> loop.Summary:
 class _Text(TextOutput):
     """--hist's text: what is bucketed, as funclatency says it; then the histograms."""
 
-    def __init__(self, prog: str, what: str, probes: int) -> None:
+    def __init__(self, prog: str, what: str, where: str) -> None:
         super().__init__(prog, [], header=False)
-        self.what, self.probes = what, probes
+        self.what, self.where = what, where
 
     def meta(self, meta: dict) -> None:
-        self.out.write(f"Bucketing {for_terminal(self.what)} of {self.probes} probes in the "
-                       "kernel. Ctrl-C to end.\n")
+        self.out.write(f"Bucketing {for_terminal(self.what)} of {for_terminal(self.where)} in "
+                       "the kernel. Ctrl-C to end.\n")
         self.out.flush()
 
 
@@ -132,6 +149,6 @@ def check(o) -> None:
 def check_unused(o) -> None:
     """--hist-of, --linear and --unit without --hist would say nothing: refused."""
     given = [flag for name, flag in (("hist_of", "--hist-of"), ("linear", "--linear"))
-             if getattr(o, name) is not None] + (["--unit"] if o.unit != "us" else [])
+             if getattr(o, name, None) is not None] + (["--unit"] if o.unit != "us" else [])
     if given:
         raise UsageError(f"{', '.join(given)} shape a histogram: add --hist")

@@ -205,3 +205,34 @@ def test_rate_limit_throttles_in_the_kernel():
     assert len(events) <= 15 and summary["events"] == len(events)
     assert summary["throttled"] > 0        # this machine runs far more than 5 softirqs a second
     assert summary["throttled"] == sum(x["count"] for x in lines if x["type"] == "throttled")
+
+
+def test_hist_holds_every_disk_interrupt_in_the_kernels_buckets(tmp_path):
+    """--hist: the disk's handler times bucketed in the kernel (no events); the
+    histogram's calls bounded by /proc/interrupts as the event count is above."""
+    work = Path("/var/tmp") / unique("irqhist")
+    work.mkdir()
+    try:
+        disk = disk_of(work)
+        w = Workload(unique("bpfp-hist")[:15], f"diskio:{work / 'data'}:100")
+        outer_before = {n: line.total for n, line in interrupts.read_lines().items()}
+        with Tool("irq", disk, "--hist", "--json", "--unit", "ns") as t:
+            irqs = t.meta()["device"]["irqs"]
+            inner_before = proc_counts(irqs)
+            assert w.go() == [100]
+            inner_after = proc_counts(irqs)
+            skipped = recursion_misses(t.held().progs)
+        outer_after = proc_counts(irqs)
+        assert t.proc.returncode == 0 and not t.json("event")       # nothing per event
+        rows = [r for total in t.json("totals") for r in total["rows"]]
+        assert rows and all(r["kind"] == "hardirq" and r["unit"] == "ns" for r in rows)
+        for n in irqs:
+            got = sum(b["count"] for r in rows if r["irq"].split()[0] == str(n)
+                      for b in r["buckets"])
+            inner = inner_after[n] - inner_before[n]
+            outer = outer_after[n] - outer_before[n]
+            assert inner - skipped <= got <= outer + 2, (n, inner, skipped, got, outer)
+    finally:
+        for p in work.iterdir():
+            p.unlink()
+        work.rmdir()
