@@ -29,7 +29,7 @@ static __always_inline int count(u32 target)
 #ifdef COUNT_BY_COMM
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
 #endif
-    metric_add(&key, 0, 0);
+    metric_add(&key, 0, 0, 0);
     return 0;
 }
 #else

@@ -95,7 +95,7 @@ static __always_inline int finish(void *ctx, u32 kind, int irq, int ret)
     /* the histogram of its kind and line (the kind in the high half: one label) */
     struct metric_key mk = {.probe = kind, .err = METRIC_NO_ERRNO};
     mk.args[0] = ((u64)kind << 32) | (u32)irq;
-    metric_add(&mk, bpf_ktime_get_ns() - s->e.ts_ns, 1);
+    metric_add(&mk, bpf_ktime_get_ns() - s->e.ts_ns, 1, 0);
     return 0;
 #endif
     const struct irq_config *c = settings();

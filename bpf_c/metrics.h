@@ -12,8 +12,8 @@
  * the other rows), METRIC_SLOTS (0: counts only; else buckets of a value: a
  * latency, or a captured argument for probe --hist), METRIC_LINEAR (a bucket's
  * width; else log2 buckets as bpftrace's hist(): [0], [1], [2, 4), [4, 8) ...),
- * METRIC_SIGNED (the value is signed: a negative one goes to slot 0 with 0),
- * METRIC_DIV (the value is divided by it first: a latency in us or ms).
+ * METRIC_DIV (the value is divided by it first: a latency in us or ms). A
+ * signed value (each probe says) that is negative goes to slot 0.
  * The row (metric_row.h) is mirrored once in decode.py (METRIC_KEY, METRIC_VALUE).
  */
 #ifndef BPFPROBES_METRICS_H
@@ -46,12 +46,10 @@ static __always_inline u32 metric_log2(u64 v)
 
 /* The slot of a value: linear (v / METRIC_LINEAR), or log2 with 0 and 1 apart (slot
  * i >= 1 holds [2^(i-1), 2^i)); the last slot takes everything above. */
-static __always_inline u32 metric_slot(u64 v)
+static __always_inline u32 metric_slot(u64 v, int sign)
 {
-#ifdef METRIC_SIGNED
-    if ((s64)v < 0)
+    if (sign && (s64)v < 0)
         return 0;
-#endif
     v /= METRIC_DIV;
 #ifdef METRIC_LINEAR
     u64 slot = v / METRIC_LINEAR;
@@ -64,14 +62,14 @@ static __always_inline u32 metric_slot(u64 v)
     return slot < METRIC_SLOTS ? (u32)slot : METRIC_SLOTS - 1;
 }
 
-static __always_inline void metric_bump(struct metric_value *m, u64 value, int timed)
+static __always_inline void metric_bump(struct metric_value *m, u64 value, int timed, int sign)
 {
     m->count++;
 #if METRIC_SLOTS
     if (!timed)
         return;
     m->sum_ns += value;
-    m->slots[metric_slot(value)]++;
+    m->slots[metric_slot(value, sign)]++;
 #endif
 }
 
@@ -82,9 +80,10 @@ static __always_inline s32 metric_errno(u64 ret)
     return r < 0 && r >= -4095 ? (s32)-r : 0;
 }
 
-/* One call under the labels in `key` (its value bucketed when `timed`). The per-CPU
+/* One call under the labels in `key` (its value bucketed when `timed`; `sign`: the
+ * value is signed). The per-CPU
  * hash needs no lock: this CPU's copy of the row is ours while we run. */
-static __always_inline void metric_add(struct metric_key *key, u64 value, int timed)
+static __always_inline void metric_add(struct metric_key *key, u64 value, int timed, int sign)
 {
     const struct run_config *c = RUN(settings());
     if (!c || throttle(c))
@@ -93,12 +92,12 @@ static __always_inline void metric_add(struct metric_key *key, u64 value, int ti
     struct metric_value *blank = metric_blank.lookup(&first);
     struct metric_value *m = blank ? metrics.lookup_or_try_init(key, blank) : 0;
     if (m) {
-        metric_bump(m, value, timed);
+        metric_bump(m, value, timed, sign);
         return;
     }
     m = metric_other.lookup(&probe);
     if (m)
-        metric_bump(m, value, timed);
+        metric_bump(m, value, timed, sign);
     else
         count_drop();
     u64 *n = series_dropped.lookup(&first);

@@ -415,9 +415,10 @@ def _metric_lines(probe, plan) -> list[str]:
     if m.value is not None:                 # --hist-of: the argument's value, where it is
         src = sources.value
         value = src.c_value(f"SLOT(e, {src.offset})") if src is not None else "0"
-        return lines + [f"metric_add(&mk, {value}, {int(src is not None)});"]
+        signed = int(src is not None and src.type.kind == "s")
+        return lines + [f"metric_add(&mk, {value}, {int(src is not None)}, {signed});"]
     timed = "e->latency_ns != 0" if m.timed and probe.pair is not None else "0"
-    return lines + [f"metric_add(&mk, e->latency_ns, {timed});"]
+    return lines + [f"metric_add(&mk, e->latency_ns, {timed}, 0);"]
 
 
 def _stash_function(stash) -> str:
@@ -433,14 +434,11 @@ def probe_defines(plan) -> dict[str, object]:
     o = plan.options
     payload = max((p.layout.size for p in plan.probes), default=0)
     m = o.metrics
-    signed = m is not None and m.value is not None and any(
-        pl.value is not None and pl.value.type.kind == "s" for pl in plan.metric_labels)
     metrics = {} if m is None else {
         "PROBE_METRICS": True, "METRIC_SERIES": m.max_series,
         "METRIC_PROBES": max(1, len(plan.probes)),
         "METRIC_SLOTS": metricplan.SLOTS if m.bucketed else 0,
-        "METRIC_LINEAR": m.linear, "METRIC_DIV": m.divide if m.divide != 1 else None,
-        "METRIC_SIGNED": True if signed else None}
+        "METRIC_LINEAR": m.linear, "METRIC_DIV": m.divide if m.divide != 1 else None}
     return {"PROBE_PAYLOAD_MAX": max(payload, 8),
             "PROBE_STACKS": STACK_ENTRIES if (o.kstack or o.ustack) else None,
             "PROBE_PAIRS": PAIR_ENTRIES if plan.pairs else None, **(o.context or {}),

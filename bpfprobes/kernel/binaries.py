@@ -24,6 +24,7 @@ from pathlib import Path
 from bpfprobes.base.errors import UsageError
 
 LDCONFIG = ("/sbin/ldconfig", "/usr/sbin/ldconfig")
+NAME_MAX = 255
 # ldconfig -p's tag for this machine's libraries ("libc6,x86-64")
 ARCH_TAGS = {"x86_64": "x86-64", "aarch64": "AArch64", "ppc64le": "64bit", "s390x": "64bit",
              "riscv64": "64bit"}
@@ -35,7 +36,10 @@ def library_matches(basename: str, name: str) -> bool:
 
 
 def is_kernel_module(name: str, sys_module: Path = Path("/sys/module")) -> bool:
-    return (sys_module / name.replace("-", "_")).is_dir()
+    try:
+        return (sys_module / name.replace("-", "_")).is_dir()
+    except OSError:                 # a name no file system takes: no module either
+        return False
 
 
 def mapped_by(pid: int, name: str, proc: Path = Path("/proc")) -> str | None:
@@ -47,11 +51,23 @@ def mapped_by(pid: int, name: str, proc: Path = Path("/proc")) -> str | None:
         return None
     for line in lines:
         parts = line.split(None, 5)
-        if len(parts) == 6 and parts[5].startswith("/") and not parts[5].endswith(" (deleted)"):
-            path = parts[5]
-            if library_matches(os.path.basename(path), name):
-                return f"{proc}/{pid}/root{path}"
+        if len(parts) < 6 or not parts[5].startswith("/"):
+            continue
+        path, deleted = parts[5].removesuffix(" (deleted)"), parts[5].endswith(" (deleted)")
+        if library_matches(os.path.basename(path), name):
+            # a file replaced or removed since it was mapped: the mapping itself is the
+            # file the process runs (a path would name the new one, or nothing)
+            return f"{proc}/{pid}/map_files/{parts[0]}" if deleted \
+                else f"{proc}/{pid}/root{path}"
     return None
+
+
+def on_path(name: str) -> str | None:
+    """`name` in PATH's absolute directories only: an empty or relative entry (".")
+    would let the directory a root tracer happens to run in choose its binary."""
+    dirs = [d for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if d.startswith("/")]
+    found = shutil.which(name, path=os.pathsep.join(dirs)) if dirs else None
+    return os.path.abspath(found) if found else None
 
 
 def loader_cache(name: str) -> str | None:
@@ -70,7 +86,9 @@ def loader_cache(name: str) -> str | None:
         soname, arrow, path = line.strip().partition(" => ")
         if arrow and library_matches(soname.split(" (")[0], name):
             found.append((tag not in soname, path.strip()))
-    return min(found)[1] if found else None
+    # this machine's first, then in the cache's own order (its search order)
+    found.sort(key=lambda f: f[0])
+    return found[0][1] if found else None
 
 
 @dataclass
@@ -87,11 +105,13 @@ class Resolver:
         return self._found[name]
 
     def _look(self, name: str) -> str | None:
+        if len(name) > NAME_MAX:
+            raise UsageError(f"a binary's name is {NAME_MAX} bytes at most, not {len(name)}")
         if is_kernel_module(name):
             return None
         for how, find in (("mapped by process", lambda: mapped_by(self.pid, name)
                            if self.pid else None),
-                          ("the program on PATH", lambda: shutil.which(name)),
+                          ("the program on PATH", lambda: on_path(name)),
                           ("the library in the loader's cache", lambda: loader_cache(name))):
             path = find()
             if path:

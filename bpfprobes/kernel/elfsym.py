@@ -127,6 +127,10 @@ def _kind_of(st: os.stat_result) -> str | None:
     return next((what for test, what in _FILE_KINDS if test(st.st_mode)), "not a regular file")
 
 
+# a process's own view: its root (mount namespace) or a file it has mapped
+_PROC_LINK = re.compile(r"/proc/[0-9]+/(root/|map_files/[0-9a-f]+-[0-9a-f]+$)")
+
+
 def _open_regular(given: str) -> tuple[str, int, os.stat_result]:
     """(resolved path, fd, fstat) of a regular file. O_PATH|O_NOFOLLOW first: that
     opens no device (no driver code runs) and no FIFO, whatever a directory of the
@@ -134,14 +138,17 @@ def _open_regular(given: str) -> tuple[str, int, os.stat_result]:
     reading, through /proc/self/fd/N, i.e. that very inode. Every OSError is one
     ElfError line."""
     hint = "give the path of an executable or shared library"
-    path = os.path.realpath(given)
+    # realpath reads /proc/PID/root and map_files/ as plain links; the magic links
+    # themselves lead into that process's mount namespace, or to a file since
+    # replaced: those are opened as given (O_PATH opens nothing; fstat still decides)
+    proc_link = _PROC_LINK.match(given) is not None
+    path = given if proc_link else os.path.realpath(given)
     fd = -1
     try:
-        pfd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        pfd = os.open(path, os.O_PATH | os.O_CLOEXEC | (0 if proc_link else os.O_NOFOLLOW))
         try:
             st = os.fstat(pfd)
             if _dev_ino(st) != _dev_ino(os.stat(given)):
-                # realpath reads /proc/PID/root and the like as plain links: another file
                 raise ElfError(f"{given} resolves to {path}, which is another file",
                                "give the binary's own path")
             what = _kind_of(st)

@@ -215,7 +215,8 @@ def _check_uprobe(k: Kernel, spec: ProbeSpec, dry_run: bool, notes: list[str],
     have = features.check(k, "uprobes")
     if not have.available and not dry_run:
         raise KernelError(f"uprobes are not available in this kernel ({have.why})")
-    if not os.path.lexists(os.path.realpath(spec.path or "")):
+    # followed by the kernel: /proc/PID/root and map_files links lead where realpath cannot
+    if not os.path.exists(spec.path or ""):
         raise BpfprobesError(f"uprobe target {spec.path}: no such file",
                              "give the binary's path, e.g. /usr/bin/bash or "
                              "/lib/x86_64-linux-gnu/libc.so.6")

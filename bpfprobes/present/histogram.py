@@ -3,7 +3,9 @@ hist()/lhist() and BCC's funclatency print them, or as JSON bucket arrays.
 
 log2 slots: slot 0 holds 0 (and, for a signed value, every negative one), slot 1
 holds 1, slot i >= 2 holds [2^(i-1), 2^i); the last slot takes all above.
-linear slots of width W: slot i holds [i*W, (i+1)*W); the last takes all above.
+linear slots of width W: slot i holds [i*W, (i+1)*W) (slot 0, for a signed value,
+the negatives too); the last takes all above. bpftrace keeps negatives apart:
+for values that are never negative the buckets are the same.
 Only the slots from the first to the last non-empty one are printed.
 """
 from __future__ import annotations
@@ -26,7 +28,8 @@ class Buckets:
         """[low, high) of a slot; None: unbounded on that side."""
         last = slot == self.slots - 1
         if self.linear is not None:
-            return slot * self.linear, None if last else (slot + 1) * self.linear
+            low = None if slot == 0 and self.signed else slot * self.linear
+            return low, None if last else (slot + 1) * self.linear
         if slot == 0:
             return (None if self.signed else 0), 1
         low = 1 << (slot - 1)
@@ -37,8 +40,8 @@ class Buckets:
         if self.linear is None and slot <= 1 and high is not None and \
                 (slot == 1 or not self.signed):
             return f"[{low}]"                       # [0], [1], as bpftrace
-        if low is None:
-            return "(..., 0]"
+        if low is None:                             # a signed value's negatives are here too
+            return "(..., 0]" if self.linear is None else f"(..., {short(high)})"
         return f"[{short(low)}, {short(high) if high is not None else '...'})"
 
 

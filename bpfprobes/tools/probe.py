@@ -216,6 +216,7 @@ def prometheus(k: Kernel, o: Options, prog: str) -> int:
 
 
 def run(o: Options, prog: str = "bpfprobes probe") -> int:
+    probehist.check(o)               # options that go together, before anything is done
     if not o.dry_run:
         shared.require_root()        # before planning: tracefs is root-only
     k = current()
@@ -234,10 +235,8 @@ def run(o: Options, prog: str = "bpfprobes probe") -> int:
             by=o.by, interval=o.interval, pid=o.pid, duration=o.duration, json=o.json,
             verbose=o.verbose), prog)
     if o.hist:
-        probehist.check(o)
         probehist.run(k, plan, o, prog.split()[-1])
         return 0
-    probehist.check_unused(o)
     if o.backend == "tracefs":
         return probe_tracefs.trace(k, plan, o, prog, "asked for by --backend tracefs")
     try:

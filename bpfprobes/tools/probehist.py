@@ -5,7 +5,7 @@ no event leaves it. Printed each -i interval (that interval's calls) and at exit
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bpfprobes import __version__
 from bpfprobes.backends.bpf import tables
@@ -42,13 +42,14 @@ def metric_options(o, pairs: bool) -> metricplan.Options:
 def run(k: Kernel, plan: probeplan.Plan, o, prog: str) -> loop.Summary:
     m = metric_options(o, plan.pairs > 0)
     plan = probeplan.with_metrics(plan, m)
-    signed = any(pl.value is not None and pl.value.type.kind == "s" for pl in plan.metric_labels)
+    signed = frozenset(p.event for p, pl in zip(plan.probes, plan.metric_labels)
+                       if pl.value is not None and pl.value.type.kind == "s")
     labels = metricrows.Labels("probe", tuple(p.event for p in plan.probes),
                                pid="pid" in m.by, comm="comm" in m.by)
     unit = o.unit if m.value is None else None
     return session(k, prog, codegen.probe_program(plan, k.abi), attachments(k, plan), labels,
-                   Hist(histogram.Buckets(metricplan.SLOTS, m.linear, signed), unit,
-                        m.value or f"latency in {unit}", f"{len(plan.probes)} probes"),
+                   Hist(histogram.Buckets(metricplan.SLOTS, m.linear), unit,
+                        m.value or f"latency in {unit}", f"{len(plan.probes)} probes", signed),
                    o, {"of": m.value or "latency", "by": o.by})
 
 
@@ -59,6 +60,10 @@ class Hist:
     unit: str | None            # a latency's; None: a value as it is
     what: str                   # "latency in us", an argument's name
     where: str                  # "2 probes", "IRQ 36"
+    signed: frozenset = frozenset()     # the probes whose value is signed
+
+    def of(self, probe: str) -> histogram.Buckets:
+        return replace(self.buckets, signed=probe in self.signed)
 
 
 def session(k: Kernel, prog: str, program: codegen.Program, attaches: list, labels:
@@ -87,11 +92,14 @@ def session(k: Kernel, prog: str, program: codegen.Program, attaches: list, labe
             keys = dict(zip(labels.label_names, values))
             if other:
                 keys = {labels.index_label: keys[labels.index_label], "other": True}
-            head = ", ".join(str(v) for v in keys.values())
+            buckets = h.of(keys[labels.index_label])
+            # a comm is the traced system's text: escaped here, where a newline would
+            # otherwise start a line of our own
+            head = ", ".join(for_terminal(str(v)) for v in keys.values())
             text = f"@[{head}]" + (f" ({h.unit})" if h.unit else "") + ":\n" + \
-                histogram.text(slots, h.buckets)
+                histogram.text(slots, buckets)
             sink.table(kind, [{**keys, **({"unit": h.unit} if h.unit else {}),
-                               "buckets": histogram.json_buckets(slots, h.buckets)}],
+                               "buckets": histogram.json_buckets(slots, buckets)}],
                        text + "\n")
 
     def live() -> None:
@@ -134,16 +142,25 @@ class _Text(TextOutput):
 
 
 def check(o) -> None:
-    """What --hist cannot go with (it sends no events)."""
-    clash = [flag for name, flag in (("count", "--count"), ("stack", "-s"),
-                                     ("user_stack", "-U"), ("summary", "--summary"),
-                                     ("context", "--context"), ("max_events", "-n"),
-                                     ("prometheus", "--prometheus")) if getattr(o, name)]
-    if clash or o.backend == "tracefs":
-        raise UsageError(f"--hist counts in the kernel and sends no events: not with "
-                         f"{', '.join(clash) or '--backend tracefs'}")
-    if o.hist_of is not None and o.unit != "us":
-        raise UsageError("--unit is a latency's; --hist-of buckets the value as it is")
+    """probe's options that go together, before anything else is done: --hist sends no
+    events, so nothing that shapes or bounds events goes with it; the histogram's own
+    options need it; --by and -i need --count or --hist."""
+    if o.hist:
+        clash = [flag for name, flag in (("count", "--count"), ("stack", "-s"),
+                                         ("user_stack", "-U"), ("summary", "--summary"),
+                                         ("context", "--context"), ("max_events", "-n"),
+                                         ("prometheus", "--prometheus"),
+                                         ("dry_run", "--dry-run")) if getattr(o, name)]
+        if clash or o.backend == "tracefs":
+            raise UsageError(f"--hist counts in the kernel and sends no events: not with "
+                             f"{', '.join(clash) or '--backend tracefs'}")
+        if o.hist_of is not None and o.unit != "us":
+            raise UsageError("--unit is a latency's; --hist-of buckets the value as it is")
+    else:
+        check_unused(o)
+    if (o.by or o.interval) and not (o.count or o.hist):
+        raise UsageError(f"{'--by' if o.by else '-i'} goes with --count or --hist",
+                         "add one, or drop it")
 
 
 def check_unused(o) -> None:

@@ -109,3 +109,60 @@ def test_a_kernel_modules_name_stays_a_kernel_target(tmp_path):
     # a kernel target's error (no kprobes here, or no such function), never the program's
     assert "kprobe" in r.stderr or "not a kernel function" in r.stderr, r.stderr
     assert str(tmp_path) not in r.stderr, r.stderr
+
+
+def test_with_pid_a_process_in_another_mount_namespace(tmp_path, target):
+    """The file the process runs in its own mount namespace, not the one at that path
+    here: outside, the path holds /bin/true (no `nap`); inside, the probe target."""
+    prog = tmp_path / "nsprog"
+    prog.write_bytes(Path("/bin/true").read_bytes())
+    prog.chmod(0o755)
+    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                             f'mount --bind "$1" "$2" && exec "$2" t {N} 100 /nonexistent',
+                             "sh", str(target), str(prog)],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        # wait until it runs the probe target (its maps hold nap's file), then trace
+        assert _wait(lambda: "nsprog" in Path(f"/proc/{proc.pid}/maps").read_text()
+                     and Path(f"/proc/{proc.pid}/exe").resolve().name == "nsprog")
+        with Tool("probe", "--json", "--verbose", "-p", str(proc.pid), "p:nsprog:nap") as t:
+            go(proc)
+            assert t.wait_until(lambda: len(t.json()) >= N, 30)
+    finally:
+        proc.kill()
+    assert len(t.json()) == N, t.stderr
+    assert any(f"nsprog: mapped by process {proc.pid}, /proc/{proc.pid}/root{prog}" in line
+               for line in t.err), t.stderr
+
+
+def test_with_pid_a_file_replaced_since_it_was_mapped(tmp_path, target):
+    """Replaced on disk (a new inode at the path): the mapping is still the old file,
+    and that is the one the process runs."""
+    prog = tmp_path / "replaced"
+    prog.write_bytes(target.read_bytes())
+    prog.chmod(0o755)
+    proc = start_target(prog)
+    try:
+        fresh = tmp_path / "fresh"
+        fresh.write_bytes(Path("/bin/true").read_bytes())
+        fresh.rename(prog)                       # what an upgrade does
+        with Tool("probe", "--json", "--verbose", "-p", str(proc.pid), "p:replaced:nap") as t:
+            go(proc)
+            assert t.wait_until(lambda: len(t.json()) >= N, 30)
+    finally:
+        proc.kill()
+    assert len(t.json()) == N
+    assert any(f"/proc/{proc.pid}/map_files/" in line for line in t.err), t.stderr
+
+
+def _wait(ready, timeout: float = 10.0) -> bool:
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if ready():
+                return True
+        except OSError:
+            pass
+        time.sleep(0.02)
+    return False

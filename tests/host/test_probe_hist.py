@@ -31,12 +31,17 @@ def test_the_same_buckets_as_bpftraces_hist(tmp_path):
     bt = subprocess.Popen(["bpftrace", "-e", f"tracepoint:syscalls:sys_enter_pread64 "
                            f"/pid == {w.pid}/ {{ @ = hist(args->count); }}"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert "Attaching" in bt.stdout.readline()
-    with Tool("probe", "--hist", "--hist-of", "count", "-p", str(w.pid),
-              "t:syscalls:sys_enter_pread64 count") as t:
-        assert w.go() == [3000]
-    bt.send_signal(2)
-    theirs = buckets(bt.communicate(timeout=60)[0])
+    try:
+        assert "Attaching" in bt.stdout.readline()
+        with Tool("probe", "--hist", "--hist-of", "count", "-p", str(w.pid),
+                  "t:syscalls:sys_enter_pread64 count") as t:
+            assert w.go() == [3000]
+        bt.send_signal(2)
+        theirs = buckets(bt.communicate(timeout=60)[0])
+    finally:
+        if bt.poll() is None:           # a failure above: no bpftrace left behind
+            bt.kill()
+            bt.wait()
     ours = buckets("\n".join(t.lines))
     assert sum(ours.values()) == 3000 and ours == theirs, (ours, theirs)
     assert len(ours) >= 15                          # 0, 1, and every power of two to 64K
@@ -90,6 +95,13 @@ def test_by_comm_linear_buckets_and_intervals(tmp_path):
      "--hist-of nothere: no probe captures it"),
     (["--linear", "5", "t:syscalls:sys_enter_pread64 count"],
      "--linear shape a histogram: add --hist"),
+    (["--hist", "--count", "--hist-of", "count", "t:syscalls:sys_enter_pread64 count"],
+     "not with --count"),
+    (["--hist", "--prometheus", "127.0.0.1:0", "--hist-of", "count",
+      "t:syscalls:sys_enter_pread64 count"], "not with --prometheus"),
+    (["--hist", "--dry-run", "--hist-of", "count", "t:syscalls:sys_enter_pread64 count"],
+     "not with --dry-run"),
+    (["--by", "comm", "t:syscalls:sys_enter_pread64 count"], "--by goes with --count or --hist"),
     (["--hist", "--hist-of", "count", "-s", "t:syscalls:sys_enter_pread64 count"],
      "not with -s"),
 ])
@@ -97,3 +109,32 @@ def test_bad_hist_options_are_one_line(args, message):
     r = run_tool("probe", *args)
     assert r.returncode == 2 and message in r.stderr.splitlines()[0], r.stderr
     assert not r.held.progs
+
+
+def test_each_probe_buckets_by_its_own_sign(target_bin):
+    """One run, one function, the value read signed by one probe and unsigned by the
+    other: echo(-5) is a negative for the first and a huge number for the second."""
+    proc = subprocess.Popen([target_bin, unique("t"), "20", "10", "/nonexistent"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        with Tool("probe", "--hist", "--hist-of", "x", "--json", "-p", str(proc.pid),
+                  f"p:{target_bin}:echo x=$arg1:s64", f"p:{target_bin}:echo x=$arg1:u64") as t:
+            proc.communicate("go\n", timeout=60)
+    finally:
+        proc.kill()
+    rows = {r["probe"]: {(b["min"], b["max"]): b["count"] for b in r["buckets"] if b["count"]}
+            for total in t.json("totals") for r in total["rows"]}
+    assert rows == {"echo": {(None, 1): 20, (4, 8): 20},          # (..., 0] and [4, 8)
+                    "echo_2": {(4, 8): 20, (1 << 38, None): 20}}, rows
+
+
+def test_a_comm_cannot_write_lines_of_its_own(tmp_path):
+    data = tmp_path / "data"
+    data.write_bytes(b"x" * 100)
+    w = Workload("a\n[1G, 2G) 999", f"sizes:{data}:50")
+    with Tool("probe", "--hist", "--hist-of", "count", "--by", "comm", "-p", str(w.pid),
+              "t:syscalls:sys_enter_pread64 count") as t:
+        assert w.go() == [50]
+    assert not [line for line in t.lines if line.startswith("[1G, 2G)")], t.lines
+    assert any(line.startswith("@[sys_enter_pread64, a\\n[1G, 2G) 999]") for line in t.lines), \
+        t.lines

@@ -25,8 +25,26 @@ def test_a_process_mapping(tmp_path):
     assert binaries.mapped_by(42, "c", tmp_path) == \
         f"{tmp_path}/42/root/usr/lib/x86_64-linux-gnu/libc.so.6"
     assert binaries.mapped_by(42, "python3.11", tmp_path).endswith("/root/usr/bin/python3.11")
-    assert binaries.mapped_by(42, "gone", tmp_path) is None          # deleted: not that file
+    # replaced or removed since: the mapping itself, not whatever the path names now
+    assert binaries.mapped_by(42, "gone", tmp_path) == f"{tmp_path}/42/map_files/7f02-7f03"
     assert binaries.mapped_by(43, "c", tmp_path) is None             # no such process
+
+
+def test_path_lookup_takes_absolute_directories_only(tmp_path, monkeypatch):
+    """A root tracer run from a directory someone else writes must not pick its `bash`."""
+    (tmp_path / "bash").write_text("#!/bin/sh\n")
+    (tmp_path / "bash").chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", f".::{tmp_path.name}:/usr/bin:/bin")
+    assert binaries.on_path("bash") in ("/usr/bin/bash", "/bin/bash")
+    monkeypatch.setenv("PATH", f"{tmp_path}")
+    assert binaries.on_path("bash") == f"{tmp_path}/bash"        # absolute: as asked
+
+
+def test_names_no_file_system_takes():
+    assert binaries.is_kernel_module("b" * 5000) is False
+    with pytest.raises(UsageError, match="255 bytes at most"):
+        binaries.Resolver()("b" * 300)
 
 
 def test_the_spec_grammar_asks_for_names_and_keeps_modules():
@@ -42,7 +60,7 @@ def test_the_spec_grammar_asks_for_names_and_keeps_modules():
 
 def test_a_name_that_is_nothing(monkeypatch):
     monkeypatch.setattr(binaries, "is_kernel_module", lambda name: False)
-    monkeypatch.setattr(binaries.shutil, "which", lambda name: None)
+    monkeypatch.setattr(binaries, "on_path", lambda name: None)
     monkeypatch.setattr(binaries, "loader_cache", lambda name: None)
     r = binaries.Resolver(pid=7)
     monkeypatch.setattr(binaries, "mapped_by", lambda pid, name: None)
@@ -54,7 +72,7 @@ def test_a_name_that_is_nothing(monkeypatch):
 def test_the_order_module_then_mapped_then_path_then_cache(monkeypatch):
     calls = []
     monkeypatch.setattr(binaries, "mapped_by", lambda pid, name: calls.append("maps"))
-    monkeypatch.setattr(binaries.shutil, "which", lambda name: calls.append("path") or "/b/x")
+    monkeypatch.setattr(binaries, "on_path", lambda name: calls.append("path") or "/b/x")
     monkeypatch.setattr(binaries, "loader_cache", lambda name: calls.append("cache"))
     monkeypatch.setattr(binaries, "is_kernel_module", lambda name: name == "mod")
     r = binaries.Resolver(pid=5)

@@ -575,8 +575,8 @@ def test_metrics_mode_counts_in_the_kernel_and_sends_nothing():
     c = codegen.probe_source(plan, X86)
     assert "probe_submit" not in c and "perf_submit" not in c
     entry, ret = c.split("/* spec 1 */")
-    assert "metric_add(&mk, e->latency_ns, 0);" in entry           # an entry: no latency
-    assert "metric_add(&mk, e->latency_ns, e->latency_ns != 0);" in ret
+    assert "metric_add(&mk, e->latency_ns, 0, 0);" in entry           # an entry: no latency
+    assert "metric_add(&mk, e->latency_ns, e->latency_ns != 0, 0);" in ret
     assert "mk.err = metric_errno" not in entry                      # no return value there
     # an int's upper register bits never split a row: cut to 32 bits, sign-extended
     assert "mk.err = metric_errno((u64)(s64)(s32)SLOT(e, 0));" in ret
