@@ -62,7 +62,35 @@ def test_eth0_resolves_through_pyroute2_like_sysfs():
         assert f"bpfprobes irq: IRQ {n} ({names[n].name}): handler " in r.stderr
 
 
-def test_disk_interrupts_equal_the_proc_interrupts_delta(tmp_path):
+def disk_writes_traced(writes: int, *args: str) -> tuple:
+    """`irq DISK --json ARGS` on the disk under /var/tmp while `writes` synced writes
+    run: (tool, its meta, {line: (inner, outer)}, skipped). inner: the line's
+    /proc/interrupts delta read once the tool is live and before it stops; outer:
+    read before it starts and after it exits; skipped: its programs' runs the kernel
+    skipped since attach (an interrupt inside another BPF program), on any line."""
+    work = Path("/var/tmp") / unique("irqdisk")
+    work.mkdir()
+    try:
+        w = Workload(unique("bpfp-dio")[:15], f"diskio:{work / 'data'}:{writes}")
+        outer_before = {n: line.total for n, line in interrupts.read_lines().items()}
+        with Tool("irq", disk_of(work), "--json", *args) as t:
+            meta = t.meta()
+            irqs = meta["device"]["irqs"]
+            assert irqs
+            inner_before = proc_counts(irqs)
+            assert w.go() == [writes]
+            inner_after = proc_counts(irqs)
+            skipped = recursion_misses(t.held().progs)
+        outer_after = proc_counts(irqs)
+    finally:
+        for p in work.iterdir():
+            p.unlink()
+        work.rmdir()
+    return t, meta, {n: (inner_after[n] - inner_before[n], outer_after[n] - outer_before[n])
+                     for n in irqs}, skipped
+
+
+def test_disk_interrupts_equal_the_proc_interrupts_delta():
     """Every interrupt of the disk while the tool is attached, counted by the
     tool, against the kernel's own /proc/interrupts, with no clock involved: the
     tool's count lies between the lines' delta over a window inside its run
@@ -71,44 +99,23 @@ def test_disk_interrupts_equal_the_proc_interrupts_delta(tmp_path):
     other processes use the disk too; our 300 synced writes are in both. With
     other tracers busy, an interrupt that lands while a BPF program runs on its
     CPU does not run ours: the kernel counts those skips, and so does the test."""
-    work = Path("/var/tmp") / unique("irqdisk")
-    work.mkdir()
-    try:
-        disk = disk_of(work)
-        w = Workload(unique("bpfp-dio")[:15], f"diskio:{work / 'data'}:300")
-        outer_before = {n: line.total for n, line in interrupts.read_lines().items()}
-        with Tool("irq", disk, "--json") as t:
-            meta = t.meta()
-            irqs = meta["device"]["irqs"]
-            assert irqs and meta["attach"] == "tracepoint"
-            ours = t.held()
-            inner_before = proc_counts(irqs)
-            assert w.go() == [300]
-            inner_after = proc_counts(irqs)
-            skipped = recursion_misses(ours.progs)      # since attach, any line: a bound
-        outer_after = proc_counts(irqs)
-        summary = t.json("summary")[0]
-        # the only loss: runs the kernel skipped (an interrupt inside another BPF program)
-        assert t.proc.returncode == 0 and summary["lost"] == summary["recursion_misses"]
-        events = t.json()
-        caused = sum(inner_after[n] - inner_before[n] for n in irqs)
-        assert caused >= 300, (inner_before, inner_after)   # every write and fsync waited for
-        for n in irqs:
-            seen = sum(1 for e in events if e["irq"] == n)
-            inner = inner_after[n] - inner_before[n]
-            outer = outer_after[n] - outer_before[n]
-            # +2: an interrupt that comes while its line is in progress on another
-            # CPU runs the handler once more without being counted in /proc
-            assert inner - skipped <= seen <= outer + 2, (n, inner, skipped, seen, outer)
-        for e in events:
-            assert e["kind"] == "hardirq" and e["ret"] == "IRQ_HANDLED"
-            assert 0 < e["duration_ns"] < 50_000_000
-            assert e["context"]["context"] == "hardirq" and e["context"]["irqs_off"] is True
-            assert e["name"] == interrupts.read_lines()[e["irq"]].name
-    finally:
-        for p in work.iterdir():
-            p.unlink()
-        work.rmdir()
+    t, meta, deltas, skipped = disk_writes_traced(300)
+    assert meta["attach"] == "tracepoint"
+    summary = t.json("summary")[0]
+    # the only loss: runs the kernel skipped (an interrupt inside another BPF program)
+    assert t.proc.returncode == 0 and summary["lost"] == summary["recursion_misses"]
+    events = t.json()
+    assert sum(inner for inner, _ in deltas.values()) >= 300, deltas   # each write waited for
+    for n, (inner, outer) in deltas.items():
+        seen = sum(1 for e in events if e["irq"] == n)
+        # +2: an interrupt that comes while its line is in progress on another
+        # CPU runs the handler once more without being counted in /proc
+        assert inner - skipped <= seen <= outer + 2, (n, inner, skipped, seen, outer)
+    for e in events:
+        assert e["kind"] == "hardirq" and e["ret"] == "IRQ_HANDLED"
+        assert 0 < e["duration_ns"] < 50_000_000
+        assert e["context"]["context"] == "hardirq" and e["context"]["irqs_off"] is True
+        assert e["name"] == interrupts.read_lines()[e["irq"]].name
 
 
 def test_summary_table_per_irq_and_cpu(tmp_path):
@@ -207,32 +214,14 @@ def test_rate_limit_throttles_in_the_kernel():
     assert summary["throttled"] == sum(x["count"] for x in lines if x["type"] == "throttled")
 
 
-def test_hist_holds_every_disk_interrupt_in_the_kernels_buckets(tmp_path):
+def test_hist_holds_every_disk_interrupt_in_the_kernels_buckets():
     """--hist: the disk's handler times bucketed in the kernel (no events); the
     histogram's calls bounded by /proc/interrupts as the event count is above."""
-    work = Path("/var/tmp") / unique("irqhist")
-    work.mkdir()
-    try:
-        disk = disk_of(work)
-        w = Workload(unique("bpfp-hist")[:15], f"diskio:{work / 'data'}:100")
-        outer_before = {n: line.total for n, line in interrupts.read_lines().items()}
-        with Tool("irq", disk, "--hist", "--json", "--unit", "ns") as t:
-            irqs = t.meta()["device"]["irqs"]
-            inner_before = proc_counts(irqs)
-            assert w.go() == [100]
-            inner_after = proc_counts(irqs)
-            skipped = recursion_misses(t.held().progs)
-        outer_after = proc_counts(irqs)
-        assert t.proc.returncode == 0 and not t.json("event")       # nothing per event
-        rows = [r for total in t.json("totals") for r in total["rows"]]
-        assert rows and all(r["kind"] == "hardirq" and r["unit"] == "ns" for r in rows)
-        for n in irqs:
-            got = sum(b["count"] for r in rows if r["irq"].split()[0] == str(n)
-                      for b in r["buckets"])
-            inner = inner_after[n] - inner_before[n]
-            outer = outer_after[n] - outer_before[n]
-            assert inner - skipped <= got <= outer + 2, (n, inner, skipped, got, outer)
-    finally:
-        for p in work.iterdir():
-            p.unlink()
-        work.rmdir()
+    t, _meta, deltas, skipped = disk_writes_traced(100, "--hist", "--unit", "ns")
+    assert t.proc.returncode == 0 and not t.json("event")           # nothing per event
+    rows = [r for total in t.json("totals") for r in total["rows"]]
+    assert rows and all(r["kind"] == "hardirq" and r["unit"] == "ns" for r in rows)
+    for n, (inner, outer) in deltas.items():
+        got = sum(b["count"] for r in rows if r["irq"].split()[0] == str(n)
+                  for b in r["buckets"])
+        assert inner - skipped <= got <= outer + 2, (n, inner, skipped, got, outer)
