@@ -112,3 +112,10 @@ def test_the_command_line_is_thin():
     for name, path in MODULES.items():
         if not name.startswith("cli."):
             assert "argparse" not in imports(path), f"{name} knows argparse"
+
+
+def test_test_modules_have_one_basename_each():
+    """pytest imports test modules by basename (the tiers are not packages): two of a
+    name stop the whole run at collection."""
+    names = [p.name for p in (PKG.parent / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
