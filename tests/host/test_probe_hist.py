@@ -7,11 +7,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from tooling import ROOT, Tool, Workload, run_tool, unique
+from tooling import Tool, Workload, run_tool, unique
 
 LINE = re.compile(r"^(\[[^\]\)]*[\]\)]|\(\.\.\., 0\])\s+(\d+) \|")
 
@@ -70,8 +69,8 @@ def test_by_comm_linear_buckets_and_intervals(tmp_path):
     data.write_bytes(b"x" * 100)
     comm = unique("lin")[:15]
     w = Workload(comm, f"sizes:{data}:200")
-    with Tool("probe", "--hist", "--linear", "10000", "--hist-of", "count", "--by", "comm", "--json",
-              "-i", "0.5", "-p", str(w.pid), "t:syscalls:sys_enter_pread64 count") as t:
+    with Tool("probe", "--hist", "--linear", "10000", "--hist-of", "count", "--by", "comm",
+              "--json", "-i", "0.5", "-p", str(w.pid), "t:syscalls:sys_enter_pread64 count") as t:
         assert w.go() == [200]
         assert t.wait_until(lambda: t.json("interval"), 10)
     intervals = [row for r in t.json("interval") for row in r["rows"]]
