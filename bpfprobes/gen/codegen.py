@@ -430,15 +430,18 @@ def _stash_function(stash) -> str:
                       f"    pair_enter(id, {stash.pair});", "    return 0;", "}"])
 
 
+def metric_defines(m: metricplan.Options, probes: int) -> dict[str, object]:
+    """bpf_c/metrics.h's defines for a program counting `probes` probes (or kinds)."""
+    return {"METRIC_SERIES": m.max_series, "METRIC_PROBES": max(1, probes),
+            "METRIC_SLOTS": metricplan.SLOTS if m.bucketed else 0,
+            "METRIC_LINEAR": m.linear, "METRIC_DIV": m.divide if m.divide != 1 else None}
+
+
 def probe_defines(plan) -> dict[str, object]:
     o = plan.options
     payload = max((p.layout.size for p in plan.probes), default=0)
-    m = o.metrics
-    metrics = {} if m is None else {
-        "PROBE_METRICS": True, "METRIC_SERIES": m.max_series,
-        "METRIC_PROBES": max(1, len(plan.probes)),
-        "METRIC_SLOTS": metricplan.SLOTS if m.bucketed else 0,
-        "METRIC_LINEAR": m.linear, "METRIC_DIV": m.divide if m.divide != 1 else None}
+    metrics = {} if o.metrics is None else {"PROBE_METRICS": True,
+                                            **metric_defines(o.metrics, len(plan.probes))}
     return {"PROBE_PAYLOAD_MAX": max(payload, 8),
             "PROBE_STACKS": STACK_ENTRIES if (o.kstack or o.ustack) else None,
             "PROBE_PAIRS": PAIR_ENTRIES if plan.pairs else None, **(o.context or {}),

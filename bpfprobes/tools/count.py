@@ -64,25 +64,34 @@ def metric_families(counts: dict, labels: metricrows.Labels, lost: int) -> list:
                              [], [([], lost)])]
 
 
-class Counts:
-    """A counting program's table, summed over CPUs: {(label values, other?): Totals}:
-    metrics.h's rows, or count's array indexed by target (without per-task labels)."""
+class CountTables(tables.TableReader):
+    """The transport of a counting program (count, serve's parts, --hist): its table,
+    summed over CPUs, as {(label values, other?): Totals} whenever read(), and once
+    more at the stop while still attached (`final`). The table is metrics.h's rows,
+    or count's array indexed by target (without per-task labels)."""
 
     def __init__(self, loaded: LoadedProgram, labels: metricrows.Labels) -> None:
-        self.loaded = loaded
+        super().__init__(loaded)
+        self._program = loaded
         self.labels = labels
+        self.final: dict = {}
 
     def read(self) -> dict:
-        if not self.loaded.has_map("counts"):
-            return metricrows.fold(tables.percpu_rows(self.loaded, "metrics"),
-                                   tables.percpu_rows(self.loaded, "metric_other"), self.labels)
+        loaded = self._program
+        if not loaded.has_map("counts"):
+            return metricrows.fold(tables.percpu_rows(loaded, "metrics"),
+                                   tables.percpu_rows(loaded, "metric_other"), self.labels)
         out: dict = {}
-        for raw, per_cpu in self.loaded.table_items("counts"):
+        for raw, per_cpu in loaded.table_items("counts"):
             target = int.from_bytes(raw[:4], "little")
             values = (self.labels.names[target],) if self.labels.index_label else ()
             if sum(per_cpu):
                 out.setdefault((values, False), metricrows.Totals()).add(sum(per_cpu), 0, ())
         return out
+
+    def finish(self) -> None:
+        self.final = self.read()
+        super().finish()
 
 
 def rows(counts: dict, labels: metricrows.Labels, seconds: float) -> list[dict]:
@@ -142,14 +151,10 @@ def count_targets(k: Kernel, targets: list[countplan.Target], o: Options,
     names = [t.name for t in targets]
     labels = labels_of(names, o.by)
     sink = JsonOutput(prog) if o.json else _Text(prog, names)
-    readers: list[tables.TableReader] = []
-    counts: list[Counts] = []
-    final: dict = {}
+    readers: list[CountTables] = []
 
-    def reader(loaded) -> tables.TableReader:
-        counts.append(Counts(loaded, labels))
-        # the last figures, read at the stop while still attached (the maps go with it)
-        readers.append(tables.TableReader(loaded, lambda: final.update(counts=counts[-1].read())))
+    def reader(loaded) -> CountTables:
+        readers.append(CountTables(loaded, labels))
         return readers[-1]
 
     # BCC loads it (its hash table is read through BCC); nothing streams: a table reader
@@ -172,7 +177,7 @@ def count_targets(k: Kernel, targets: list[countplan.Target], o: Options,
         due_interval = window["next"] is not None and now >= window["next"]
         if not (due_metrics or due_interval):
             return
-        current_counts = counts[-1].read()      # one read of the table serves both
+        current_counts = readers[-1].read()     # one read of the table serves both
         if due_metrics:
             publish(current_counts, readers[-1].lost)
         if not due_interval:
@@ -186,7 +191,7 @@ def count_targets(k: Kernel, targets: list[countplan.Target], o: Options,
         window.update(last=current_counts, at=now, next=max(window["next"] + o.interval, now))
 
     def at_exit(summary: loop.Summary) -> dict:
-        totals = final.get("counts", {})
+        totals = readers[-1].final
         if metrics is not None:
             publish(totals, readers[-1].final_lost)    # the last scrapes get it
         table = rows(totals, labels, summary.elapsed)

@@ -341,10 +341,10 @@ def hist(o: Options, p: Plan, k: Kernel) -> int:
              if getattr(o, name)]
     if clash:
         raise UsageError(f"--hist buckets handler times in the kernel: not with {clash[0]}")
+    buckets = metricplan.Options(max_series=HIST_SERIES, timed=True, linear=o.linear,
+                                 divide=probehist.UNITS[o.unit])
     program, attaches = program_and_attaches(p, k, False, o.rate_limit, {
-        "IRQ_HIST": True, "METRIC_SERIES": HIST_SERIES, "METRIC_PROBES": len(IRQ_KINDS),
-        "METRIC_SLOTS": metricplan.SLOTS, "METRIC_LINEAR": o.linear,
-        "METRIC_DIV": probehist.UNITS[o.unit]})
+        "IRQ_HIST": True, **codegen.metric_defines(buckets, len(IRQ_KINDS))})
 
     def line(v: int) -> str:
         kind, n = v >> 32, v & 0xffffffff

@@ -27,7 +27,6 @@ from bpfprobes.plan.sessionfile import Part as Decl
 from bpfprobes.present import metricrows
 from bpfprobes.tools import count, opensnoop
 
-COUNT_BY = {"pid": "COUNT_BY_PID", "comm": "COUNT_BY_COMM"}
 PART_BUDGET = 128 << 20         # kernel bytes one part's table may take (all CPUs)
 ENTRY_BYTES = 64 + 56           # a row's key and the hash's own per-row bookkeeping
 
@@ -69,7 +68,7 @@ class Part:
     labels: metricrows.Labels | None
     families: Callable[[dict], list] | None     # totals -> families
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
-    reader: tables.TableReader | None = None
+    reader: count.CountTables | None = None
     up: bool = False
     reason: str = "not attached yet"
     last: dict = field(default_factory=dict)        # health figures, kept when down
@@ -101,9 +100,6 @@ class Part:
             raise
         self.up, self.reason = True, f"{len(self.backend.loaded.attached)} attached"
 
-    def totals(self) -> dict:
-        return count.Counts(self.backend.loaded, self.labels).read()
-
     def snapshot(self) -> list:
         """Its families and health figures now (the kernel's tables read once)."""
         if not self.up:
@@ -112,7 +108,7 @@ class Part:
         self.last = {"up": 1, "lost": self.reader.lost, "throttled": self.reader.throttled,
                      "series_dropped": loaded.per_cpu_sum("series_dropped")
                      if loaded.has_map("series_dropped") else 0}
-        return self.families(self.totals())
+        return self.families(self.reader.read())
 
     def health(self) -> dict:
         return {**self.last, "up": int(self.up)}
@@ -148,7 +144,8 @@ def _probe_part(k: Kernel, decl: Decl, texts: list[str], index_label: str,
                                comm="comm" in decl.by, errno="errno" in decl.by,
                                args=tuple(formats))
     backend = BpfBackend(k, codegen.probe_program(plan, k.abi), probeattach.attachments(k, plan),
-                         cacheable=False, reader=tables.TableReader)
+                         cacheable=False,
+                         reader=lambda loaded: count.CountTables(loaded, labels))
 
     def families(totals: dict) -> list:
         out = [metricrows.counter(f"{decl.name}_{metric}", doc, labels, totals)]
@@ -162,7 +159,7 @@ def _probe_part(k: Kernel, decl: Decl, texts: list[str], index_label: str,
 
 def _count_part(k: Kernel, decl: Decl) -> Part:
     targets = countplan.expand(k, list(decl.targets))
-    per_task = [COUNT_BY[b] for b in decl.by if b in COUNT_BY]
+    per_task = [d for b in decl.by for d in count.BY.get(b, ())]     # pid, comm
     config = runconfig.pack(runconfig.COUNT, runconfig.task(skip_pid=os.getpid(),
                                                             rate=decl.rate_limit))
     defs = {"METRIC_SERIES": decl.max_series if per_task else None,
@@ -172,7 +169,7 @@ def _count_part(k: Kernel, decl: Decl) -> Part:
                                tuple(t.name for t in targets), pid="pid" in decl.by,
                                comm="comm" in decl.by)
     backend = BpfBackend(k, program, [t.attach for t in targets], cacheable=False,
-                         reader=tables.TableReader)
+                         reader=lambda loaded: count.CountTables(loaded, labels))
     return Part(decl, backend, labels, lambda totals: [
         metricrows.counter(decl.name, "Calls counted in the kernel", labels, totals)])
 

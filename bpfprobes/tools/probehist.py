@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, replace
 
 from bpfprobes import __version__
-from bpfprobes.backends.bpf import tables
 from bpfprobes.backends.bpf.backend import BpfBackend
 from bpfprobes.base.errors import UsageError
 from bpfprobes.base.safetext import for_terminal
@@ -71,14 +70,12 @@ def session(k: Kernel, prog: str, program: codegen.Program, attaches: list, labe
     """A run of a program in metrics mode whose rows are histograms (probe --hist,
     irq --hist): each -i interval's printed, and the run's at exit."""
     sink = JsonOutput(prog) if o.json else _Text(prog, h.what, h.where)
-    readers: list = []
-    state = {"last": {}, "next": None, "final": {}}
+    readers: list[count.CountTables] = []
+    state = {"last": {}, "next": None}
 
-    def reader(loaded):
-        counts = count.Counts(loaded, labels)
-        readers.append((tables.TableReader(loaded, lambda: state.update(final=counts.read())),
-                        counts))
-        return readers[-1][0]
+    def reader(loaded) -> count.CountTables:
+        readers.append(count.CountTables(loaded, labels))
+        return readers[-1]
 
     backend = BpfBackend(k, program, attaches, cacheable=False, reader=reader)
 
@@ -108,12 +105,12 @@ def session(k: Kernel, prog: str, program: codegen.Program, attaches: list, labe
     def tick() -> None:
         if state["next"] is None or time.monotonic() < state["next"]:
             return
-        now_totals = readers[-1][1].read()
+        now_totals = readers[-1].read()
         show("interval", now_totals, state["last"])
         state.update(last=now_totals, next=max(state["next"] + o.interval, time.monotonic()))
 
     def at_exit(_summary) -> dict:
-        totals = state["final"]
+        totals = readers[-1].final
         show("totals", totals, {})
         return {"events": sum(t.count for t in totals.values())}
 

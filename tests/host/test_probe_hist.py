@@ -27,11 +27,14 @@ def test_the_same_buckets_as_bpftraces_hist(tmp_path):
     data = tmp_path / "data"
     data.write_bytes(b"x" * 70000)
     w = Workload(unique("hist")[:15], f"sizes:{data}:3000")
-    bt = subprocess.Popen(["bpftrace", "-e", f"tracepoint:syscalls:sys_enter_pread64 "
+    # BEGIN runs once every probe is attached: its line says bpftrace is live
+    bt = subprocess.Popen(["bpftrace", "-e", 'BEGIN { printf("live\\n"); } '
+                           f"tracepoint:syscalls:sys_enter_pread64 "
                            f"/pid == {w.pid}/ {{ @ = hist(args->count); }}"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert "Attaching" in bt.stdout.readline()
+        # "Attaching 2 probes...", then BEGIN's line (none: bpftrace ended)
+        assert any(line.strip() == "live" for line in iter(bt.stdout.readline, ""))
         with Tool("probe", "--hist", "--hist-of", "count", "-p", str(w.pid),
                   "t:syscalls:sys_enter_pread64 count") as t:
             assert w.go() == [3000]

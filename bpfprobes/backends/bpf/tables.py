@@ -5,7 +5,6 @@ kernel skipped), as for an events map.
 """
 from __future__ import annotations
 
-import struct
 import time
 
 from bpfprobes.backends.bpf import perfring
@@ -35,19 +34,6 @@ def percpu_rows(loaded: LoadedProgram, name: str) -> list[tuple[bytes, list[byte
     return out
 
 
-def percpu_array_sums(loaded: LoadedProgram, name: str, fields: int) -> list[list[int]]:
-    """A per-CPU array whose values are `fields` u64s: per index, the fields summed over CPUs."""
-    fmt = struct.Struct(f"<{fields}Q")
-    out = []
-    for _key, values in percpu_rows(loaded, name):
-        sums = [0] * fields
-        for v in values:
-            for i, n in enumerate(fmt.unpack_from(v)):
-                sums[i] += n
-        out.append(sums)
-    return out
-
-
 class NoStream:
     """A transport with nothing to read as it comes: polling only waits."""
     kind = "tables"
@@ -66,17 +52,13 @@ class NoStream:
 
 
 class TableReader(NoStream, PerfBuffer):
-    """A run without an events map: the tool reads its tables (`on_finish` takes
-    the last figures at the stop, the maps gone once detached); loss as for any."""
+    """A run without an events map: the tool reads its tables; loss as for any,
+    its last figure taken at the stop (`final_lost`: the maps go with the detach)."""
 
-    def __init__(self, loaded: LoadedProgram, on_finish=None) -> None:
+    def __init__(self, loaded: LoadedProgram) -> None:
         PerfBuffer.__init__(self, loaded, direct=False)
         self.kind = "tables"
-        self.loaded = loaded
-        self.on_finish = on_finish
         self.final_lost = 0
 
     def finish(self) -> None:
-        if self.on_finish is not None:
-            self.on_finish()
         self.final_lost = self.lost
