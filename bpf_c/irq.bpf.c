@@ -9,18 +9,23 @@
  * is the IRQ number), SOFTIRQ (irq:softirq_entry/exit, vectors in
  * the config's softirq_mask), TASKLET (irq:tasklet_entry/exit) and TASKLET_SCHED (a
  * kprobe on __tasklet_schedule; TASKLET_FUNC is tasklet_struct.func's
- * offset from BTF); with IRQ_HIST the times go to metrics.h's histograms.
+ * offset from BTF); with IRQ_HIST the times go to metrics.h's histograms, with
+ * IRQ_FOLDED the calls are counted there by their stack (--folded).
  */
 #include <uapi/linux/ptrace.h>
 #include "irq.h"
 #include "common.h"
-#ifdef IRQ_HIST
-#include "metrics.h"        /* --hist: times bucketed in the kernel, no event sent */
+#if defined(IRQ_HIST) || defined(IRQ_FOLDED)
+#include "metrics.h"        /* --hist, --folded: counted in the kernel, no event sent */
+#endif
+#ifdef IRQ_FOLDED
+#include "folded.h"         /* --folded: stacks kept by their content */
 #endif
 
 struct stash {
     struct irq_event e;
     u8 busy;
+    s64 folded;                 /* --folded: the entry's stack (folded.h), or -errno */
 };
 
 BPF_PERCPU_ARRAY(stash, struct stash, IRQ_KINDS);
@@ -78,6 +83,9 @@ static __always_inline struct irq_event *begin(u32 kind, int irq, void *ctx)
     e->kind = kind;
     /* a kprobe stashes every call of a shared handler: a stack only for wanted lines */
     e->kstack = (kind != IRQ_KIND_HARDIRQ || irq_wanted(irq)) ? kstack(ctx) : -1;
+#ifdef IRQ_FOLDED
+    s->folded = (kind != IRQ_KIND_HARDIRQ || irq_wanted(irq)) ? folded_stack(ctx, 0) : -1;
+#endif
     bpf_get_current_comm(e->comm, sizeof(e->comm));
     s->busy = 1;
     return e;
@@ -96,6 +104,14 @@ static __always_inline int finish(void *ctx, u32 kind, int irq, int ret)
     struct metric_key mk = {.probe = kind, .err = METRIC_NO_ERRNO};
     mk.args[0] = ((u64)kind << 32) | (u32)irq;
     metric_add(&mk, bpf_ktime_get_ns() - s->e.ts_ns, 1, 0);
+    return 0;
+#endif
+#ifdef IRQ_FOLDED
+    /* --folded: handled calls of its kind and line by the stack at entry */
+    struct metric_key fk = {.probe = kind, .err = METRIC_NO_ERRNO};
+    fk.args[0] = ((u64)kind << 32) | (u32)irq;
+    fk.args[1] = (u64)s->folded;
+    metric_add(&fk, 0, 0, 0);
     return 0;
 #endif
     const struct irq_config *c = settings();

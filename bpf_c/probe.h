@@ -11,8 +11,10 @@
  * Defines from codegen: PROBE_PAYLOAD_MAX (largest payload of any probe),
  * PROBE_STACKS (stack map size, when -s or -U), PROBE_PAIRS (entry
  * timestamps kept for latency), PROBE_METRICS (count in the kernel, send
- * nothing: metrics.h's METRIC_*); the run's filters are in its config
- * (struct probe_config, probe_event.h).
+ * nothing: metrics.h's METRIC_*), PROBE_FOLDED (metrics keyed by stack, stacks
+ * kept by folded.h: each process's first sight is sent, PROBE_SEEN; TASK_MM:
+ * task_struct.mm's offset);
+ * the run's filters are in its config (struct probe_config, probe_event.h).
  */
 #ifndef BPFPROBES_PROBE_H
 #define BPFPROBES_PROBE_H
@@ -200,6 +202,43 @@ static __always_inline void probe_stacks(void *ctx, struct probe_event *e, int k
         e->ustack = stacks.get_stackid(ctx, BPF_F_USER_STACK | BPF_F_REUSE_STACKID);
 #endif
 }
+
+#ifdef PROBE_FOLDED
+#include "folded.h"
+
+/* The address space of the current task: with the pid, which program's maps a user
+ * stack was taken in (an exec keeps the pid and changes them). 0 without BTF. */
+static __always_inline u64 probe_mm(void)
+{
+    u64 mm = 0;
+#ifdef TASK_MM
+    bpf_probe_read_kernel(&mm, sizeof(mm), (char *)bpf_get_current_task() + TASK_MM);
+#endif
+    return mm;
+}
+
+struct seen_key {
+    u32 pid;
+    u32 reserved;
+    u64 mm;
+};
+BPF_TABLE("lru_hash", struct seen_key, u8, seen, 10240);
+
+/* Stacks are counted here and named at the end of the run, when a short-lived
+ * process is long gone: its first sight is sent at once, and the reader keeps
+ * its maps (and files) from then on. */
+static __always_inline void probe_seen(void *ctx, struct probe_event *e, u64 mm)
+{
+    struct seen_key k = {.pid = e->pid, .mm = mm};
+    u8 one = 1;
+    if (seen.lookup(&k))
+        return;
+    seen.update(&k, &one);
+    e->probe = PROBE_SEEN;
+    SLOT(e, 0) = mm;
+    submitted(events.perf_submit(ctx, e, offsetof(struct probe_event, payload) + 8));
+}
+#endif
 
 static __always_inline void probe_submit(void *ctx, struct probe_event *e, u64 size)
 {

@@ -11,6 +11,9 @@
 #define PROBE_PAYLOAD_MAX 8
 #endif
 #define PROBE_COMM_LEN 16
+/* --folded with user stacks: a process seen for the first time, so that its maps
+ * are read while it lives (header only; the payload's first 8 bytes: its mm) */
+#define PROBE_SEEN 0xffffffffU
 
 /* The run's settings (config.h), mirrored once in runconfig.py. */
 struct probe_config {

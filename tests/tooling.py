@@ -170,12 +170,12 @@ def run_tool(*args: str, timeout: float = 120.0, env: dict | None = None,
     return r
 
 
-def build_probe_target(dest: Path, *flags: str) -> str:
-    """tests/host/probe_target.c built with gcc into `dest` (the uprobe tests' target)."""
+def build_probe_target(dest: Path, *flags: str, name: str = "probe_target") -> str:
+    """tests/host/NAME.c built with gcc into `dest` (the uprobe tests' targets)."""
     if shutil.which("gcc") is None:
         raise RuntimeError("gcc is needed to build the probe target (make setup-test installs it)")
-    out = dest / "probe_target"
-    subprocess.run(["gcc", *flags, "-o", str(out), str(ROOT / "tests" / "host" / "probe_target.c")],
+    out = dest / name
+    subprocess.run(["gcc", *flags, "-o", str(out), str(ROOT / "tests" / "host" / f"{name}.c")],
                    check=True)
     return str(out)
 
@@ -342,6 +342,30 @@ def unprivileged_copy(dest: Path) -> Path:
 # The interpreter a venv was made from (/usr/bin/python3: BCC in its dist-packages),
 # which any user can run, unlike a venv's inside a private checkout
 BASE_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
+class StackTarget:
+    """tests/host/stack_target.c running: a() -> b() -> c() n times, a() -> c() m
+    times once told to go; it exits only when `release()` closes its stdin."""
+
+    def __init__(self, binary: str, n: int, m: int) -> None:
+        self.proc = subprocess.Popen([binary, str(n), str(m)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+
+    def go(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == "done\n"
+
+    def release(self) -> int:
+        self.proc.stdin.close()
+        return self.proc.wait(60)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class Workload:

@@ -14,6 +14,7 @@ OP: open:PATH:FLAGS:MODE  (FLAGS like O_WRONLY|O_CREAT; MODE octal)
                                0 to 64 KiB: pread64's count takes every log2 bucket)
     comms:PATH:N              (N opens of a missing PATH, each under a new random comm;
                                the comm chosen at start is back after)
+    waitfor:PATH              (returns once PATH exists: the test says when to go on)
 Prints its pid first, then one line per op: the fd or -errno it got.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import ctypes
 import os
 import platform
 import sys
+import time
 
 SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "riscv64": 437, "ppc64le": 437, "s390x": 437}
 libc = ctypes.CDLL(None, use_errno=True)
@@ -99,7 +101,6 @@ def do_paced(prefix: str, per_tick: str, seconds: str) -> int:
     0.05 s after the monotonic clock turns a second (bpf_ktime_get_ns() is that
     clock), so the seconds a run touches, and --rate-limit's windows, fall the
     same way every time."""
-    import time  # noqa: PLC0415
     time.sleep(1.05 - time.monotonic() % 1.0)
     t0, i = time.monotonic(), 0
     while time.monotonic() - t0 < float(seconds):
@@ -148,7 +149,14 @@ def do_comms(path: str, n: str) -> int:
     return int(n)
 
 
-OPS = {"comms": do_comms, "sizes": do_sizes, "open": do_open, "openat2": do_openat2, "storm": do_storm, "diskio": do_diskio,
+def do_waitfor(path: str) -> int:
+    """Wait until the test creates `path` (polling: no timing in the test rests on it)."""
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return 0
+
+
+OPS = {"waitfor": do_waitfor, "comms": do_comms, "sizes": do_sizes, "open": do_open, "openat2": do_openat2, "storm": do_storm, "diskio": do_diskio,
        "udp": do_udp, "paced": do_paced, "read": do_read}
 
 

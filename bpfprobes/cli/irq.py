@@ -27,6 +27,7 @@ EXAMPLES = """\
     bpfprobes irq vda --json -d 5         # JSON lines
     bpfprobes irq vda --hist --unit ns -d 10   # the disk handler's time, a histogram in the kernel
     bpfprobes irq --softirq all --hist -i 1    # each softirq vector's, every second
+    bpfprobes irq vda --folded -d 10 > irq.folded   # what the disk's interrupts interrupted
 """
 
 
@@ -87,6 +88,10 @@ def build_parser() -> common.Parser:
     p.add_argument("--hist", action="store_true",
                    help="a histogram of handler times per kind and line, bucketed in the "
                         "kernel (no events), printed at exit and each -i")
+    p.add_argument("--folded", action="store_true",
+                   help="count each kind's and line's calls by the kernel stack at entry, in "
+                        "the kernel, and print them at exit in the folded format of flame "
+                        "graph tools (KIND LINE;outer;...;inner COUNT)")
     p.add_argument("--linear", type=common.int_type(1, "--linear", 2**32), metavar="STEP",
                    help="with --hist: buckets STEP wide instead of log2")
     p.add_argument("--unit", choices=("ns", "us", "ms"), default="us",

@@ -32,6 +32,8 @@ EXAMPLES = """\
   bpfprobes probe --hist -d 10 'p:vfs_read' 'r:vfs_read'        # latency histogram, in us
   bpfprobes probe --hist --hist-of n --by comm 'r:vfs_read n=$retval'  # sizes read, per comm
   bpfprobes probe --hist --linear 100 --hist-of count 't:syscalls:sys_enter_read count' 
+  bpfprobes probe --folded -d 10 'p:vfs_read' > out.folded     # flamegraph.pl out.folded
+  bpfprobes probe --folded -p 1234 'p:libc:malloc'               # who calls malloc, by stack
   bpfprobes probe --dry-run 'p:do_sys_openat2 file=+0(%si):string'   # show C, attach nothing
   kprobe 'p:myopen do_sys_openat2 file=+0(%si):string' 'file ~ "/etc/*"'  # perf-tools style
 
@@ -88,6 +90,10 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hist-of", metavar="NAME", help="with --hist: a captured integer argument")
     p.add_argument("--unit", choices=("ns", "us", "ms"), default="us",
                    help="with --hist: a latency's unit (default us)")
+    p.add_argument("--folded", action="store_true",
+                   help="count stacks in the kernel (kernel stacks at kernel probes, user "
+                        "stacks at uprobes; or as -s/-U say) and print them at exit in the "
+                        "folded format of flame graph tools (COMM;outer;...;inner COUNT)")
     p.add_argument("--prometheus", type=common.listen_arg, metavar="ADDR:PORT",
                    help="count each probe's hits (and latencies) in the kernel and serve them "
                         "at http://ADDR:PORT/metrics instead of printing events")

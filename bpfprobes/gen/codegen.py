@@ -24,7 +24,7 @@ from bpfprobes.base.errors import UsageError
 from bpfprobes.kernel.arch import Abi
 from bpfprobes.plan import metricplan, runconfig
 from bpfprobes.plan.probefilter import glob_prefix as _glob_prefix
-from bpfprobes.plan.probeplan import PAIR_ENTRIES, STACK_ENTRIES
+from bpfprobes.plan.probeplan import FOLDED_STACK_ENTRIES, PAIR_ENTRIES, STACK_ENTRIES
 from bpfprobes.plan.spec import TYPES as _TYPES
 
 # Installed wheel: bpfprobes/bpf_c/; source checkout: <root>/bpf_c/ (this file: bpfprobes/gen/)
@@ -412,6 +412,8 @@ def _metric_lines(probe, plan) -> list[str]:
     for i, src in enumerate(sources.args):
         if src is not None:
             lines.append(f"mk.args[{i}] = {src.c_value(f'SLOT(e, {src.offset})')};")
+    if m.stacks:
+        return lines + _stack_key_lines(probe, plan)
     if m.value is not None:                 # --hist-of: the argument's value, where it is
         src = sources.value
         value = src.c_value(f"SLOT(e, {src.offset})") if src is not None else "0"
@@ -419,6 +421,23 @@ def _metric_lines(probe, plan) -> list[str]:
         return lines + [f"metric_add(&mk, {value}, {int(src is not None)}, {signed});"]
     timed = "e->latency_ns != 0" if m.timed and probe.pair is not None else "0"
     return lines + [f"metric_add(&mk, e->latency_ns, {timed}, 0);"]
+
+
+def _stack_key_lines(probe, plan) -> list[str]:
+    """--folded: the call counted under its stacks (metricplan.STACK_ARGS); with user
+    stacks, the process's first sight is sent (probe_seen) so its maps are kept."""
+    o, spec, at = plan.options, probe.spec, metricplan.STACK_ARGS
+    kernel, user = o.kstack and not spec.is_uprobe, o.ustack
+    lines = [f"mk.args[{at['kstack']}] = (u64)" +
+             ("folded_stack(ctx, 0);" if kernel else "-1LL;"),
+             f"mk.args[{at['ustack']}] = (u64)" +
+             ("folded_stack(ctx, BPF_F_USER_STACK);" if user else "-1LL;")]
+    if not spec.is_return:                  # entry probes: the caller read at entry, if any
+        lines.append(f"mk.args[{at['caller']}] = e->ret_ip;")
+    if user:
+        lines += ["u64 mm = probe_mm();", f"mk.args[{at['mm']}] = mm;"]
+    lines.append("metric_add(&mk, 0, 0, 0);")
+    return lines + (["probe_seen(ctx, e, mm);"] if user else [])
 
 
 def _stash_function(stash) -> str:
@@ -442,8 +461,12 @@ def probe_defines(plan) -> dict[str, object]:
     payload = max((p.layout.size for p in plan.probes), default=0)
     metrics = {} if o.metrics is None else {"PROBE_METRICS": True,
                                             **metric_defines(o.metrics, len(plan.probes))}
+    folded = o.metrics is not None and o.metrics.stacks
+    if folded:      # stacks kept by content (folded.h), not in a stack trace map
+        metrics.update(PROBE_FOLDED=True, TASK_MM=o.task_mm,
+                       FOLDED_STACKS=FOLDED_STACK_ENTRIES)
     return {"PROBE_PAYLOAD_MAX": max(payload, 8),
-            "PROBE_STACKS": STACK_ENTRIES if (o.kstack or o.ustack) else None,
+            "PROBE_STACKS": STACK_ENTRIES if (o.kstack or o.ustack) and not folded else None,
             "PROBE_PAIRS": PAIR_ENTRIES if plan.pairs else None, **(o.context or {}),
             **metrics}
 

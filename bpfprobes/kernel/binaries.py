@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpfprobes.base.errors import UsageError
+from bpfprobes.kernel import procmaps
 
 LDCONFIG = ("/sbin/ldconfig", "/usr/sbin/ldconfig")
 NAME_MAX = 255
@@ -46,19 +47,15 @@ def mapped_by(pid: int, name: str, proc: Path = Path("/proc")) -> str | None:
     """The file process `pid` mapped whose name is `name` (its executable or a library),
     as /proc/PID/root/PATH; None if it mapped none."""
     try:
-        lines = (proc / str(pid) / "maps").read_text().splitlines()
+        maps = procmaps.parse_maps((proc / str(pid) / "maps").read_text(), executable=False)
     except OSError:
         return None
-    for line in lines:
-        parts = line.split(None, 5)
-        if len(parts) < 6 or not parts[5].startswith("/"):
-            continue
-        path, deleted = parts[5].removesuffix(" (deleted)"), parts[5].endswith(" (deleted)")
-        if library_matches(os.path.basename(path), name):
+    for m in maps:
+        if library_matches(m.basename, name):
             # a file replaced or removed since it was mapped: the mapping itself is the
             # file the process runs (a path would name the new one, or nothing)
-            return f"{proc}/{pid}/map_files/{parts[0]}" if deleted \
-                else f"{proc}/{pid}/root{path}"
+            return m.map_file(str(proc), pid) if m.deleted \
+                else f"{proc}/{pid}/root{m.file_path}"
     return None
 
 

@@ -31,6 +31,7 @@ path under /proc, so -p keeps working.
 """
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import stat
@@ -537,6 +538,35 @@ class Elf:
         if best.size and vaddr >= start + best.size:
             return None
         return best, vaddr - start
+
+    @cached_property
+    def function_table(self) -> tuple[list[int], list[tuple[int, str]]]:
+        """(sorted starts, (end, name) per start) of every function, for naming many
+        addresses (stack frames) by bisection: resolve() scans per address. At one
+        start a global name wins, then the plainest (malloc, not __libc_malloc); an end
+        of 0 is a symbol without a size."""
+        best: dict[int, tuple[tuple, int, str]] = {}
+        for sym in self._scan():
+            if sym.kind not in ("func", "ifunc"):
+                continue
+            start = self.code_address(sym)
+            rank = (sym.rank, len(sym.name) - len(sym.name.lstrip("_")), len(sym.name), sym.name)
+            have = best.get(start)
+            if have is None or rank < have[0]:
+                best[start] = (rank, start + sym.size if sym.size else 0, sym.name)
+        starts = sorted(best)
+        return starts, [(best[a][1], best[a][2]) for a in starts]
+
+    def function_at(self, vaddr: int) -> tuple[str, int] | None:
+        """(name, offset) of the function containing a virtual address, by bisection."""
+        starts, rest = self.function_table
+        i = bisect.bisect_right(starts, vaddr) - 1
+        if i < 0:
+            return None
+        end, name = rest[i]
+        if end and vaddr >= end:
+            return None
+        return name, vaddr - starts[i]
 
     @cached_property
     def functions(self) -> tuple[ElfSymbol, ...]:

@@ -30,10 +30,17 @@ class Options:
     value: str | None = None                # probe --hist-of: bucket this argument instead
     linear: int | None = None               # buckets this wide; None: log2
     divide: int = 1                         # the latency's unit: 1 ns, 1000 us, 10^6 ms
+    stacks: bool = False                    # --folded: keyed by the stacks (STACK_ARGS)
 
     @property
     def bucketed(self) -> bool:
         return self.timed or self.value is not None
+
+
+# --folded: where a row's key holds its stacks (metric_key.args): the kernel and user
+# stack ids (-errno where none was taken, -1 not asked), the return address read at a
+# function's first instruction (its caller, which a frame-pointer walk skips), the mm
+STACK_ARGS = {"kstack": 0, "ustack": 1, "caller": 2, "mm": 3}
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ from bpfprobes.plan.spec import (
     why_not_one_word)
 
 STACK_ENTRIES = 2048         # BPF_STACK_TRACE size: 2048 * 127 frames * 8 bytes = 2 MiB
+# --folded: distinct stacks kept by their content (bpf_c/folded.h), 1 KiB each: 16 MiB
+FOLDED_STACK_ENTRIES = 16384
 PAIR_ENTRIES = 10240         # threads inside a timed function at once
 
 # A uprobe or kprobe on the kernel's own entry symbol of a syscall has a tracepoint
@@ -361,6 +363,7 @@ class Options:
     context: dict | None = None       # --context: tracectx.preempt_defines() (may be empty)
     rate_limit: RateLimit | None = None     # --rate-limit
     metrics: metricplan.Options | None = None   # count in the kernel, send no events
+    task_mm: int | None = None        # --folded with -U: task_struct.mm's offset (BTF)
 
 
 @dataclass(frozen=True)

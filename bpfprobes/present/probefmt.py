@@ -108,6 +108,17 @@ class Stats:
         return "\n".join(map(for_terminal, text.split("\n")))
 
 
+def with_caller(addrs: list[int], caller: int) -> list[int]:
+    """A stack taken at a function's first instruction, with its caller: a
+    frame-pointer walk starts from the frame of the caller's caller there (the
+    return address is still at the stack pointer), so the return address read at
+    entry is put back second, unless the walk has it (kernels since 6.12 add it
+    for uprobes on x86; ORC walks the kernel's own stacks right)."""
+    if not caller or caller in addrs[:3]:
+        return addrs
+    return [*addrs[:1], caller, *addrs[1:]]
+
+
 class Decoder:
     """Raw samples -> Events (None when the userspace part of --filter says no).
 
@@ -183,12 +194,8 @@ class Decoder:
                 ev.stack_errors[key] = errnos.name(sid) or str(sid)
                 continue
             addrs = list(self.stack_walk(sid))
-            ret_ip = ev.head["ret_ip"]
-            # at a function's first instruction a frame-pointer unwinder has not yet
-            # seen the caller: put back the return address read at entry
-            if (ret_ip and not ev.probe.spec.is_return and kernel == ev.probe.spec.is_kernel
-                    and ret_ip not in addrs[:3]):
-                addrs.insert(1, ret_ip)
+            if not ev.probe.spec.is_return and kernel == ev.probe.spec.is_kernel:
+                addrs = with_caller(addrs, ev.head["ret_ip"])
             if kernel:      # a kretprobe on the same function shows up as its trampoline
                 frames = [self.kallsyms.format(a) for a in addrs]
                 ev.kstack = [f for f in frames if not any(t in f for t in _TRAMPOLINES)]

@@ -8,6 +8,7 @@ per IRQ and CPU. Softirq vectors and tasklets too.
 """
 from __future__ import annotations
 
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from bpfprobes.gen import codegen
 from bpfprobes.kernel import errnos, features, interrupts, irqhandlers, policy, tracectx
 from bpfprobes.kernel.running import Kernel, current
 from bpfprobes.plan import metricplan, runconfig
+from bpfprobes.plan.probeplan import FOLDED_STACK_ENTRIES
 from bpfprobes.plan.attach import Attach
 from bpfprobes.present import histogram, metricrows
 from bpfprobes.present.decode import IRQ_KINDS, irq_event
@@ -29,7 +31,7 @@ from bpfprobes.present.latency import Reservoir, human_ns
 from bpfprobes.present.output import Column, JsonOutput, Quiet, TextOutput
 from bpfprobes.session import loop
 from bpfprobes.session.core import Session, decoding, standard_meta
-from bpfprobes.tools import probehist, shared
+from bpfprobes.tools import folded, probehist, shared
 from bpfprobes.tools.shared import Clock, SessionOptions
 
 # include/linux/interrupt.h: the vectors in order, the same on every kernel since 5.x
@@ -61,6 +63,7 @@ class Options(SessionOptions):
     interval: float | None = None
     quiet: bool = False
     hist: bool = False                  # a histogram per kind and line, in the kernel
+    folded: bool = False                # stacks counted in the kernel, folded at exit
     linear: int | None = None           # its buckets this wide (default: log2)
     unit: str = "us"
 
@@ -346,21 +349,53 @@ def hist(o: Options, p: Plan, k: Kernel) -> int:
     program, attaches = program_and_attaches(p, k, False, o.rate_limit, {
         "IRQ_HIST": True, **codegen.metric_defines(buckets, len(IRQ_KINDS))})
 
-    def line(v: int) -> str:
-        kind, n = v >> 32, v & 0xffffffff
-        if IRQ_KINDS[kind] == "softirq":
-            return SOFTIRQS[n] if n < len(SOFTIRQS) else str(n)
-        if IRQ_KINDS[kind] == "hardirq" and n in p.lines:
-            return f"{n} {p.lines[n].name}"
-        return str(n if n < 1 << 31 else n - (1 << 32))
-    labels = metricrows.Labels("kind", IRQ_KINDS, args=(("irq", line),))
-    what = ", ".join(
+    labels = metricrows.Labels("kind", IRQ_KINDS, args=(("irq", lambda v: line_name(p, v)),))
+    probehist.session(k, PROG, program, attaches, labels, probehist.Hist(
+        histogram.Buckets(metricplan.SLOTS, o.linear), o.unit, f"handler time in {o.unit}",
+        _watched(p)), o, {"device": p.device.as_dict() if p.device else None})
+    return 0
+
+
+def line_name(p: Plan, v: int) -> str:
+    """A (kind << 32 | line) key as shown: a softirq's name, a line with its name."""
+    kind, n = v >> 32, v & 0xffffffff
+    if IRQ_KINDS[kind] == "softirq":
+        return SOFTIRQS[n] if n < len(SOFTIRQS) else str(n)
+    if IRQ_KINDS[kind] == "hardirq" and n in p.lines:
+        return f"{n} {p.lines[n].name}"
+    return str(n if n < 1 << 31 else n - (1 << 32))
+
+
+def _watched(p: Plan) -> str:
+    return ", ".join(
         [*(["IRQ " + ", ".join(map(str, p.device.irqs)) if p.device.irqs else "every IRQ line"]
            if p.device is not None else []),
          *(["softirqs"] if p.softirq_mask else []), *(["tasklets"] if p.tasklet else [])])
-    probehist.session(k, PROG, program, attaches, labels, probehist.Hist(
-        histogram.Buckets(metricplan.SLOTS, o.linear), o.unit, f"handler time in {o.unit}",
-        what), o, {"device": p.device.as_dict() if p.device else None})
+
+
+def stacks(o: Options, p: Plan, k: Kernel) -> int:
+    """--folded: each kind's and line's handled calls by the kernel stack at entry
+    (what was interrupted, and how the handler was reached), printed folded at exit
+    with `KIND LINE` as the root frame."""
+    clash = [f for name, f in (("summary", "--summary"), ("quiet", "-q"), ("hist", "--hist"),
+                               ("max_events", "-n"), ("interval", "-i"),
+                               ("tasklet_schedule", "--tasklet-schedule")) if getattr(o, name)]
+    if clash:
+        raise UsageError(f"--folded counts stacks in the kernel: not with {clash[0]}")
+    rows = metricplan.Options(max_series=folded.SERIES)
+    program, attaches = program_and_attaches(p, k, False, o.rate_limit, {
+        "IRQ_FOLDED": True, "FOLDED_STACKS": FOLDED_STACK_ENTRIES,
+        **codegen.metric_defines(rows, len(IRQ_KINDS))})
+
+    def row(key: dict) -> folded.Row:
+        args = struct.unpack_from("<2q", key["args"])
+        return folded.Row(key["probe"], 0, "", args[1], folded.NOT_ASKED, 0, 0,
+                          args[0] & 0xffffffffffffffff)
+
+    folded.session(k, PROG, program, attaches, o, row,
+                   lambda r: f"{IRQ_KINDS[r.index]} {line_name(p, r.label)}",
+                   lambda r: "", f"stacks of {_watched(p)}",
+                   {"device": p.device.as_dict() if p.device else None})
     return 0
 
 
@@ -371,6 +406,8 @@ def run(o: Options) -> int:
     if o.hist:
         return hist(o, p, k)
     probehist.check_unused(o)
+    if o.folded:
+        return stacks(o, p, k)
     rate_meta = {"rate_limit": o.rate_limit.meta()} if o.rate_limit else {}
     program, attaches = program_and_attaches(p, k, o.stack, o.rate_limit)
     if o.verbose:

@@ -22,7 +22,8 @@ from bpfprobes.present import probefmt
 from bpfprobes.present.output import Column, JsonOutput, Quiet, TextOutput
 from bpfprobes.session import loop
 from bpfprobes.session.core import Session
-from bpfprobes.tools import count, metricparts, probehist, probe_tracefs, serve, shared
+from bpfprobes.tools import (count, folded, metricparts, probehist, probe_tracefs, serve,
+                             shared)
 from bpfprobes.tools.shared import Clock, SessionOptions
 
 BACKENDS = ("auto", "bpf", "tracefs")
@@ -54,6 +55,7 @@ class Options(SessionOptions):
     linear: int | None = None               # its buckets this wide (default: log2)
     hist_of: str | None = None              # of this captured argument (default: latency)
     unit: str = "us"                        # a latency histogram's unit
+    folded: bool = False                    # stacks counted in the kernel, folded at exit
 
 
 # ---------------------------------------------------------------- dry run / verbose
@@ -236,6 +238,9 @@ def run(o: Options, prog: str = "bpfprobes probe") -> int:
             verbose=o.verbose), prog)
     if o.hist:
         probehist.run(k, plan, o, prog.split()[-1])
+        return 0
+    if o.folded:
+        folded.run_probe(k, plan, o, prog.split()[-1])
         return 0
     if o.backend == "tracefs":
         return probe_tracefs.trace(k, plan, o, prog, "asked for by --backend tracefs")

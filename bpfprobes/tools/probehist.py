@@ -142,6 +142,18 @@ def check(o) -> None:
     """probe's options that go together, before anything else is done: --hist sends no
     events, so nothing that shapes or bounds events goes with it; the histogram's own
     options need it; --by and -i need --count or --hist."""
+    if getattr(o, "folded", False):
+        clash = [flag for name, flag in (("count", "--count"), ("hist", "--hist"),
+                                         ("summary", "--summary"), ("context", "--context"),
+                                         ("max_events", "-n"), ("prometheus", "--prometheus"),
+                                         ("dry_run", "--dry-run"), ("header", "-H"),
+                                         ("quiet", "-q"), ("by", "--by"),
+                                         ("interval", "-i")) if getattr(o, name)]
+        if clash or o.backend == "tracefs":
+            raise UsageError(f"--folded counts stacks in the kernel and prints them at exit: "
+                             f"not with {', '.join(clash) or '--backend tracefs'}")
+        check_unused(o)
+        return
     if o.hist:
         clash = [flag for name, flag in (("count", "--count"), ("stack", "-s"),
                                          ("user_stack", "-U"), ("summary", "--summary"),

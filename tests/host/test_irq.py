@@ -225,3 +225,20 @@ def test_hist_holds_every_disk_interrupt_in_the_kernels_buckets():
         got = sum(b["count"] for r in rows if r["irq"].split()[0] == str(n)
                   for b in r["buckets"])
         assert inner - skipped <= got <= outer + 2, (n, inner, skipped, got, outer)
+
+
+def test_folded_counts_every_disk_interrupt_by_its_stack():
+    """--folded: the disk's interrupts counted in the kernel by the stack they
+    interrupted, rooted at their line; the calls bounded by /proc/interrupts as
+    the event count is above; each stack runs through the kernel's IRQ entry."""
+    t, _meta, deltas, skipped = disk_writes_traced(100, "--folded")
+    assert t.proc.returncode == 0 and not t.json("event")           # nothing per event
+    rows = [r for line in t.json("folded") for r in line["rows"]]
+    assert rows and all(r["stack"][0].startswith("hardirq ") for r in rows), rows
+    for n, (inner, outer) in deltas.items():
+        got = sum(r["count"] for r in rows if r["stack"][0].split()[1] == str(n))
+        assert inner - skipped <= got <= outer + 2, (n, inner, skipped, got, outer)
+    for r in rows:
+        frames = r["stack"][1:]
+        assert frames and "handle_irq_event" in frames, r        # the IRQ's entry path
+        assert not any(f.startswith(("bpf_trace_run", "_einittext")) for f in frames), r

@@ -34,6 +34,18 @@ def percpu_rows(loaded: LoadedProgram, name: str) -> list[tuple[bytes, list[byte
     return out
 
 
+def rows(loaded: LoadedProgram, name: str) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every entry of a map that is not per-CPU, read with bpf(2)."""
+    fd = loaded.map_fd(name)
+    info = bpfsys.map_info(fd)
+    out, key = [], None
+    while (key := perfring.map_next_key(fd, key, info["key_size"])) is not None:
+        raw = perfring.map_lookup(fd, key, info["value_size"])
+        if raw is not None:
+            out.append((key, raw))
+    return out
+
+
 class NoStream:
     """A transport with nothing to read as it comes: polling only waits."""
     kind = "tables"
