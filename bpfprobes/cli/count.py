@@ -17,6 +17,7 @@ EXAMPLES = """\
     bpfprobes count -p 1234 --by pid 't:syscalls:sys_enter_*'
     bpfprobes count 'p:/lib/x86_64-linux-gnu/libc.so.6:malloc' -d 5
     bpfprobes count -p 1234 'libc:*alloc' 'p:./a.out:work*'   # by name; a relative path
+    bpfprobes count 'u:/usr/bin/python3.11:python:*'   # USDT probes, every site of each
     bpfprobes count --force --limit 5000 'ext4_*'    # more targets than the default limit
     bpfprobes count --json -d 10 't:sched:sched_*'
     bpfprobes count --prometheus 127.0.0.1:9435 --by comm 't:syscalls:sys_enter_openat'
@@ -28,8 +29,9 @@ def build_parser() -> common.Parser:
     p = common.parser(PROG, "Count calls of kernel functions, tracepoints and user functions "
                       "in the kernel.", EXAMPLES)
     p.add_argument("patterns", nargs="+", metavar="PATTERN",
-                   help="FUNC (wildcards * ?), MOD:FUNC, t:CAT:EVENT, p:PATH:FUNC, or "
-                        "p:NAME:FUNC (a program or library by name: bash:read*, libc:malloc)")
+                   help="FUNC (wildcards * ?), MOD:FUNC, t:CAT:EVENT, p:PATH:FUNC, "
+                        "p:NAME:FUNC (a program or library by name: bash:read*, libc:malloc), "
+                        "or u:BINARY:[PROVIDER:]NAME (USDT probes)")
     add_count_options(p)
     p.add_argument("-p", "--pid", type=common.pid_arg, help="only this process")
     p.add_argument("-d", "--duration", type=common.seconds_arg, metavar="SECONDS",

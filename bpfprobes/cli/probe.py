@@ -22,6 +22,8 @@ EXAMPLES = """\
   bpfprobes probe -U 'r:/usr/bin/bash:readline line=+0($retval):string'
   bpfprobes probe 'r:bash:readline +0($retval):string'           # bash from PATH
   bpfprobes probe -p 1234 'p:libc:malloc size=$arg1:u64'        # the libc pid 1234 mapped
+  bpfprobes probe 'u:/usr/bin/python3.11:python:gc__start gen=$arg1'   # a USDT probe
+  bpfprobes probe 'u:./a.out:myapp:request id=$arg1 url=+0($arg2):string'  # (sys/sdt.h)
   bpfprobes probe 't:syscalls:sys_enter_openat filename:string' --filter 'filename ~ "/etc/*"'
   bpfprobes probe --json 't:sched:sched_process_exec filename pid'
   bpfprobes probe --context 'p:vring_interrupt irq=$arg1:s32'      # hardirq? preempt depth?
@@ -43,6 +45,8 @@ specs: p[:[GRP/]EVENT] [MOD:]SYM[+OFFS] [ARGS]   kprobe     r[N][:EVENT] [MOD:]S
        else (with -p) a file that process mapped, a program on PATH (bash:readline), a
        library in the loader's cache (libc:malloc, c:malloc, libc.so.6:malloc)
        t:SUBSYS:EVENT [FIELD[:TYPE] ...]         tracepoint (fields from its format file)
+       u:BINARY:[PROVIDER:]NAME [ARGS]           USDT probe, every site of it; $argN are the
+                                                 note's arguments, typed by it; semaphores raised
 ARGS:  [NAME=]FETCHARG[:TYPE]; FETCHARG: %REG $argN $retval $comm $stackN @SYM[+OFFS]
        +|-[u]OFFS(FETCHARG) or a BTF parameter name; TYPE: u8..u64 s8..s64 x8..x64 string
        ustring symbol. --filter: NAME OP VALUE joined by && || ! ( ), OP one of

@@ -218,6 +218,8 @@ class _ProbeFn:
         kind = type(node).__name__
         if kind == "Reg":
             return self.reg(node.name)
+        if kind == "Imm":                   # a USDT argument the compiler knew
+            return c_int(node.value & _U64)
         if kind == "Arg":
             return self.reg(self.abi.arg_register(node.index))
         if kind == "Retval":

@@ -45,6 +45,7 @@ from bpfprobes.base.errors import BpfprobesError
 from bpfprobes.kernel import arch
 
 _SHT_SYMTAB, _SHT_STRTAB, _SHT_DYNSYM, _SHT_GNU_VERSYM = 2, 3, 11, 0x6FFFFFFF
+_SHT_NOBITS = 8
 _VERSYM_HIDDEN = 0x8000         # memcpy@GLIBC_2.2.5: an old version, not what `memcpy` means
 _PT_LOAD = 1
 _PF_X = 1
@@ -62,6 +63,7 @@ MAX_INDEXED = 1 << 17           # names a wildcard may match (count's --limit is
 _SCAN_CHUNK = 1 << 20           # a symbol table is read this much at a time
 _VALUES_KEPT = 5                # distinct addresses of an ambiguous name kept for the message
 MAX_SECTIONS = 1 << 20
+MAX_SECTION_NAMES = 1 << 20     # .shstrtab
 MAX_DECODE_BYTES = 1 << 20      # the longest stretch decoded to check one boundary
 MAX_INSN_BYTES = 15             # x86's longest instruction
 
@@ -255,7 +257,7 @@ class Elf:
         self._fmt = _LAYOUTS[self.bits]
         (self.type, self.machine, _ver, _entry, self._phoff, self._shoff, self.flags, _ehsize,
          self._phentsize, self._phnum, self._shentsize, self._shnum,
-         _shstrndx) = self._unpack(self._fmt[0], ident, 16, "ELF header")
+         self._shstrndx) = self._unpack(self._fmt[0], ident, 16, "ELF header")
 
     def _unpack(self, fmt: str, data: bytes, offset: int, what: str) -> tuple:
         try:
@@ -321,6 +323,30 @@ class Elf:
             _n, sh_type, _fl, _addr, sh_offset, sh_size, sh_link, _info, _al, sh_entsize = sh
             out.append((sh_type, sh_offset, sh_size, sh_link, sh_entsize))
         return out
+
+    @cached_property
+    def named_sections(self) -> dict[str, tuple[int, int, int, int]]:
+        """{name: (sh_type, sh_addr, sh_offset, sh_size)} (the first of a name)."""
+        if not self._shoff or self._shstrndx >= max(self._shnum, 1):
+            return {}
+        raw = list(self._table(self._shoff, self._shnum, self._shentsize, self._fmt[2],
+                               "section headers"))
+        _n, _t, _f, _a, str_off, str_size, *_ = raw[self._shstrndx]
+        names = self._read(str_off, min(str_size, MAX_SECTION_NAMES), "section names")
+        out: dict[str, tuple[int, int, int, int]] = {}
+        for sh in raw:
+            name_off, sh_type, _fl, sh_addr, sh_offset, sh_size = sh[:6]
+            end = names.find(b"\0", name_off)
+            name = names[name_off:end if end >= 0 else len(names)].decode(errors="replace")
+            out.setdefault(name, (sh_type, sh_addr, sh_offset, sh_size))
+        return out
+
+    def section_bytes(self, name: str, limit: int) -> bytes | None:
+        """The contents of section `name` (at most `limit` bytes), or None if absent."""
+        sec = self.named_sections.get(name)
+        if sec is None or sec[0] == _SHT_NOBITS:
+            return None
+        return self._read(sec[2], min(sec[3], limit), name)
 
     @cached_property
     def _symbol_tables(self) -> tuple[tuple[int, int, int, int, int], ...]:

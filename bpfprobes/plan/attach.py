@@ -16,6 +16,10 @@ class Attach:
     maxactive: int = 0
     pid: int = -1               # uprobe: only this process
     kernel_path: str | None = None  # uprobe: /proc/self/fd/N of the checked binary (`path` shown)
+    # a USDT site: attached at `file_offset` by our own perf_event_open, counting up the
+    # semaphore at file offset `ref_ctr` (0: none); None: any other uprobe (BCC's attach)
+    ref_ctr: int | None = None
+    file_offset: int = 0
 
     def describe(self) -> str:
         where = f"{self.path}:" if self.path else ""

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from bpfprobes.base.errors import KernelError, UsageError
-from bpfprobes.kernel import binaries, features
+from bpfprobes.kernel import binaries, features, usdtnotes
 from bpfprobes.kernel.elfsym import Elf
 from bpfprobes.kernel.kallsyms import Wildcard
 from bpfprobes.kernel.running import Kernel
@@ -41,6 +41,13 @@ def _split(pattern: str, binary: Callable[[str], str | None]) -> tuple[str, str]
     user function; a kernel module's name stays a kernel one."""
     if pattern.startswith("t:"):
         return "tracepoint", pattern[2:]
+    if pattern.startswith("u:"):
+        head, sep, probes = pattern[2:].partition(":")
+        path = head if "/" in head else binary(head) if head else None
+        if not sep or not probes or path is None:
+            raise UsageError(f"bad pattern {pattern!r}", "a USDT probe is u:BINARY:[PROVIDER:]"
+                             "NAME*, e.g. u:/usr/bin/python3.11:python:gc__*")
+        return "usdt", f"{os.path.abspath(path)}:{probes}"
     body = pattern[2:] if pattern.startswith("p:") else pattern
     head, sep, func = body.rpartition(":")
     if "/" in head:
@@ -107,6 +114,22 @@ def _uprobes(body: str) -> list[Target]:
             for n, p in places.items()]
 
 
+def _usdt(body: str) -> list[Target]:
+    """Each site of each USDT probe the wildcards match (PROVIDER:NAME, or NAME of
+    any provider), shown as PROVIDER:NAME (the sites of one probe are one row)."""
+    path, probes = body.split(":", 1)
+    provider, _, name = probes.rpartition(":")
+    want_provider, want_name = Wildcard(provider or "*"), Wildcard(name)
+    with Elf(path) as elf:
+        found = [(s, elf.place_file_offset(s.file_offset)) for s in usdtnotes.sites(elf)
+                 if want_provider.match(s.provider) and want_name.match(s.name)]
+        held = elf.hold()
+    return [Target("uprobe", s.full_name, Attach("uprobe", "", "", path=p.path, offset=p.vaddr,
+                                                 kernel_path=held, ref_ctr=s.semaphore,
+                                                 file_offset=s.file_offset))
+            for s, p in found]
+
+
 def expand(k: Kernel, patterns: list[str], limit: int = DEFAULT_LIMIT,
            force: bool = False, pid: int | None = None) -> list[Target]:
     """Every target the patterns name, each once, in order; the count function of
@@ -117,19 +140,18 @@ def expand(k: Kernel, patterns: list[str], limit: int = DEFAULT_LIMIT,
     for pattern in patterns:
         kind, body = _split(pattern, names)
         found = {"kprobe": lambda: _kprobes(k, body), "tracepoint": lambda: _tracepoints(k, body),
-                 "uprobe": lambda: _uprobes(body)}[kind]()
+                 "uprobe": lambda: _uprobes(body), "usdt": lambda: _usdt(body)}[kind]()
         if not found:
             raise UsageError(f"{pattern!r} matches nothing that can be traced",
                              "kernel functions are listed in /proc/kallsyms")
-        for t in found:
-            if (t.kind, t.name) not in seen:
-                seen.add((t.kind, t.name))
+        for t in found:             # a USDT probe's sites: one name, several places
+            key = (t.kind, t.name, t.attach.path, t.attach.offset)
+            if key not in seen:
+                seen.add(key)
                 out.append(t)
     if len(out) > limit and not force:
         raise UsageError(f"{len(out)} targets match, more than {limit}: each one costs on every "
                          f"call", "narrow the pattern, or --force (and --limit N)")
-    return [Target(t.kind, t.name, Attach(t.attach.kind, t.attach.target, f"count_{i}",
-                                          path=t.attach.path, offset=t.attach.offset,
-                                          kernel_path=t.attach.kernel_path,
-                                          pid=pid if t.kind == "uprobe" and pid else -1))
+    return [Target(t.kind, t.name, replace(t.attach, fn=f"count_{i}",
+                                           pid=pid if t.kind == "uprobe" and pid else -1))
             for i, t in enumerate(out)]

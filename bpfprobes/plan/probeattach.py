@@ -31,7 +31,8 @@ def attach_for(k: Kernel, s: spec.ProbeSpec, fn: str, up: probeplan.Uprobe | Non
     if up is not None:
         # the address probeplan placed and checked, not BCC's own symbol lookup
         return Attach(kind, "", fn, path=up.path, offset=up.vaddr, pid=pid or -1,
-                             kernel_path=up.kernel_path or None)
+                      kernel_path=up.kernel_path or None, ref_ctr=up.ref_ctr,
+                      file_offset=up.file_offset)
     maxactive = (s.maxactive or default_maxactive()) if kind == "kretprobe" else 0
     return Attach(kind, _kernel_target(k, s), fn, offset=s.offset, maxactive=maxactive)
 

@@ -21,7 +21,7 @@ from bpfprobes.kernel.arch import Abi
 from bpfprobes.kernel.btf import BtfError
 from bpfprobes.kernel.elfsym import Elf
 from bpfprobes.kernel.running import Kernel
-from bpfprobes.plan import metricplan, probefilter, probelayout, tpformat
+from bpfprobes.plan import metricplan, probefilter, probelayout, tpformat, usdtplan
 from bpfprobes.plan.probefilter import Expr, FieldInfo
 from bpfprobes.plan.probelayout import PayloadLayout
 from bpfprobes.plan.runconfig import RateLimit
@@ -60,6 +60,8 @@ class Uprobe:
     # what the kernel is given: /proc/self/fd/N of the checked file, held open
     # (elfsym.Elf.hold), so a directory of `path` swapped later cannot redirect it
     kernel_path: str = ""
+    # a USDT site: its semaphore's file offset (0: none); None: not a USDT site
+    ref_ctr: int | None = None
 
     @property
     def target(self) -> str:
@@ -210,9 +212,10 @@ def _same_file_for(pid: int | None, elf: Elf) -> None:
 
 def _check_uprobe(k: Kernel, spec: ProbeSpec, dry_run: bool, notes: list[str],
                   force: bool = False, warnings: list[str] | None = None,
-                  pid: int | None = None) -> Uprobe:
+                  pid: int | None = None) -> list[tuple[ProbeSpec, Uprobe]]:
     """Resolve the binary's path once, read that file (regular, ELF, this kernel's
-    machine), place SYM+OFFS or the file offset, and check it starts an instruction."""
+    machine), place SYM+OFFS or the file offset, and check it starts an instruction.
+    A USDT spec becomes one uprobe per site of its probe (each a compiler's nop)."""
     warnings = [] if warnings is None else warnings
     have = features.check(k, "uprobes")
     if not have.available and not dry_run:
@@ -227,14 +230,20 @@ def _check_uprobe(k: Kernel, spec: ProbeSpec, dry_run: bool, notes: list[str],
             _refuse_or_warn(f"{spec.path} holds {elf.machine_name} code and this kernel is "
                             f"{k.abi.name}", force, warnings,
                             f"its breakpoint would be {k.abi.name}'s; --force to try anyway")
-        if spec.symbol:
-            place = elf.place(spec.symbol, spec.offset)
-            if place.symbol is not None and place.symbol.kind == "ifunc":
-                notes.append(f"note: {spec.symbol} in {elf.path} is an IFUNC: the probe is on "
-                             "its resolver, not on the implementation chosen at run time")
-        else:                                             # PATH:0xOFFSET is a file offset
-            place = elf.place_file_offset(spec.offset)
-        _refuse_or_warn(elfsym.boundary_problem(elf, place, spec.is_return), force, warnings)
+        if spec.usdt is not None:
+            placed = [(site.spec, elf.place_file_offset(site.file_offset), site.semaphore)
+                      for site in usdtplan.sites(elf, spec, k.abi, notes)]
+        else:
+            if spec.symbol:
+                place = elf.place(spec.symbol, spec.offset)
+                if place.symbol is not None and place.symbol.kind == "ifunc":
+                    notes.append(f"note: {spec.symbol} in {elf.path} is an IFUNC: the probe is "
+                                 "on its resolver, not on the implementation chosen at run time")
+            else:                                             # PATH:0xOFFSET is a file offset
+                place = elf.place_file_offset(spec.offset)
+            _refuse_or_warn(elfsym.boundary_problem(elf, place, spec.is_return), force,
+                            warnings)
+            placed = [(spec, place, None)]
         _same_file_for(pid, elf)
         held = elf.hold()               # the kernel gets this very inode (issue 11, F1)
     why = why_not_one_word(elf.path)
@@ -243,7 +252,8 @@ def _check_uprobe(k: Kernel, spec: ProbeSpec, dry_run: bool, notes: list[str],
                          "probe a copy of the binary with a plain name")
     if elf.path != os.path.abspath(spec.path or ""):
         notes.append(f"note: {spec.path} is {elf.path}: the probe goes on that file")
-    return Uprobe(elf.path, place.file_offset, place.vaddr, held)
+    return [(replace(s, path=elf.path), Uprobe(elf.path, p.file_offset, p.vaddr, held, ref))
+            for s, p, ref in placed]
 
 
 def _has_btf_param(node) -> bool:
@@ -273,7 +283,8 @@ def resolve(specs: Sequence[ProbeSpec], k: Kernel, dry_run: bool = False,
     place that may not start an instruction is a warning, not an error. `pid`:
     the -p filter (BCC then reads the binary through /proc/PID/root)."""
     facts = Facts([])
-    for i, spec in enumerate(specs):
+    for spec in specs:
+        i = len(facts.specs)                # a USDT spec adds one spec per site
         if spec.kind in ("kprobe", "kretprobe"):
             _check_kprobe(k, spec, dry_run, facts.notes)
             _refuse_or_warn(_kprobe_offset_problem(k, spec), force, facts.warnings)
@@ -290,9 +301,11 @@ def resolve(specs: Sequence[ProbeSpec], k: Kernel, dry_run: bool = False,
         elif spec.kind == "tracepoint":
             facts.fields[i] = _check_tracepoint(k, spec, dry_run, facts.notes)
         else:
-            up = facts.uprobes[i] = _check_uprobe(k, spec, dry_run, facts.notes, force,
-                                                  facts.warnings, pid)
-            spec = replace(spec, path=up.path)
+            sites = _check_uprobe(k, spec, dry_run, facts.notes, force, facts.warnings, pid)
+            for n, (site, up) in enumerate(sites[:-1]):
+                facts.uprobes[i + n] = up
+                facts.specs.append(site)
+            spec, facts.uprobes[len(facts.specs)] = sites[-1]
         for a in spec.args:
             for s in _syms(a.fetch):
                 addr = kernel_symbol_address(k, s.name)
@@ -382,9 +395,14 @@ class Plan:
 
 
 def _unique_events(specs: Sequence[ProbeSpec]) -> list[str]:
-    """Event names as given, made unique (p: and r: on one function share a default)."""
+    """Event names as given, made unique (p: and r: on one function share a default);
+    the sites of one USDT spec are one event."""
     out: list[str] = []
-    for s in specs:
+    for j, s in enumerate(specs):
+        if s.usdt is not None and j and specs[j - 1].usdt is not None \
+                and specs[j - 1].text == s.text:
+            out.append(out[-1])
+            continue
         name = s.event + ("__return" if s.is_return and s.event in out else "")
         n = 2
         base = name

@@ -54,11 +54,13 @@ MAX_ARGS = 128            # the kernel's MAX_TRACE_ARGS
 MAX_DEPTH = 8             # nested dereferences; the kernel has 16 fetch ops in all
 MAX_NAME = 63             # the kernel's MAX_EVENT_NAME_LEN, minus the NUL
 MAX_MAXACTIVE = 4096      # the kernel's KRETPROBE_MAXACTIVE_MAX
+MAX_USDT_ARGS = 12        # <sys/sdt.h>'s STAP_PROBE12
 # names the kernel keeps for itself, and ours (the tracefs backend's bpfprobes_comm)
 RESERVED_PREFIXES = ("common_", "__probe_", "bpfprobes_")
 
 FORMS = ("expected p[:[GRP/]EVENT] [MOD:]SYM[+OFFS] [ARGS], r[N][:[GRP/]EVENT] SYM [ARGS], "
-         "p[:EVENT] /PATH:SYM [ARGS] or t:SUBSYS:EVENT [FIELDS]")
+         "p[:EVENT] /PATH:SYM [ARGS], t:SUBSYS:EVENT [FIELDS] or u:BINARY:[PROVIDER:]NAME "
+         "[ARGS]")
 FETCH_FORMS = ("expected %REG, $argN, $retval, $comm, $stack, $stackN, @SYM[+OFFS], "
                "+|-[u]OFFS(FETCHARG) or a parameter name")
 
@@ -132,6 +134,11 @@ class Deref:
 
 
 @dataclass(frozen=True)
+class Imm:
+    value: int          # a constant (a USDT argument the compiler knew)
+
+
+@dataclass(frozen=True)
 class Field:
     name: str           # tracepoint format-file field
 
@@ -141,7 +148,7 @@ class BtfParam:
     name: str           # kernel function parameter; resolve_btf_params -> Arg
 
 
-Node = Union[Reg, Arg, Retval, Comm, Stack, StackPtr, Sym, Deref, Field, BtfParam]
+Node = Union[Reg, Arg, Retval, Comm, Stack, StackPtr, Sym, Deref, Field, BtfParam, Imm]
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,7 @@ class ProbeSpec:
     maxactive: int
     args: tuple[FetchArg, ...]
     text: str
+    usdt: str | None = None     # u:: "PROVIDER:NAME" or ":NAME" (any provider), until resolved
 
     @property
     def is_return(self) -> bool:
@@ -185,7 +193,7 @@ _NUM = r"0[xX][0-9a-fA-F]+|[0-9]+"
 _SYMBOL = r"[A-Za-z_.][A-Za-z0-9_.]*"       # kernel symbols may hold '.' (foo.isra.0)
 _IDENT_RE = re.compile(_IDENT)
 _NUM_RE = re.compile(_NUM)
-_HEAD_RE = re.compile(r"([prt])([0-9]*)(?::(.*))?", re.S)
+_HEAD_RE = re.compile(r"([prtu])([0-9]*)(?::(.*))?", re.S)
 _EVENT_RE = re.compile(rf"(?:({_IDENT})/)?({_IDENT})?")
 _TRACEPOINT_RE = re.compile(rf"({_IDENT})[:/]({_IDENT})")
 _SYM_OFFS_RE = re.compile(rf"({_SYMBOL})(?:\+({_NUM}))?")
@@ -222,6 +230,7 @@ def _event_name(text: str) -> str:
 class _Ctx:
     kind: str
     abi: Abi
+    usdt: bool = False          # $argN: the probe note's N-th argument, not a register
 
     @property
     def is_return(self) -> bool:
@@ -277,6 +286,10 @@ def _arg(n: int, ctx: _Ctx) -> Node:
         raise UsageError(f"$arg{n} is not available in a return probe: "
                          "argument registers are overwritten by then",
                          "record it with a p: probe on the same function")
+    if ctx.usdt:
+        if n > MAX_USDT_ARGS:
+            raise UsageError(f"$arg{n}: a USDT probe has at most {MAX_USDT_ARGS} arguments")
+        return Arg(n)               # where the note says, once the binary is read
     ctx.abi.arg_register(n)         # raises when the argument is on the stack
     return Arg(n)
 
@@ -586,6 +599,36 @@ def _parse_tracepoint(text: str, tokens: list[str], name_part: str | None,
     return ProbeSpec("tracepoint", m[1], m[2], m[2], None, None, 0, 0, args, text)
 
 
+_USDT_NAME = re.compile(rf"(?:({_IDENT}):)?({_IDENT})")
+
+
+def _parse_usdt(text: str, tokens: list[str], name_part: str | None, maxactive: str,
+                abi: Abi, binary: Callable[[str], str | None] | None) -> ProbeSpec:
+    """u:BINARY:[PROVIDER:]NAME [ARGS] (BCC trace's u:, bpftrace's usdt:): a uprobe on
+    each site of the probe, found in the binary's notes when the plan reads it."""
+    hint = "expected u:BINARY:[PROVIDER:]NAME, e.g. u:python3:python:function__entry"
+    if maxactive:
+        raise UsageError(f"{tokens[0]!r}: USDT probes take no MAXACTIVE", hint)
+    parts = (name_part or "").split(":")
+    if len(parts) < 2 or len(parts) > 3 or not all(parts):
+        raise UsageError(f"bad USDT probe {tokens[0]!r}", hint)
+    m = _USDT_NAME.fullmatch(":".join(parts[1:]))
+    if m is None:
+        raise UsageError(f"bad USDT probe name {':'.join(parts[1:])!r}", hint)
+    path = _by_name(f"{parts[0]}:x", binary).rpartition(":")[0]
+    if "/" not in path:
+        if binary is None or not _BINARY_RE.fullmatch(path):
+            raise UsageError(f"bad USDT binary {path!r}", hint)
+        raise UsageError(f"{path}: no program on PATH or library in the loader's cache "
+                         "of that name", "give its path")
+    why = why_not_one_word(path)
+    if why is not None:
+        raise UsageError(f"USDT binary {path!r} {why}", "probe it through a symlink or a copy")
+    args = _fetch_args(tokens[1:], _Ctx("uprobe", abi, usdt=True))
+    return ProbeSpec("uprobe", DEFAULT_GROUP, _check_name(m[2], "event"), "", None, path, 0, 0,
+                     args, text, usdt=f"{m[1] or ''}:{m[2]}")
+
+
 def parse(text: str, abi: Abi, binary: Callable[[str], str | None] | None = None) -> ProbeSpec:
     """Parse and fully validate one probe spec for architecture `abi`. `binary`:
     NAME -> a binary's path, for targets named as the peers name them (bash:readline);
@@ -609,6 +652,8 @@ def parse(text: str, abi: Abi, binary: Callable[[str], str | None] | None = None
     letter, maxactive_text, name_part = head.groups()
     if letter == "t":
         return _parse_tracepoint(text, tokens, name_part, maxactive_text, abi)
+    if letter == "u":
+        return _parse_usdt(text, tokens, name_part, maxactive_text, abi, binary)
     maxactive = _maxactive(maxactive_text, letter, tokens[0])
     group, event, target_tok, arg_tokens = _locate_target(tokens[0], name_part, tokens[1:])
     target = _target(target_tok, letter, binary)
@@ -730,6 +775,8 @@ def _fetch_text(node: Node, spec: ProbeSpec, abi: Abi) -> str:
         return "%" + abi.arg_register(node.index)     # portable to kernels without $argN
     if isinstance(node, Stack):
         return f"$stack{node.index}"
+    if isinstance(node, Imm):
+        return f"\\{node.value}"
     if isinstance(node, Sym):
         return f"@{node.name}" + (f"{node.offset:+d}" if node.offset else "")
     if isinstance(node, Deref):
@@ -760,12 +807,13 @@ def _arg_text(a: FetchArg, spec: ProbeSpec, abi: Abi) -> str:
     return f"{a.name}={fetch}:{atype}"
 
 
-def _target_text(spec: ProbeSpec, uprobe_offset: int | None) -> str:
+def _target_text(spec: ProbeSpec, uprobe_offset: int | None, ref_ctr: int | None) -> str:
     offs = f"+{spec.offset}" if spec.offset else ""
     if spec.path is None:
         return (f"{spec.module}:" if spec.module else "") + spec.symbol + offs
     if uprobe_offset is not None:               # already SYM+OFFS: never add OFFS again
-        return f"{spec.path}:{uprobe_offset:#x}"
+        sem = f"({ref_ctr:#x})" if ref_ctr else ""      # a USDT semaphore: PATH:OFFS(REF)
+        return f"{spec.path}:{uprobe_offset:#x}{sem}"
     if not spec.symbol:
         return f"{spec.path}:{spec.offset:#x}"
     return f"{spec.path}:{spec.symbol}{offs}"
@@ -786,7 +834,8 @@ def _one_line(parts: list[str]) -> str:
     return line
 
 
-def to_kprobe_events(spec: ProbeSpec, abi: Abi, uprobe_offset: int | None = None) -> str | None:
+def to_kprobe_events(spec: ProbeSpec, abi: Abi, uprobe_offset: int | None = None,
+                     ref_ctr: int | None = None) -> str | None:
     """The spec's line for kprobe_events / uprobe_events, as perf-tools would write it.
 
     $argN becomes the arch register; BtfParam must be resolved first. For a
@@ -798,6 +847,6 @@ def to_kprobe_events(spec: ProbeSpec, abi: Abi, uprobe_offset: int | None = None
     if spec.kind == "tracepoint":
         return None
     head = f"r{spec.maxactive or ''}" if spec.is_return else "p"
-    parts = [f"{head}:{spec.group}/{spec.event}", _target_text(spec, uprobe_offset)]
+    parts = [f"{head}:{spec.group}/{spec.event}", _target_text(spec, uprobe_offset, ref_ctr)]
     parts += [_arg_text(a, spec, abi) for a in spec.args]
     return _one_line(parts)

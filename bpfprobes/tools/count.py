@@ -122,7 +122,7 @@ class _Text(TextOutput):
 
     def __init__(self, prog: str, names: list[str]) -> None:
         super().__init__(prog, [], header=False)
-        self.names = names
+        self.names = list(dict.fromkeys(names))     # a USDT probe's sites: one name
 
     def meta(self, meta: dict) -> None:
         shown = for_terminal(", ".join(self.names[:3]))

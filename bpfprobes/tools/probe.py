@@ -67,7 +67,8 @@ def describe(k: Kernel, plan: probeplan.Plan) -> list[str]:
         s = p.spec
         lines.append(f"probe {p.index} {p.event}: {s.text}")
         up = p.uprobe.file_offset if p.uprobe else None
-        line = spec.to_kprobe_events(replace(s, event=p.event), k.abi, uprobe_offset=up)
+        line = spec.to_kprobe_events(replace(s, event=p.event), k.abi, uprobe_offset=up,
+                                     ref_ctr=p.uprobe.ref_ctr if p.uprobe else None)
         if line:
             which = "uprobe_events" if s.is_uprobe else "kprobe_events"
             lines.append(f"  {which}: {line}")

@@ -27,6 +27,7 @@ from bpfprobes.tools.shared import Clock
 def unsupported(plan: Plan, o) -> str | None:
     """What this backend cannot do of what was asked, or None."""
     asks = [("a tracepoint spec", any(p.spec.kind == "tracepoint" for p in plan.probes)),
+            ("a USDT spec (u:)", any(p.spec.usdt is not None for p in plan.probes)),
             ("--filter", plan.options.filter is not None), ("--latency", o.latency),
             ("-U", o.user_stack), ("--count", o.count), ("--rate-limit", o.rate_limit),
             ("--comm", o.comm is not None)]

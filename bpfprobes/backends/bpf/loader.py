@@ -15,6 +15,7 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from bpfprobes.backends.bpf import pmu
 from bpfprobes.backends.tracefs import dynevents
 from bpfprobes.base import signals
 from bpfprobes.base.errors import CompileError, KernelError
@@ -68,6 +69,7 @@ class Loaded:
         self.bpf = bpf
         self.program = program
         self.attached: list[Attach] = []
+        self._usdt_events: list[int] = []      # perf events of USDT sites (pmu.attach_uprobe)
 
     def map_fd(self, name: str) -> int:
         return self.bpf[name].map_fd
@@ -130,6 +132,10 @@ class Loaded:
                                                     sym=how.target,
                                                     fn_name=how.fn, pid=how.pid, **_uaddr(how)),
         }
+        if how.ref_ctr is not None:         # a USDT site: our attach, with its semaphore
+            calls["uprobe"] = lambda: self._usdt_events.append(pmu.attach_uprobe(
+                b.load_func(how.fn.encode(), b.KPROBE).fd, how.kernel_path or how.path,
+                how.file_offset, how.ref_ctr, how.pid))
         failure = None
         # an event BCC writes to kprobe/uprobe_events for this attach is recorded as ours
         with _stderr_captured() as noise, dynevents.bcc_attach(how.kind, how.target):
@@ -144,6 +150,9 @@ class Loaded:
 
     def close(self) -> None:
         """Detach everything and free the program (idempotent)."""
+        for fd in self._usdt_events:        # closing the event detaches it
+            os.close(fd)
+        self._usdt_events = []
         if self.bpf is not None:
             with _stderr_captured():
                 self._detach_in_parallel()

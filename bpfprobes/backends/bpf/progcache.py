@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import base64
 import ctypes
-import fcntl
 import hashlib
 import json
 import os
@@ -59,10 +58,9 @@ import struct
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from bpfprobes.backends.bpf import loader, perfring
+from bpfprobes.backends.bpf import loader, perfring, pmu
 from bpfprobes.backends.bpf.loaded import STACK_DEPTH, LoadedProgram
 from bpfprobes.base import safefs, signals
 from bpfprobes.base.errors import BpfprobesError, CompileError, KernelError
@@ -81,10 +79,6 @@ DISABLE_ENV = "BPFPROBES_NO_PROGRAM_CACHE"
 PROG_TYPES = {"kprobe": 2, "kretprobe": 2, "tracepoint": 5, "raw_tracepoint": 17}
 BPF_PSEUDO_MAP_FD = 1
 BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN = 0, 5, 17
-PERF_TYPE_TRACEPOINT = 2
-PERF_SAMPLE_RAW = 1 << 10
-PERF_EVENT_IOC_ENABLE = 0x2400
-PERF_EVENT_IOC_SET_BPF = 0x40042408
 LOG_SIZE = 1 << 16
 
 
@@ -92,7 +86,7 @@ def usable(attaches: list[Attach]) -> bool:
     """True when a program with these attaches can be cached and loaded directly."""
     return (perfring.supported() and not os.environ.get(DISABLE_ENV)
             and all(a.kind in PROG_TYPES and not a.maxactive for a in attaches)
-            and all(a.kind not in ("kprobe", "kretprobe") or _kprobe_pmu() for a in attaches))
+            and all(a.kind not in ("kprobe", "kretprobe") or pmu.pmu("kprobe") for a in attaches))
 
 
 def load(program: Program, headers: Headers, attaches: list[Attach]) -> LoadedProgram:
@@ -475,35 +469,6 @@ def _load_prog(name: str, prog_type: int, code: bytes, license_: str, kern_versi
         raise OSError(e.errno, f"cannot load {name}: {e.strerror} {reason[0]}") from None
 
 
-@dataclass(frozen=True)
-class _Pmu:
-    type: int
-    retprobe_bit: int
-
-
-_pmu_cache: list = []
-
-
-def _kprobe_pmu() -> _Pmu | None:
-    """The kprobe PMU (perf_event_open attaches kprobes without tracefs), if any."""
-    if not _pmu_cache:
-        base = Path("/sys/bus/event_source/devices/kprobe")
-        try:
-            kind = int((base / "type").read_text())
-            bit = int((base / "format" / "retprobe").read_text().split(":")[1])
-            _pmu_cache.append(_Pmu(kind, bit))
-        except (OSError, ValueError, IndexError):
-            _pmu_cache.append(None)
-    return _pmu_cache[0]
-
-
-def _perf_attr(kind: int, config: int, config1: int = 0, config2: int = 0) -> bytes:
-    # type, size, config, sample_period, sample_type, read_format, flags, wakeup_events,
-    # bp_type, config1, config2
-    return struct.pack("<IIQQQQQIIQQ", kind, perfring.ATTR_SIZE, config, 1, PERF_SAMPLE_RAW,
-                       0, 0, 1, 0, config1, config2).ljust(perfring.ATTR_SIZE, b"\0")
-
-
 def _tracepoint_id(target: str) -> int:
     from bpfprobes.kernel.running import current  # noqa: PLC0415 - tracefs, found once
     category, event = target.split(":", 1)
@@ -633,21 +598,15 @@ class DirectLoaded:
             return perfring.bpf(BPF_RAW_TRACEPOINT_OPEN,
                                 struct.pack("<QI", ctypes.addressof(name), prog))
         if how.kind == "tracepoint":
-            attr = _perf_attr(PERF_TYPE_TRACEPOINT, _tracepoint_id(how.target))
+            attr = pmu.perf_attr(pmu.PERF_TYPE_TRACEPOINT, _tracepoint_id(how.target))
             fd = perfring.perf_event_open(attr, -1, 0)
         else:
-            pmu = _kprobe_pmu()
+            kp = pmu.pmu("kprobe")
             name = ctypes.create_string_buffer(how.target.encode())
-            ret = 1 << pmu.retprobe_bit if how.kind == "kretprobe" else 0
-            fd = perfring.perf_event_open(_perf_attr(pmu.type, ret, ctypes.addressof(name),
-                                                     how.offset), -1, 0)
-        try:
-            fcntl.ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog)
-            fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)
-        except OSError:
-            os.close(fd)
-            raise
-        return fd
+            ret = 1 << kp.retprobe_bit if how.kind == "kretprobe" else 0
+            fd = perfring.perf_event_open(pmu.perf_attr(kp.type, ret, ctypes.addressof(name),
+                                                        how.offset), -1, 0)
+        return pmu.with_program(fd, prog)
 
     def close(self) -> None:
         """Detach (close the events), then free programs and maps; idempotent.
