@@ -8,12 +8,16 @@
 #include "opensnoop.h"
 #include "common.h"
 #include "syscall_tp.h"
+#ifdef FULL_PATH
+#include "fullpath.h"
+#endif
 
 struct open_args {
     const char *path;
     u64 flags;
     u32 mode;
     u16 syscall;
+    s32 dirfd;          /* openat, openat2: the directory fd (-F) */
 };
 
 BPF_HASH(inflight, u64, struct open_args, INFLIGHT_MAX);
@@ -35,13 +39,15 @@ static __always_inline int flags_wanted(u64 flags, const struct opensnoop_config
     return (flags & c->flags) || (c->rdonly && (flags & 3) == 0);
 }
 
-static __always_inline int enter(const char *path, u64 flags, u32 mode, u16 syscall)
+static __always_inline int enter(const char *path, u64 flags, u32 mode, u16 syscall,
+                                 s32 dirfd)
 {
     u64 id = bpf_get_current_pid_tgid();
     const struct opensnoop_config *c = settings();
     if (!c || task_filtered(id, RUN(c)) || !flags_wanted(flags, c))
         return 0;
-    struct open_args a = {.path = path, .flags = flags, .mode = mode, .syscall = syscall};
+    struct open_args a = {.path = path, .flags = flags, .mode = mode, .syscall = syscall,
+                          .dirfd = dirfd};
     if (inflight.update(&id, &a) != 0)
         count_drop();
     return 0;
@@ -68,16 +74,28 @@ static __always_inline int emit(void *ctx, u64 id, long ret, const struct open_a
     e->mode = a->mode;
     e->syscall = a->syscall;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
-    int n = bpf_probe_read_user_str(e->path, sizeof(e->path), a->path);
-    u32 len = n > 0 ? n : 0;
     e->truncated = 0;
+    u32 dir = 0;
+#ifdef FULL_PATH
+    char first = 0;
+    bpf_probe_read_user(&first, 1, a->path);
+    u16 cut = 0;
+    if (first && first != '/')          /* relative: its directory first */
+        dir = full_dir(e->path, a->syscall == SC_OPEN ? AT_FDCWD_VALUE : a->dirfd, &cut);
+    if (cut)
+        e->truncated = 2;
+    dir &= OPEN_PATH_MAX - 1;
+#endif
+    int n = bpf_probe_read_user_str(e->path + dir, OPEN_PATH_MAX, a->path);
+    u32 len = n > 0 ? n : 0;
     if (len >= OPEN_PATH_MAX) {
         /* the copy was cut (or fit exactly): the byte it replaced with NUL says which */
         char c = 0;
         bpf_probe_read_user(&c, 1, a->path + OPEN_PATH_MAX - 1);
-        e->truncated = c != 0;
+        e->truncated |= c != 0;
         len = OPEN_PATH_MAX;
     }
+    len = len ? dir + len : 0;
     e->path_len = len;
     u64 size = bounded(offsetof(struct open_event, path) + len, sizeof(*e));
 #ifdef OUTPUT_RINGBUF
@@ -102,27 +120,29 @@ static __always_inline int leave(void *ctx, long ret)
 }
 
 /* openat2's flags and mode live in a user struct open_how {u64 flags, mode, resolve} */
-static __always_inline int enter_openat2(const char *path, const u64 *how)
+static __always_inline int enter_openat2(s32 dirfd, const char *path, const u64 *how)
 {
     u64 fm[2] = {};
     bpf_probe_read_user(&fm, sizeof(fm), how);
-    return enter(path, fm[0], (u32)fm[1], SC_OPENAT2);
+    return enter(path, fm[0], (u32)fm[1], SC_OPENAT2, dirfd);
 }
 
 #ifdef ATTACH_KPROBE
 int kp_open(struct pt_regs *ctx)
 {
-    return enter((const char *)SC_ARG(ctx, 1), SC_ARG(ctx, 2), SC_ARG(ctx, 3), SC_OPEN);
+    return enter((const char *)SC_ARG(ctx, 1), SC_ARG(ctx, 2), SC_ARG(ctx, 3), SC_OPEN, 0);
 }
 
 int kp_openat(struct pt_regs *ctx)
 {
-    return enter((const char *)SC_ARG(ctx, 2), SC_ARG(ctx, 3), SC_ARG(ctx, 4), SC_OPENAT);
+    return enter((const char *)SC_ARG(ctx, 2), SC_ARG(ctx, 3), SC_ARG(ctx, 4), SC_OPENAT,
+                 (s32)SC_ARG(ctx, 1));
 }
 
 int kp_openat2(struct pt_regs *ctx)
 {
-    return enter_openat2((const char *)SC_ARG(ctx, 2), (const u64 *)SC_ARG(ctx, 3));
+    return enter_openat2((s32)SC_ARG(ctx, 1), (const char *)SC_ARG(ctx, 2),
+                         (const u64 *)SC_ARG(ctx, 3));
 }
 
 int kr_open(struct pt_regs *ctx)
@@ -134,17 +154,19 @@ int kr_open(struct pt_regs *ctx)
 #ifdef ATTACH_TRACEPOINT
 int tp_enter_open(struct sys_enter_ctx *ctx)
 {
-    return enter((const char *)ctx->args[0], ctx->args[1], ctx->args[2], SC_OPEN);
+    return enter((const char *)ctx->args[0], ctx->args[1], ctx->args[2], SC_OPEN, 0);
 }
 
 int tp_enter_openat(struct sys_enter_ctx *ctx)
 {
-    return enter((const char *)ctx->args[1], ctx->args[2], ctx->args[3], SC_OPENAT);
+    return enter((const char *)ctx->args[1], ctx->args[2], ctx->args[3], SC_OPENAT,
+                 (s32)ctx->args[0]);
 }
 
 int tp_enter_openat2(struct sys_enter_ctx *ctx)
 {
-    return enter_openat2((const char *)ctx->args[1], (const u64 *)ctx->args[2]);
+    return enter_openat2((s32)ctx->args[0], (const char *)ctx->args[1],
+                         (const u64 *)ctx->args[2]);
 }
 
 int tp_exit_open(struct sys_exit_ctx *ctx)
@@ -198,6 +220,7 @@ int tp_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
         a.flags = r.SYSCALL_ARG2;
         a.mode = r.SYSCALL_ARG3;
     } else {
+        a.dirfd = (s32)r.SYSCALL_ARG1;
         a.path = (const char *)r.SYSCALL_ARG2;
         a.flags = r.SYSCALL_ARG3;
         a.mode = r.SYSCALL_ARG4;

@@ -4,6 +4,12 @@
 #define BPFPROBES_OPENSNOOP_H
 
 #define OPEN_PATH_MAX 4096
+#ifdef FULL_PATH
+/* -F: the directory of a relative path first (fullpath.h), then the path itself */
+#define OPEN_PATH_BUF (OPEN_PATH_MAX * 2)
+#else
+#define OPEN_PATH_BUF OPEN_PATH_MAX
+#endif
 
 #include "config.h"
 
@@ -27,10 +33,11 @@ struct open_event {
     u64 flags;          /* open flags (u64: openat2's open_how.flags) */
     u32 mode;
     u16 syscall;        /* enum open_syscall */
-    u16 truncated;      /* 1 when path[] holds a prefix of a longer string */
+    u16 truncated;      /* 1: path[] holds a prefix of a longer string; 2: (-F) its
+                         * directory lost leading components */
     u32 path_len;       /* bytes of path[] sent, NUL included */
     char comm[16];
-    char path[OPEN_PATH_MAX];
+    char path[OPEN_PATH_BUF];
 };
 
 #endif

@@ -15,6 +15,8 @@ OP: open:PATH:FLAGS:MODE  (FLAGS like O_WRONLY|O_CREAT; MODE octal)
     comms:PATH:N              (N opens of a missing PATH, each under a new random comm;
                                the comm chosen at start is back after)
     waitfor:PATH              (returns once PATH exists: the test says when to go on)
+    chdir:PATH                (the working directory for the relative paths after it)
+    openat:DIR:NAME           (openat on a descriptor of DIR: NAME relative to it)
 Prints its pid first, then one line per op: the fd or -errno it got.
 """
 from __future__ import annotations
@@ -149,6 +151,23 @@ def do_comms(path: str, n: str) -> int:
     return int(n)
 
 
+def do_chdir(path: str) -> int:
+    os.chdir(path)
+    return 0
+
+
+def do_openat(directory: str, name: str) -> int:
+    dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(name, os.O_RDONLY, dir_fd=dirfd)
+    except OSError as e:
+        return -e.errno
+    finally:
+        os.close(dirfd)
+    os.close(fd)
+    return fd
+
+
 def do_waitfor(path: str) -> int:
     """Wait until the test creates `path` (polling: no timing in the test rests on it)."""
     while not os.path.exists(path):
@@ -156,7 +175,7 @@ def do_waitfor(path: str) -> int:
     return 0
 
 
-OPS = {"waitfor": do_waitfor, "comms": do_comms, "sizes": do_sizes, "open": do_open, "openat2": do_openat2, "storm": do_storm, "diskio": do_diskio,
+OPS = {"waitfor": do_waitfor, "chdir": do_chdir, "openat": do_openat, "comms": do_comms, "sizes": do_sizes, "open": do_open, "openat2": do_openat2, "storm": do_storm, "diskio": do_diskio,
        "udp": do_udp, "paced": do_paced, "read": do_read}
 
 

@@ -15,6 +15,7 @@ EXAMPLES = """\
     opensnoop -p 181             # only PID 181
     opensnoop -n nginx           # only processes whose name contains "nginx"
     opensnoop -e -f O_WRONLY     # writers only, with flags and mode
+    opensnoop -F                 # relative paths made absolute (cwd, or openat's dirfd)
     opensnoop --cgroup /sys/fs/cgroup/system.slice/ssh.service
     opensnoop --json -d 10       # JSON lines for 10 seconds
     opensnoop --rate-limit 1000  # at most 1000 events/s; the rest counted as throttled
@@ -32,6 +33,9 @@ def build_parser() -> common.Parser:
     p.add_argument("-u", "--uid", type=common.uid_arg, help="trace this UID only")
     p.add_argument("-n", "--name", help="only processes whose name contains NAME")
     p.add_argument("-e", "--extended-fields", action="store_true", help="show flags and mode")
+    p.add_argument("-F", "--full-path", action="store_true",
+                   help="relative paths made absolute, in the kernel: from the task's cwd, "
+                        "or from the directory openat's dirfd is open on")
     p.add_argument("-f", "--flag-filter", action="append", default=[], metavar="FLAG",
                    help="only opens with this flag (e.g. O_WRONLY); repeatable, any matches")
     p.add_argument("--cgroup", metavar="PATH", help="trace this cgroup v2 only (in the kernel)")

@@ -81,8 +81,9 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", action="store_true",
                    help="count calls per probe in the kernel instead of printing events "
                         "(arguments are not read); see also bpfprobes count")
-    p.add_argument("--by", choices=sorted(count.BY),
-                   help="with --count or --hist: per process too")
+    p.add_argument("--by", choices=sorted([*count.BY, "probe"]),
+                   help="with --count or --hist: per process too (probe: per probe only, "
+                        "the default)")
     p.add_argument("-i", "--interval", type=common.seconds_arg, metavar="SECONDS",
                    help="with --count or --hist: each interval's")
     p.add_argument("--hist", action="store_true",

@@ -10,7 +10,7 @@ from operator import itemgetter
 from bpfprobes import __version__
 from bpfprobes.backends.bpf import perfbuffer
 from bpfprobes.backends.bpf.backend import BpfBackend
-from bpfprobes.base.errors import UsageError
+from bpfprobes.base.errors import KernelError, UsageError
 from bpfprobes.gen import codegen
 from bpfprobes.kernel import openflags, policy
 from bpfprobes.kernel.running import current
@@ -41,6 +41,7 @@ class Options(SessionOptions):
     cgroup: str | None = None           # a cgroup v2 directory
     attach: str | None = None           # policy.CHOICES: force kprobes or tracepoints
     perf_buffer: bool = False           # a perf buffer even where a ring buffer exists
+    full_path: bool = False             # -F: relative paths made absolute in the kernel
 
 
 def _cgroup_id(path: str) -> int:
@@ -97,6 +98,31 @@ def _plan(o: Options, k):
     if raw:
         return choice, [Attach("raw_tracepoint", RAW_TP.split(":")[1], "tp_raw_sys_exit")], raw
     return (choice, *shared.syscall_tracepoint_attaches(tps, "tp_exit_open"))
+
+
+# -F: where the kernel keeps a task's cwd, its open files and a path's dentries and
+# mounts (bpf_c/fullpath.h's defines), from this kernel's BTF
+FULL_PATH_OFFSETS = {
+    "TASK_FS": ("task_struct", "fs"), "TASK_FILES": ("task_struct", "files"),
+    "FS_PWD": ("fs_struct", "pwd"), "FILES_FDT": ("files_struct", "fdt"),
+    "FDT_FD": ("fdtable", "fd"), "FILE_F_PATH": ("file", "f_path"),
+    "PATH_MNT": ("path", "mnt"), "PATH_DENTRY": ("path", "dentry"),
+    "DENTRY_PARENT": ("dentry", "d_parent"), "DENTRY_NAME": ("dentry", "d_name"),
+    "QSTR_NAME": ("qstr", "name"), "VFSMOUNT_ROOT": ("vfsmount", "mnt_root"),
+    "MOUNT_MNT": ("mount", "mnt"), "MOUNT_PARENT": ("mount", "mnt_parent"),
+    "MOUNT_MOUNTPOINT": ("mount", "mnt_mountpoint")}
+
+
+def full_path_defines(k) -> dict[str, object]:
+    """-F's defines; KernelError where BTF does not give every offset."""
+    defs: dict[str, object] = {"FULL_PATH": True}
+    for name, (struct_name, member) in FULL_PATH_OFFSETS.items():
+        off = k.struct_offset(struct_name, member)
+        if off is None:
+            raise KernelError(f"-F needs {struct_name}.{member}'s offset, which this kernel's "
+                              "BTF does not give", "run without -F")
+        defs[name] = off
+    return defs
 
 
 def _columns(o: Options) -> list[Column]:
@@ -158,7 +184,8 @@ def run(o: Options) -> int:
     k = current()
     choice, attaches, defs = _plan(o, k)
     defs.update({"INFLIGHT_MAX": INFLIGHT_MAX,
-                 **({} if o.perf_buffer else perfbuffer.output_defines(o.buffer_pages))})
+                 **({} if o.perf_buffer else perfbuffer.output_defines(o.buffer_pages)),
+                 **(full_path_defines(k) if o.full_path else {})})
     config = runconfig.pack(runconfig.OPENSNOOP, {
         **runconfig.task(skip_pid=os.getpid(), pid=o.pid, tid=o.tid, uid=o.uid,
                          cgroup=cgroup, rate=o.rate_limit),
@@ -171,7 +198,8 @@ def run(o: Options) -> int:
             "filters": {key: v for key, v in (("pid", o.pid), ("tid", o.tid),
                                               ("uid", o.uid), ("failed", o.failed or None),
                                               ("flags", o.flag_filter or None),
-                                              ("cgroup", o.cgroup), ("name", o.name))
+                                              ("cgroup", o.cgroup), ("name", o.name),
+                                              ("full_path", o.full_path or None))
                         if v is not None}}
     if o.rate_limit:
         meta["rate_limit"] = o.rate_limit.meta()

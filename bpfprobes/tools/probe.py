@@ -220,6 +220,8 @@ def prometheus(k: Kernel, o: Options, prog: str) -> int:
 
 def run(o: Options, prog: str = "bpfprobes probe") -> int:
     probehist.check(o)               # options that go together, before anything is done
+    if o.by == "probe":              # every count and histogram is per probe already
+        o = replace(o, by=None)
     if not o.dry_run:
         shared.require_root()        # before planning: tracefs is root-only
     k = current()

@@ -268,3 +268,33 @@ def test_perf_buffer_forced(tmp_path):
         settle()
     assert t.json("meta")[0]["transport"] == "perf_buffer"
     assert [(e["path"], e["err"]) for e in t.json()] == [(f, 2)]
+
+
+def test_full_path_from_cwd_dirfd_and_across_mounts(tmp_path):
+    """-F: a relative path made absolute in the kernel, from the task's cwd, from
+    openat's dirfd, in a directory on another mount (/dev/shm: tmpfs, under /dev's),
+    and cut (marked) past 64 steps up; absolute paths stay as given."""
+    base = Path(os.path.realpath(tmp_path))
+    (base / "a").mkdir()
+    (base / "b").mkdir()
+    shm = Path("/dev/shm") / unique("bpfp-shm")
+    shm.mkdir()
+    deep = base / "/".join(["d"] * 70)
+    deep.mkdir(parents=True)
+    try:
+        ops = [f"chdir:{base / 'a'}", "open:rel1:O_RDONLY:", f"openat:{base / 'b'}:rel2",
+               "openat2:rel3:O_RDONLY:", f"open:{base / 'abs'}:O_RDONLY:",
+               f"chdir:{shm}", "open:rel4:O_RDONLY:", f"chdir:{deep}", "open:rel5:O_RDONLY:"]
+        evs, results, _ = run_ops(["-F"], unique("bpfp-full")[:15], *ops)
+    finally:
+        shm.rmdir()
+    assert results == [0, -2, -2, -2, -2, 0, -2, 0, -2], results
+    got = {e["path"].rsplit("/", 1)[1]: e for e in evs}
+    assert got["rel1"]["path"] == f"{base}/a/rel1" and got["rel1"]["syscall"] == "openat"
+    assert got["rel2"]["path"] == f"{base}/b/rel2"
+    assert got["rel3"]["path"] == f"{base}/a/rel3" and got["rel3"]["syscall"] == "openat2"
+    assert got["abs"]["path"] == f"{base}/abs" and not got["abs"]["truncated"]
+    assert got["rel4"]["path"] == f"{shm}/rel4"
+    # 64 steps up from 70 d's: the leading components are gone, and it says so
+    assert got["rel5"]["truncated"] and got["rel5"]["path"] == "/" + "d/" * 64 + "rel5"
+    assert all(not e["truncated"] for k, e in got.items() if k != "rel5")

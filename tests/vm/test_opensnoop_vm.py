@@ -25,11 +25,16 @@ def run(tmp_path_factory):
     long_file.write_text("x")
     paths = {"spaced": str(spaced), "long": str(long_file), "missing": str(d / unique("nope")),
              "created": str(d / unique("created"))}
+    (d / "sub").mkdir()
+    paths["dir"] = os.path.realpath(d)
+    # -F: absolute paths as given, relative ones from the cwd or openat's dirfd (the
+    # walk up the dentries checked by this kernel's verifier too)
     w = Workload("bpfp-vmopen", f"open:{paths['spaced']}:O_RDONLY:",
                  f"open:{paths['long']}:O_RDONLY:", f"open:{paths['missing']}:O_RDONLY:",
                  f"open:{paths['created']}:O_WRONLY|O_CREAT:0640",
-                 f"openat2:{paths['spaced']}:O_RDONLY:")
-    with Tool("opensnoop", "--json", "-v", "-p", str(w.pid), live_timeout=300) as t:
+                 f"openat2:{paths['spaced']}:O_RDONLY:", f"chdir:{d}",
+                 "open:relative-one:O_RDONLY:", f"openat:{d / 'sub'}:relative-two")
+    with Tool("opensnoop", "--json", "-v", "-F", "-p", str(w.pid), live_timeout=300) as t:
         held = t.held()
         results = w.go()
         settle(1.0)
@@ -83,3 +88,9 @@ def test_openat2(run):
 def test_exit_leaves_nothing_attached(run):
     assert run["tool"].proc.returncode == 0
     assert run["held"].progs and leftovers(run["tool"].proc.pid, run["held"]) == []
+
+
+def test_full_path_of_relative_opens(run):
+    base = run["paths"]["dir"]
+    assert find(run, f"{base}/relative-one")["fd"] == -1
+    assert find(run, f"{base}/sub/relative-two")["err"] == 2
