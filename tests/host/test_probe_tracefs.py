@@ -4,6 +4,7 @@ our leftovers cleaned, other users of tracefs untouched."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import uuid
@@ -159,3 +160,47 @@ def test_kernel_stacks_follow_their_event(target_bin):
     events = t.json()
     assert [e["args"]["x"] for e in events] == [-5, 5]
     assert all(e["kstack"] and not any("=>" in f for f in e["kstack"]) for e in events)
+
+
+_TYPED = ("a8=%di:x8 a16=%di:x16 a32=%di:x32 a64=%di:x64 b8=%si:s8 b16=%si:s16 b32=%si:s32 "
+          "b64=%si:s64 c8=%dx:u8 c16=%dx:u16 c32=%dx:u32 c64=%dx:u64")
+
+
+def test_values_print_as_the_kernels_own_trace_prints_them(target_bin):
+    """Every integer type and typed $retval, on the kernel's own uprobe events (what
+    perf-tools writes) and on the BPF backend: the same text, character for
+    character; bpfprobes adds only the errno name of a negative signed return."""
+    b = target_bin
+    entry, ret = f"{b}:{_offset(b, 'f6'):#x} {_TYPED}", f"{b}:{_offset(b, 'fails'):#x}"
+    group = f"bpfptest_{uuid.uuid4().hex[:8]}"
+    lines = [f"p:{group}/f6 {entry}", f"r:{group}/fails {ret} rx=$retval:x64 rs=$retval:s64",
+             f"r:{group}/fails_u {ret} ru=$retval:u32"]
+    instance = TRACEFS / "instances" / unique("bpfptest")
+    fd = os.open(TRACEFS / "uprobe_events", os.O_WRONLY | os.O_APPEND)
+    try:
+        for line in lines:
+            os.write(fd, (line + "\n").encode())
+        instance.mkdir()
+        (instance / "events" / group / "enable").write_text("1")
+        target = start_target(b, 1, unique("k"))
+        target.communicate("go\n", timeout=60)
+        kernel = sorted(re.sub(r"^.*?: \(.*?\) ", "", line)
+                        for line in (instance / "trace").read_text().splitlines()
+                        if ": (" in line and not line.startswith("#"))
+        (instance / "events" / group / "enable").write_text("0")
+    finally:
+        if instance.exists():
+            instance.rmdir()
+        for line in lines:
+            os.write(fd, f"-:{group}/{line.split('/')[1].split()[0]}\n".encode())
+        os.close(fd)
+    target = start_target(b, 1, unique("b"))
+    with Tool("probe", "--verbose", "-p", str(target.pid), f"p:{b}:f6 {_TYPED}",
+              f"r:{b}:fails rx=$retval:x64 rs=$retval:s64", f"r:{b}:fails ru=$retval:u32") as t:
+        target.communicate("go\n", timeout=60)
+        assert t.wait_until(lambda: sum(": (" in line for line in t.lines) >= 3)
+    ours = sorted(re.sub(r" \(E[A-Z0-9]+\)", "", re.sub(r"^.*?: \(.*?\) ", "", line))
+                  for line in t.lines if ": (" in line)
+    assert len(kernel) == 3 and ours == kernel, (ours, kernel)
+    assert any(k.startswith("a8=0xff a16=0xffff ") for k in kernel), kernel     # x: hex
+    assert "rx=0xfffffffffffffffe rs=-2" in kernel and "ru=4294967294" in kernel, kernel
