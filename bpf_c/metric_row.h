@@ -25,6 +25,7 @@ struct metric_value {
     u64 count;
     u64 sum_ns;                 /* with buckets: the values' sum (latencies: ns) */
 #if METRIC_SLOTS
+    u64 negative;               /* signed values below 0: apart, as bpftrace keeps them */
     u64 slots[METRIC_SLOTS];    /* log2: slot 0 holds 0, slot i [2^(i-1), 2^i) */
 #endif
 };

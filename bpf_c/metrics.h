@@ -13,7 +13,7 @@
  * latency, or a captured argument for probe --hist), METRIC_LINEAR (a bucket's
  * width; else log2 buckets as bpftrace's hist(): [0], [1], [2, 4), [4, 8) ...),
  * METRIC_DIV (the value is divided by it first: a latency in us or ms). A
- * signed value (each probe says) that is negative goes to slot 0.
+ * signed value (each probe says) that is negative is counted apart (`negative`).
  * The row (metric_row.h) is mirrored once in decode.py (METRIC_KEY, METRIC_VALUE).
  */
 #ifndef BPFPROBES_METRICS_H
@@ -46,10 +46,8 @@ static __always_inline u32 metric_log2(u64 v)
 
 /* The slot of a value: linear (v / METRIC_LINEAR), or log2 with 0 and 1 apart (slot
  * i >= 1 holds [2^(i-1), 2^i)); the last slot takes everything above. */
-static __always_inline u32 metric_slot(u64 v, int sign)
+static __always_inline u32 metric_slot(u64 v)
 {
-    if (sign && (s64)v < 0)
-        return 0;
     v /= METRIC_DIV;
 #ifdef METRIC_LINEAR
     u64 slot = v / METRIC_LINEAR;
@@ -68,8 +66,12 @@ static __always_inline void metric_bump(struct metric_value *m, u64 value, int t
 #if METRIC_SLOTS
     if (!timed)
         return;
+    if (sign && (s64)value < 0) {
+        m->negative++;
+        return;
+    }
     m->sum_ns += value;
-    m->slots[metric_slot(value, sign)]++;
+    m->slots[metric_slot(value)]++;
 #endif
 }
 

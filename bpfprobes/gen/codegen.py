@@ -454,7 +454,7 @@ def _stash_function(stash) -> str:
 def metric_defines(m: metricplan.Options, probes: int) -> dict[str, object]:
     """bpf_c/metrics.h's defines for a program counting `probes` probes (or kinds)."""
     return {"METRIC_SERIES": m.max_series, "METRIC_PROBES": max(1, probes),
-            "METRIC_SLOTS": metricplan.SLOTS if m.bucketed else 0,
+            "METRIC_SLOTS": m.slots if m.bucketed else 0,
             "METRIC_LINEAR": m.linear, "METRIC_DIV": m.divide if m.divide != 1 else None}
 
 

@@ -18,6 +18,7 @@ TASK_LABELS = ("comm", "pid")
 MAX_ARG_LABELS = 4                  # metric_row.h METRIC_ARGS
 DEFAULT_MAX_SERIES = 1000
 SLOTS = 40                          # log2 latency buckets: up to 2^40 ns (18 min)
+VALUE_SLOTS = 65                    # log2 buckets of any 64-bit value (probe --hist-of)
 MAX_SERIES_LIMIT = 100_000          # a table the kernel allocates for every CPU at load
 ERRNO = "errno"
 
@@ -31,6 +32,7 @@ class Options:
     linear: int | None = None               # buckets this wide; None: log2
     divide: int = 1                         # the latency's unit: 1 ns, 1000 us, 10^6 ms
     stacks: bool = False                    # --folded: keyed by the stacks (STACK_ARGS)
+    slots: int = SLOTS                      # buckets kept when bucketed
 
     @property
     def bucketed(self) -> bool:

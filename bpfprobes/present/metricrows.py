@@ -65,10 +65,12 @@ class Totals:
     count: int = 0
     sum_ns: int = 0
     slots: list[int] = field(default_factory=list)
+    negative: int = 0                       # signed values below 0 (not in slots)
 
-    def add(self, count: int, sum_ns: int, slots: Iterable[int]) -> None:
+    def add(self, count: int, sum_ns: int, slots: Iterable[int], negative: int = 0) -> None:
         self.count += count
         self.sum_ns += sum_ns
+        self.negative += negative
         slots = list(slots)
         if len(self.slots) < len(slots):
             self.slots += [0] * (len(slots) - len(self.slots))
@@ -76,11 +78,13 @@ class Totals:
             self.slots[i] += n
 
 
-def _value(raw: bytes) -> tuple[int, int, tuple[int, ...]]:
+def _value(raw: bytes) -> tuple[int, int, tuple[int, ...], int]:
+    """(count, sum, slots, negatives) of one CPU's row (metric_row.h): with buckets,
+    the negatives' count, then the slots, follow the head."""
     head = METRIC_VALUE.unpack(raw)
     n = (len(raw) - METRIC_VALUE.head.size) // 8
-    return head["count"], head["sum_ns"], struct.unpack_from(f"<{n}Q", raw,
-                                                              METRIC_VALUE.head.size)
+    rest = struct.unpack_from(f"<{n}Q", raw, METRIC_VALUE.head.size)
+    return head["count"], head["sum_ns"], rest[1:], rest[0] if rest else 0
 
 
 def fold(rows: Iterable[tuple[bytes, list[bytes]]],

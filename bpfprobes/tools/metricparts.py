@@ -34,7 +34,8 @@ ENTRY_BYTES = 64 + 56           # a row's key and the hash's own per-row bookkee
 def table_bytes(decl: Decl, cpus: int) -> int:
     """What a part's preallocated per-CPU table costs the kernel: every row's key
     once, its value on every possible CPU (16 bytes, 336 with latency buckets)."""
-    value = 16 + (8 * metricplan.SLOTS if decl.latency or decl.kind == "probe" else 0)
+    # count, sum; with buckets, the negatives and the slots (metric_row.h)
+    value = 16 + (8 + 8 * metricplan.SLOTS if decl.latency or decl.kind == "probe" else 0)
     return decl.max_series * (ENTRY_BYTES + value * cpus)
 
 

@@ -22,7 +22,7 @@ from bpfprobes.session.core import Live, Session
 from bpfprobes.tools import count
 
 UNITS = {"ns": 1, "us": 1000, "ms": 1_000_000}
-SERIES = 10_240                 # histograms kept (probe x process); beyond: one other row
+SERIES = 4_096                  # histograms kept (probe x process); beyond: one other row
 
 
 def metric_options(o, pairs: bool) -> metricplan.Options:
@@ -32,10 +32,12 @@ def metric_options(o, pairs: bool) -> metricplan.Options:
                          "argument (--hist-of NAME), and there is neither",
                          "e.g. --hist 'p:FUNC' 'r:FUNC', or --hist --hist-of ret 'r:FUNC "
                          "ret=$retval'")
+    # a latency's log2 buckets go to 2^40 ns (18 min); an argument's to 2^64
+    slots = metricplan.SLOTS if o.hist_of is None or o.linear else metricplan.VALUE_SLOTS
     return metricplan.Options(tuple((o.by or "").split(",")) if o.by else (), SERIES,
                               timed=o.hist_of is None, value=o.hist_of,
                               linear=o.linear,
-                              divide=UNITS[o.unit] if o.hist_of is None else 1)
+                              divide=UNITS[o.unit] if o.hist_of is None else 1, slots=slots)
 
 
 def run(k: Kernel, plan: probeplan.Plan, o, prog: str) -> loop.Summary:
@@ -47,7 +49,7 @@ def run(k: Kernel, plan: probeplan.Plan, o, prog: str) -> loop.Summary:
                                pid="pid" in m.by, comm="comm" in m.by)
     unit = o.unit if m.value is None else None
     return session(k, prog, codegen.probe_program(plan, k.abi), attachments(k, plan), labels,
-                   Hist(histogram.Buckets(metricplan.SLOTS, m.linear), unit,
+                   Hist(histogram.Buckets(m.slots, m.linear), unit,
                         m.value or f"latency in {unit}", f"{len(plan.probes)} probes", signed),
                    o, {"of": m.value or "latency", "by": o.by})
 
@@ -84,7 +86,8 @@ def session(k: Kernel, prog: str, program: codegen.Program, attaches: list, labe
             before = last.get((values, other))
             slots = [n - (before.slots[i] if before and i < len(before.slots) else 0)
                      for i, n in enumerate(t.slots)]
-            if not any(slots):
+            negative = t.negative - (before.negative if before else 0)
+            if not any(slots) and not negative:
                 continue
             keys = dict(zip(labels.label_names, values))
             if other:
@@ -94,9 +97,9 @@ def session(k: Kernel, prog: str, program: codegen.Program, attaches: list, labe
             # otherwise start a line of our own
             head = ", ".join(for_terminal(str(v)) for v in keys.values())
             text = f"@[{head}]" + (f" ({h.unit})" if h.unit else "") + ":\n" + \
-                histogram.text(slots, buckets)
+                histogram.text(slots, buckets, negative)
             sink.table(kind, [{**keys, **({"unit": h.unit} if h.unit else {}),
-                               "buckets": histogram.json_buckets(slots, buckets)}],
+                               "buckets": histogram.json_buckets(slots, buckets, negative)}],
                        text + "\n")
 
     def live() -> None:

@@ -126,8 +126,10 @@ def test_each_probe_buckets_by_its_own_sign(target_bin):
         proc.kill()
     rows = {r["probe"]: {(b["min"], b["max"]): b["count"] for b in r["buckets"] if b["count"]}
             for total in t.json("totals") for r in total["rows"]}
-    assert rows == {"echo": {(None, 1): 20, (4, 8): 20},          # (..., 0] and [4, 8)
-                    "echo_2": {(4, 8): 20, (1 << 38, None): 20}}, rows
+    # signed: -5 among the negatives, (..., 0); unsigned: 2^64 - 5 in the last log2
+    # bucket, [2^63, ...): every 64-bit value has its own
+    assert rows == {"echo": {(None, 0): 20, (4, 8): 20},
+                    "echo_2": {(4, 8): 20, (1 << 63, None): 20}}, rows
 
 
 def test_a_comm_cannot_write_lines_of_its_own(tmp_path):

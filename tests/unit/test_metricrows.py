@@ -14,8 +14,11 @@ def key(probe=0, pid=0, err=-1, comm=b"", args=(0, 0, 0, 0)) -> bytes:
     return struct.pack("<IIiI16s4Q", probe, pid, err, 0, comm, *args)
 
 
-def value(count, sum_ns=0, slots=()) -> bytes:
-    return struct.pack(f"<QQ{len(slots)}Q", count, sum_ns, *slots)
+def value(count, sum_ns=0, slots=(), negative=0) -> bytes:
+    """One CPU's row as metric_row.h lays it out: with buckets, the negatives first."""
+    if not slots:
+        return struct.pack("<QQ", count, sum_ns)
+    return struct.pack(f"<QQQ{len(slots)}Q", count, sum_ns, negative, *slots)
 
 
 def exposed(*families) -> dict:
@@ -129,7 +132,7 @@ def test_histogram_labels_as_bpftrace_prints_them():
     log2 = histogram.Buckets(40)
     assert [log2.label(i) for i in (0, 1, 2, 3, 11, 21, 39)] == \
         ["[0]", "[1]", "[2, 4)", "[4, 8)", "[1K, 2K)", "[1M, 2M)", "[256G, ...)"]
-    assert histogram.Buckets(40, signed=True).label(0) == "(..., 0]"
+    assert histogram.Buckets(40, signed=True).label(0) == "[0]"      # negatives: apart
     lin = histogram.Buckets(40, linear=100)
     assert [lin.label(i) for i in (0, 1, 39)] == ["[0, 100)", "[100, 200)", "[3900, ...)"]
     text = histogram.text([0, 3, 0, 6] + [0] * 36, log2)
@@ -140,3 +143,11 @@ def test_histogram_labels_as_bpftrace_prints_them():
     assert histogram.json_buckets([0, 3, 0, 6] + [0] * 36, log2) == [
         {"min": 1, "max": 2, "count": 3}, {"min": 2, "max": 4, "count": 0},
         {"min": 4, "max": 8, "count": 6}]
+    # a signed value's negatives come first, as bpftrace's (..., 0)
+    assert histogram.text([2] + [0] * 39, log2, negative=4).splitlines() == [
+        "(..., 0)                   4 |" + "@" * 52 + "|",
+        "[0]                        2 |" + "@" * 26 + " " * 26 + "|"]
+    assert histogram.json_buckets([0] * 40, log2, negative=1) == [
+        {"min": None, "max": 0, "count": 1}]
+    wide = histogram.Buckets(65)          # --hist-of: every 64-bit value has its slot
+    assert [wide.label(i) for i in (63, 64)] == ["[4E, 8E)", "[8E, ...)"]
