@@ -25,19 +25,25 @@ def usdt_bin(request, tmp_path_factory) -> str:
                               name="usdt_target")
 
 
-def run_target(binary: str, tag: str, *specs: str, extra: tuple = ()) -> tuple[Tool, int]:
-    """The tool on `specs`, the target run once under it: (tool, times the target saw
-    the `guarded` semaphore raised)."""
-    proc = subprocess.Popen([binary, str(N), tag], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+def traced(argv: list[str], *tool: str) -> tuple[Tool, str]:
+    """`argv` run under the tool (`-p` its pid), told to go once the tool is live:
+    (the stopped tool, the process's output)."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        with Tool("probe", "--json", "-p", str(proc.pid), *extra, *specs) as t:
+        with Tool(tool[0], "--json", "-p", str(proc.pid), *tool[1:]) as t:
             out, _ = proc.communicate("go\n", timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0
+    return t, out
+
+
+def run_target(binary: str, tag: str, *specs: str) -> tuple[Tool, int]:
+    """The probe tool on `specs`, the target run once under it: (tool, times the
+    target saw the `guarded` semaphore raised)."""
+    t, out = traced([binary, str(N), tag], "probe", *specs)
     return t, int(out)
 
 
@@ -70,14 +76,7 @@ def test_a_semaphore_is_raised_while_attached_and_only_then(usdt_bin):
 
 
 def test_count_counts_each_probe_over_its_sites(usdt_bin):
-    proc = subprocess.Popen([usdt_bin, str(N), "x"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        with Tool("count", "--json", "-p", str(proc.pid), f"u:{usdt_bin}:bpfp:*") as t:
-            proc.communicate("go\n", timeout=60)
-    finally:
-        proc.kill()
-        proc.wait()
+    t, _ = traced([usdt_bin, str(N), "x"], "count", f"u:{usdt_bin}:bpfp:*")
     rows = {r["target"]: r["count"] for r in t.json("totals")[-1]["rows"]}
     assert rows == {"bpfp:tick": N, "bpfp:twice": 2 * N, "bpfp:guarded": N}, rows
 
@@ -91,13 +90,7 @@ def test_pythons_own_notes(tmp_path):
     script = ("import gc, os, sys\ngc.disable()\nsys.stdin.readline()\n"
               "for _ in range(7): gc.collect(2)\nfor _ in range(5): gc.collect(1)\n"
               "os._exit(0)\n")
-    proc = subprocess.Popen([PYTHON, "-c", script], stdin=subprocess.PIPE, text=True)
-    try:
-        with Tool("probe", "--json", "-p", str(proc.pid), f"u:{PYTHON}:python:gc__start") as t:
-            proc.communicate("go\n", timeout=60)
-    finally:
-        proc.kill()
-        proc.wait()
+    t, _ = traced([PYTHON, "-c", script], "probe", f"u:{PYTHON}:python:gc__start")
     gens = sorted(e["args"]["arg1"] for e in t.json())
     assert gens == [1] * 5 + [2] * 7, gens
 
