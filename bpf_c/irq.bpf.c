@@ -84,7 +84,7 @@ static __always_inline struct irq_event *begin(u32 kind, int irq, void *ctx)
     /* a kprobe stashes every call of a shared handler: a stack only for wanted lines */
     e->kstack = (kind != IRQ_KIND_HARDIRQ || irq_wanted(irq)) ? kstack(ctx) : -1;
 #ifdef IRQ_FOLDED
-    s->folded = (kind != IRQ_KIND_HARDIRQ || irq_wanted(irq)) ? folded_stack(ctx, 0) : -1;
+    s->folded = (kind != IRQ_KIND_HARDIRQ || irq_wanted(irq)) ? folded_stack(ctx, 0, kind) : -1;
 #endif
     bpf_get_current_comm(e->comm, sizeof(e->comm));
     s->busy = 1;

@@ -12,8 +12,8 @@
  * PROBE_STACKS (stack map size, when -s or -U), PROBE_PAIRS (entry
  * timestamps kept for latency), PROBE_METRICS (count in the kernel, send
  * nothing: metrics.h's METRIC_*), PROBE_FOLDED (metrics keyed by stack, stacks
- * kept by folded.h: each process's first sight is sent, PROBE_SEEN; TASK_MM:
- * task_struct.mm's offset);
+ * kept by folded.h: each process's first sight is sent, PROBE_SEEN, with the
+ * offsets of probe_space_of);
  * the run's filters are in its config (struct probe_config, probe_event.h).
  */
 #ifndef BPFPROBES_PROBE_H
@@ -206,37 +206,70 @@ static __always_inline void probe_stacks(void *ctx, struct probe_event *e, int k
 #ifdef PROBE_FOLDED
 #include "folded.h"
 
-/* The address space of the current task: with the pid, which program's maps a user
- * stack was taken in (an exec keeps the pid and changes them). 0 without BTF. */
-static __always_inline u64 probe_mm(void)
+/* Which program image a user stack was taken in: the pid alone is not it (an exec
+ * keeps the pid and changes the maps; a pid is reused). A process is seen as its
+ * incarnation: its mm, its start time (task_struct.start_boottime of its leader)
+ * and where its exec put code and stack (mm->start_code, start_stack: new at every
+ * exec, with ASLR), the last two also in /proc/PID/stat, where the reader checks
+ * them around its read of the maps. Offsets from BTF (TASK_MM, TASK_GROUP_LEADER,
+ * TASK_START_BOOTTIME, MM_START_CODE, MM_START_STACK); 0 where one is missing. */
+struct probe_space {
+    u64 mm;
+    u64 start_boottime;
+    u64 start_code;
+    u64 start_stack;
+};
+
+#define KERNEL_READ(dst, base, off) \
+    bpf_probe_read_kernel(&(dst), sizeof(dst), (char *)(base) + (off))
+
+static __always_inline void probe_space_of(struct probe_space *sp)
 {
-    u64 mm = 0;
-#ifdef TASK_MM
-    bpf_probe_read_kernel(&mm, sizeof(mm), (char *)bpf_get_current_task() + TASK_MM);
+#if defined(TASK_MM) && defined(TASK_GROUP_LEADER) && defined(TASK_START_BOOTTIME) \
+    && defined(MM_START_CODE) && defined(MM_START_STACK)
+    void *task = (void *)bpf_get_current_task(), *leader = 0;
+    KERNEL_READ(sp->mm, task, TASK_MM);
+    KERNEL_READ(leader, task, TASK_GROUP_LEADER);
+    if (leader)
+        KERNEL_READ(sp->start_boottime, leader, TASK_START_BOOTTIME);
+    if (sp->mm) {
+        KERNEL_READ(sp->start_code, sp->mm, MM_START_CODE);
+        KERNEL_READ(sp->start_stack, sp->mm, MM_START_STACK);
+    }
 #endif
-    return mm;
+}
+
+/* The incarnation as one number, for the rows' key and the seen table: a freed mm
+ * reused by the next process still changes it through the start time. */
+static __always_inline u64 probe_space_id(const struct probe_space *sp)
+{
+    return sp->mm ^ (sp->start_boottime * 0x9e3779b97f4a7c15ULL) ^ sp->start_stack;
 }
 
 struct seen_key {
     u32 pid;
     u32 reserved;
-    u64 mm;
+    u64 space;
 };
 BPF_TABLE("lru_hash", struct seen_key, u8, seen, 10240);
 
 /* Stacks are counted here and named at the end of the run, when a short-lived
- * process is long gone: its first sight is sent at once, and the reader keeps
- * its maps (and files) from then on. */
-static __always_inline void probe_seen(void *ctx, struct probe_event *e, u64 mm)
+ * process is long gone: its first sight is sent at once (the payload: struct
+ * probe_space), and the reader keeps its maps (and files) from then on. */
+static __always_inline void probe_seen(void *ctx, struct probe_event *e, u64 id_of_space,
+                                       const struct probe_space *sp)
 {
-    struct seen_key k = {.pid = e->pid, .mm = mm};
+    struct seen_key k = {.pid = e->pid, .space = id_of_space};
     u8 one = 1;
     if (seen.lookup(&k))
         return;
     seen.update(&k, &one);
     e->probe = PROBE_SEEN;
-    SLOT(e, 0) = mm;
-    submitted(events.perf_submit(ctx, e, offsetof(struct probe_event, payload) + 8));
+    SLOT(e, 0) = id_of_space;
+    SLOT(e, 8) = sp->start_boottime;
+    SLOT(e, 16) = sp->start_code;
+    SLOT(e, 24) = sp->start_stack;
+    submitted(events.perf_submit(ctx, e, offsetof(struct probe_event, payload) + 32));
 }
 #endif
 

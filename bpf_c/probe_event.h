@@ -12,7 +12,7 @@
 #endif
 #define PROBE_COMM_LEN 16
 /* --folded with user stacks: a process seen for the first time, so that its maps
- * are read while it lives (header only; the payload's first 8 bytes: its mm) */
+ * are read while it lives (the payload: probe.h's struct probe_space) */
 #define PROBE_SEEN 0xffffffffU
 
 /* The run's settings (config.h), mirrored once in runconfig.py. */

@@ -367,7 +367,8 @@ def _probe_function(probe, plan, abi: Abi) -> str:
         out.append(f"    e->latency_ns = pair_leave(id, {probe.pair}, e->ts_ns);")
     if spec.is_return:
         out.append(f"    e->ret_ip = {g.reg(_pc_register(abi))};")
-    elif spec.kind != "tracepoint" and spec.offset == 0 and spec.symbol:
+    elif spec.kind != "tracepoint" and (probe.uprobe.at_entry if probe.uprobe is not None
+                                        else spec.offset == 0 and spec.symbol):
         link = abi.link_register
         if link:
             g.lines.append(f"e->ret_ip = {g.reg(link)};")
@@ -431,15 +432,16 @@ def _stack_key_lines(probe, plan) -> list[str]:
     o, spec, at = plan.options, probe.spec, metricplan.STACK_ARGS
     kernel, user = o.kstack and not spec.is_uprobe, o.ustack
     lines = [f"mk.args[{at['kstack']}] = (u64)" +
-             ("folded_stack(ctx, 0);" if kernel else "-1LL;"),
+             ("folded_stack(ctx, 0, 0);" if kernel else "-1LL;"),
              f"mk.args[{at['ustack']}] = (u64)" +
-             ("folded_stack(ctx, BPF_F_USER_STACK);" if user else "-1LL;")]
+             ("folded_stack(ctx, BPF_F_USER_STACK, 0);" if user else "-1LL;")]
     if not spec.is_return:                  # entry probes: the caller read at entry, if any
         lines.append(f"mk.args[{at['caller']}] = e->ret_ip;")
     if user:
-        lines += ["u64 mm = probe_mm();", f"mk.args[{at['mm']}] = mm;"]
+        lines += ["struct probe_space sp = {};", "probe_space_of(&sp);",
+                  "u64 space = probe_space_id(&sp);", f"mk.args[{at['mm']}] = space;"]
     lines.append("metric_add(&mk, 0, 0, 0);")
-    return lines + (["probe_seen(ctx, e, mm);"] if user else [])
+    return lines + (["probe_seen(ctx, e, space, &sp);"] if user else [])
 
 
 def _stash_function(stash) -> str:
@@ -465,9 +467,9 @@ def probe_defines(plan) -> dict[str, object]:
                                             **metric_defines(o.metrics, len(plan.probes))}
     folded = o.metrics is not None and o.metrics.stacks
     if folded:      # stacks kept by content (folded.h), not in a stack trace map
-        metrics.update(PROBE_FOLDED=True, TASK_MM=o.task_mm,
-                       FOLDED_STACKS=FOLDED_STACK_ENTRIES)
-    return {"PROBE_PAYLOAD_MAX": max(payload, 8),
+        metrics.update(PROBE_FOLDED=True, FOLDED_STACKS=FOLDED_STACK_ENTRIES,
+                       FOLDED_SEED=o.folded_seed, **dict(o.task_offsets or {}))
+    return {"PROBE_PAYLOAD_MAX": max(payload, 32 if folded else 8),
             "PROBE_STACKS": STACK_ENTRIES if (o.kstack or o.ustack) and not folded else None,
             "PROBE_PAIRS": PAIR_ENTRIES if plan.pairs else None, **(o.context or {}),
             **metrics}

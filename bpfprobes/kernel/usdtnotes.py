@@ -22,7 +22,8 @@ class Site:
     provider: str
     name: str
     file_offset: int             # of the probe's nop
-    semaphore: int               # file offset of its semaphore (a u16 counter), 0: none
+    semaphore: int | None        # file offset of its semaphore (a u16 counter), 0: none,
+                                 # None: one not in the file (.bss): no uprobe can raise it
     args: tuple[str, ...]        # argument locations as written, e.g. ("-4@%edi", "8@%rsi")
 
     @property
@@ -71,5 +72,5 @@ def sites(elf: Elf) -> list[Site]:
         if offset is None:
             continue                           # not in a loaded segment: cannot be probed
         sem = elf.vaddr_to_offset(semaphore) if semaphore else 0
-        out.append(Site(provider, name, offset, sem or 0, tuple(args.split())))
+        out.append(Site(provider, name, offset, sem, tuple(args.split())))
     return out

@@ -22,6 +22,7 @@ from bpfprobes.kernel import binaries, features, usdtnotes
 from bpfprobes.kernel.elfsym import Elf
 from bpfprobes.kernel.kallsyms import Wildcard
 from bpfprobes.kernel.running import Kernel
+from bpfprobes.plan import usdtplan
 from bpfprobes.plan.attach import Attach
 
 DEFAULT_LIMIT = 1000          # as funccount: beyond this, a per-call cost nobody meant
@@ -114,7 +115,7 @@ def _uprobes(body: str) -> list[Target]:
             for n, p in places.items()]
 
 
-def _usdt(body: str) -> list[Target]:
+def _usdt(k: Kernel, body: str) -> list[Target]:
     """Each site of each USDT probe the wildcards match (PROVIDER:NAME, or NAME of
     any provider), shown as PROVIDER:NAME (the sites of one probe are one row)."""
     path, probes = body.split(":", 1)
@@ -123,10 +124,15 @@ def _usdt(body: str) -> list[Target]:
     with Elf(path) as elf:
         found = [(s, elf.place_file_offset(s.file_offset)) for s in usdtnotes.sites(elf)
                  if want_provider.match(s.provider) and want_name.match(s.name)]
+        for s, p in found:
+            problem = usdtplan.not_a_nop(elf, p, k.abi)
+            if problem is not None:
+                raise UsageError(problem)
         held = elf.hold()
-    return [Target("uprobe", s.full_name, Attach("uprobe", "", "", path=p.path, offset=p.vaddr,
-                                                 kernel_path=held, ref_ctr=s.semaphore,
-                                                 file_offset=s.file_offset))
+    # PATH:PROVIDER:NAME, as p: rows are PATH:FUNC: two binaries' probes stay apart
+    return [Target("uprobe", f"{path}:{s.full_name}",
+                   Attach("uprobe", "", "", path=p.path, offset=p.vaddr, kernel_path=held,
+                          ref_ctr=usdtplan.semaphore_offset(s, path), file_offset=s.file_offset))
             for s, p in found]
 
 
@@ -140,7 +146,7 @@ def expand(k: Kernel, patterns: list[str], limit: int = DEFAULT_LIMIT,
     for pattern in patterns:
         kind, body = _split(pattern, names)
         found = {"kprobe": lambda: _kprobes(k, body), "tracepoint": lambda: _tracepoints(k, body),
-                 "uprobe": lambda: _uprobes(body), "usdt": lambda: _usdt(body)}[kind]()
+                 "uprobe": lambda: _uprobes(body), "usdt": lambda: _usdt(k, body)}[kind]()
         if not found:
             raise UsageError(f"{pattern!r} matches nothing that can be traced",
                              "kernel functions are listed in /proc/kallsyms")

@@ -62,6 +62,11 @@ class Uprobe:
     kernel_path: str = ""
     # a USDT site: its semaphore's file offset (0: none); None: not a USDT site
     ref_ctr: int | None = None
+    at_entry: bool = False   # at a function's first byte: the caller's return address is
+                             # at the stack pointer (or in the link register)
+    # ...and whether a user stack taken there lacks it: CALLER_MISSING (surely),
+    # CALLER_MAYBE (the kernel may have put it back: the stacks tell), "" (not at entry)
+    caller: str = ""
 
     @property
     def target(self) -> str:
@@ -210,6 +215,24 @@ def _same_file_for(pid: int | None, elf: Elf) -> None:
                              "trace it without -p, or from inside its namespace")
 
 
+# x86's first instructions after which newer kernels (6.11, and stable kernels it was
+# backported to: Debian's 6.1 has it) put the caller back into a user stack taken in
+# a uprobe themselves (push %rbp, endbr64); elsewhere the walk always leaves it out
+_KERNEL_MAY_ADD_CALLER_AFTER = (b"\x55", b"\xf3\x0f\x1e\xfa")
+CALLER_MISSING, CALLER_MAYBE = "missing", "maybe"
+
+
+def caller_rule(k: Kernel, elf: Elf, place) -> str:
+    """Whether a user stack taken at `place` (a function's first byte) lacks the caller:
+    a frame-pointer walk starts from the caller's frame there. After push %rbp or
+    endbr64 on x86 a kernel may have put it back, and no version says which (stable
+    backports): the stacks themselves tell (present.probefmt.CallerRule)."""
+    if k.abi.name == "x86_64" and elf.code(place.vaddr, 4).startswith(
+            _KERNEL_MAY_ADD_CALLER_AFTER):
+        return CALLER_MAYBE
+    return CALLER_MISSING
+
+
 def _check_uprobe(k: Kernel, spec: ProbeSpec, dry_run: bool, notes: list[str],
                   force: bool = False, warnings: list[str] | None = None,
                   pid: int | None = None) -> list[tuple[ProbeSpec, Uprobe]]:
@@ -231,8 +254,10 @@ def _check_uprobe(k: Kernel, spec: ProbeSpec, dry_run: bool, notes: list[str],
                             f"{k.abi.name}", force, warnings,
                             f"its breakpoint would be {k.abi.name}'s; --force to try anyway")
         if spec.usdt is not None:
-            placed = [(site.spec, elf.place_file_offset(site.file_offset), site.semaphore)
-                      for site in usdtplan.sites(elf, spec, k.abi, notes)]
+            placed = [(site.spec, elf.place_file_offset(site.file_offset), site.semaphore,
+                       False, "") for site in usdtplan.sites(elf, spec, k.abi, notes)]
+            for _s, place, _r, _e, _m in placed:     # a compiler's nop, or refused
+                _refuse_or_warn(usdtplan.not_a_nop(elf, place, k.abi), force, warnings)
         else:
             if spec.symbol:
                 place = elf.place(spec.symbol, spec.offset)
@@ -243,7 +268,9 @@ def _check_uprobe(k: Kernel, spec: ProbeSpec, dry_run: bool, notes: list[str],
                 place = elf.place_file_offset(spec.offset)
             _refuse_or_warn(elfsym.boundary_problem(elf, place, spec.is_return), force,
                             warnings)
-            placed = [(spec, place, None)]
+            # by symbol or by file offset: where it landed decides (issue 14 review, 4)
+            entry = not spec.is_return and place.symbol is not None and place.offset == 0
+            placed = [(spec, place, None, entry, caller_rule(k, elf, place) if entry else "")]
         _same_file_for(pid, elf)
         held = elf.hold()               # the kernel gets this very inode (issue 11, F1)
     why = why_not_one_word(elf.path)
@@ -252,8 +279,9 @@ def _check_uprobe(k: Kernel, spec: ProbeSpec, dry_run: bool, notes: list[str],
                          "probe a copy of the binary with a plain name")
     if elf.path != os.path.abspath(spec.path or ""):
         notes.append(f"note: {spec.path} is {elf.path}: the probe goes on that file")
-    return [(replace(s, path=elf.path), Uprobe(elf.path, p.file_offset, p.vaddr, held, ref))
-            for s, p, ref in placed]
+    return [(replace(s, path=elf.path),
+             Uprobe(elf.path, p.file_offset, p.vaddr, held, ref, entry, rule if entry else ""))
+            for s, p, ref, entry, rule in placed]
 
 
 def _has_btf_param(node) -> bool:
@@ -376,7 +404,11 @@ class Options:
     context: dict | None = None       # --context: tracectx.preempt_defines() (may be empty)
     rate_limit: RateLimit | None = None     # --rate-limit
     metrics: metricplan.Options | None = None   # count in the kernel, send no events
-    task_mm: int | None = None        # --folded with -U: task_struct.mm's offset (BTF)
+    # --folded: where the kernel keeps a process's identity (probe.h probe_space_of,
+    # from BTF), and the stack hash's seed (per run: stacks an attacker shapes cannot
+    # be made to collide with another's)
+    task_offsets: tuple = ()
+    folded_seed: int = 0
 
 
 @dataclass(frozen=True)

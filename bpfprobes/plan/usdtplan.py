@@ -15,6 +15,10 @@ from bpfprobes.plan import usdtargs
 from bpfprobes.plan.spec import Arg, Deref, FetchArg, Node, ProbeSpec
 
 MAX_SITES = 256                  # sites of one probe attached (libjvm's most copied: ~60)
+# what <sys/sdt.h> puts at a site: a probe elsewhere would be a breakpoint inside an
+# instruction, or on one the program needs (a crafted or corrupted note)
+NOPS = {"x86_64": (b"\x90", b"\x0f\x1f"), "aarch64": (b"\x1f\x20\x03\xd5",)}
+MAX_SEMAPHORE_OFFSET = 2**32 - 1  # the uprobe PMU's ref_ctr_offset field is 32 bits
 
 
 @dataclass(frozen=True)
@@ -96,11 +100,34 @@ def _unreadable(node) -> str | None:
     return _unreadable(node.inner) if isinstance(node, Deref) else None
 
 
+def not_a_nop(elf: Elf, place, abi: Abi) -> str | None:
+    """Why a site is no place for a breakpoint (not the nop sdt.h puts there), or None."""
+    nops = NOPS.get(abi.name)
+    if nops is None or elf.code(place.vaddr, 4).startswith(nops):
+        return None
+    return (f"the USDT site at file offset {place.file_offset:#x} in {elf.given} is not the "
+            "nop <sys/sdt.h> puts there (a corrupted or crafted note): refusing to probe there")
+
+
+def semaphore_offset(site: usdtnotes.Site, path: str) -> int:
+    """The file offset a uprobe's reference counter takes for the site's semaphore."""
+    if site.semaphore is None:
+        raise BpfprobesError(f"{site.full_name} in {path}: its semaphore is not in the file "
+                             "(.bss, or outside every segment): the kernel cannot raise it, "
+                             "and the probe would never fire",
+                             "rebuild with the semaphores in .probes (sdt.h's own section)")
+    if site.semaphore > MAX_SEMAPHORE_OFFSET:
+        raise BpfprobesError(f"{site.full_name} in {path}: its semaphore's file offset "
+                             f"{site.semaphore:#x} is past what a uprobe's reference counter "
+                             "can name (4 GiB)")
+    return site.semaphore
+
+
 def sites(elf: Elf, spec: ProbeSpec, abi: Abi, notes: list[str]) -> list[Site]:
     """The probe's sites in `elf`, each a located uprobe spec."""
     found = _matching(usdtnotes.sites(elf), spec.usdt or "", elf.given)
     out = [Site(replace(spec, offset=s.file_offset, args=_args(spec, s, abi, notes)),
-                s.file_offset, s.semaphore) for s in found]
+                s.file_offset, semaphore_offset(s, elf.given)) for s in found]
     sem = {s.semaphore for s in found if s.semaphore}
     notes.append(f"{found[0].full_name}: {len(found)} site{'s' * (len(found) != 1)} in "
                  f"{elf.path}" + (f", semaphore at file offset {min(sem):#x} (counted up "

@@ -24,7 +24,7 @@ from bpfprobes.kernel.kallsyms import Kallsyms
 from bpfprobes.kernel.tracectx import Context
 from bpfprobes.plan import probefilter
 from bpfprobes.plan.probelayout import Slot, typed
-from bpfprobes.plan.probeplan import Plan, Probe
+from bpfprobes.plan.probeplan import CALLER_MAYBE, CALLER_MISSING, Plan, Probe
 from bpfprobes.plan.spec import Field, Retval
 from bpfprobes.present.decode import PROBE_EVENT, cstr, probe_event
 from bpfprobes.present.latency import Reservoir, human_ns
@@ -108,15 +108,45 @@ class Stats:
         return "\n".join(map(for_terminal, text.split("\n")))
 
 
-def with_caller(addrs: list[int], caller: int) -> list[int]:
+def with_caller(addrs: list[int], caller: int, missing: bool = False) -> list[int]:
     """A stack taken at a function's first instruction, with its caller: a
     frame-pointer walk starts from the frame of the caller's caller there (the
     return address is still at the stack pointer), so the return address read at
-    entry is put back second, unless the walk has it (kernels since 6.12 add it
-    for uprobes on x86; ORC walks the kernel's own stacks right)."""
-    if not caller or caller in addrs[:3]:
+    entry is put back second. `missing`: known to lack it (CallerRule, for user
+    stacks); else (the kernel's own stacks, which ORC walks right) only where no
+    frame near the top is that address."""
+    if not caller or (not missing and caller in addrs[:3]):
         return addrs
     return [*addrs[:1], caller, *addrs[1:]]
+
+
+class CallerRule:
+    """Whether the user stacks of a probe at a function's entry lack the caller.
+    Surely, where the kernel never puts it back (probeplan.CALLER_MISSING). After
+    push %rbp or endbr64 on x86 a kernel may (CALLER_MAYBE), and no version says
+    which: then a stack whose second frame is not the caller's return address
+    proves the walk lacks it, for every stack of that probe. Recursion is why a
+    look at one stack is not enough: r -> r -> r has the caller's address as the
+    walk's next frame either way; the outermost call settles it."""
+
+    def __init__(self) -> None:
+        self.lacking: set[int] = set()          # probe indexes proven to lack it
+
+    def observe(self, probe: Probe, addrs: list[int], caller: int) -> None:
+        up = probe.uprobe
+        if up is not None and up.caller == CALLER_MAYBE and caller and \
+                (len(addrs) < 2 or addrs[1] != caller):
+            self.lacking.add(probe.index)
+
+    def apply(self, probe: Probe, addrs: list[int], caller: int) -> list[int]:
+        """The stack with the caller put back where it lacks it (observing it first)."""
+        up = probe.uprobe
+        if up is None or not up.caller:
+            return addrs
+        self.observe(probe, addrs, caller)
+        if up.caller == CALLER_MISSING or probe.index in self.lacking:
+            return with_caller(addrs, caller, missing=True)
+        return addrs
 
 
 class Decoder:
@@ -136,6 +166,7 @@ class Decoder:
         self.kallsyms = kallsyms
         self.stack_walk = stack_walk
         self.usym = usym or (lambda addr, pid: f"0x{addr:x}")
+        self.callers = CallerRule()
         self.ucaller = ucaller or self.usym          # the same without [module]
 
     def values(self, probe: Probe, head: dict, payload: bytes) -> tuple[dict, set, dict]:
@@ -194,8 +225,10 @@ class Decoder:
                 ev.stack_errors[key] = errnos.name(sid) or str(sid)
                 continue
             addrs = list(self.stack_walk(sid))
-            if not ev.probe.spec.is_return and kernel == ev.probe.spec.is_kernel:
+            if kernel and ev.probe.spec.is_kernel and not ev.probe.spec.is_return:
                 addrs = with_caller(addrs, ev.head["ret_ip"])
+            elif not kernel:
+                addrs = self.callers.apply(ev.probe, addrs, ev.head["ret_ip"])
             if kernel:      # a kretprobe on the same function shows up as its trampoline
                 frames = [self.kallsyms.format(a) for a in addrs]
                 ev.kstack = [f for f in frames if not any(t in f for t in _TRAMPOLINES)]

@@ -12,6 +12,7 @@ kernel frames from kallsyms.
 """
 from __future__ import annotations
 
+import os
 import re
 import struct
 import sys
@@ -22,18 +23,19 @@ from bpfprobes import __version__
 from bpfprobes.backends.bpf import tables
 from bpfprobes.backends.bpf.backend import BpfBackend
 from bpfprobes.backends.bpf.perfbuffer import PerfBuffer
+from bpfprobes.base.errors import BpfprobesError
 from bpfprobes.base.safetext import for_terminal
 from bpfprobes.gen import codegen
 from bpfprobes.kernel import errnos
 from bpfprobes.kernel.kallsyms import Kallsyms
-from bpfprobes.kernel.procmaps import UserSymbols
+from bpfprobes.kernel.procmaps import Incarnation, UserSymbols
 from bpfprobes.kernel.running import Kernel
 from bpfprobes.plan import metricplan, probeplan
 from bpfprobes.plan.metricplan import STACK_ARGS
 from bpfprobes.plan.probeattach import attachments
 from bpfprobes.present.decode import METRIC_ARGS, METRIC_KEY, PROBE_EVENT, cstr
 from bpfprobes.present.output import JsonOutput, TextOutput
-from bpfprobes.present.probefmt import with_caller
+from bpfprobes.present.probefmt import CallerRule, with_caller
 from bpfprobes.session import loop
 from bpfprobes.session.core import Live, Session
 
@@ -107,17 +109,29 @@ def probe_row(key: dict) -> Row:
 
 def frame_text(name: str) -> str:
     """A frame as the folded format can hold it: escaped for a terminal, and no `;`
-    (the frame separator) from a symbol or a comm."""
-    return for_terminal(name).replace(";", "\\x3b")
+    (the frame separator) from a symbol or a comm; a backslash of its own is escaped
+    first, so no name reads as another's escape."""
+    return for_terminal(name.replace("\\", "\\x5c")).replace(";", "\\x3b")
 
 
 class Namer:
-    """Frames of a row, outermost first: user frames, then kernel frames."""
+    """Frames of a row, outermost first: user frames, then kernel frames. `probe_of`:
+    a row's probe (None: no caller to put back)."""
 
-    def __init__(self, kallsyms: Kallsyms, users: UserSymbols, caller_in: Callable[[Row], str]):
+    def __init__(self, kallsyms: Kallsyms, users: UserSymbols,
+                 probe_of: Callable[[Row], object | None]):
         self.kallsyms = kallsyms
         self.users = users
-        self.caller_in = caller_in          # "kernel" / "user" / "": whose stack a caller is of
+        self.probe_of = probe_of
+        self.callers = CallerRule()
+
+    def observe(self, rows, stacks: dict[int, list[int]]) -> None:
+        """Learn from every user stack which probes' stacks lack their caller, before
+        any is named (CallerRule: the outermost of a recursion settles it)."""
+        for row in rows:
+            probe = self.probe_of(row)
+            if probe is not None and row.ustack >= 0:
+                self.callers.observe(probe, stacks.get(row.ustack, []), row.caller)
 
     def kernel(self, addrs: list[int]) -> list[str]:
         out = []
@@ -142,7 +156,10 @@ class Namer:
                 out.append(f"[no {kind} stack: {errnos.name(sid) or sid}]")
                 continue
             addrs = stacks.get(sid, [])
-            if self.caller_in(row) == kind:
+            probe = self.probe_of(row)
+            if probe is not None and kind == "user":
+                addrs = self.callers.apply(probe, addrs, row.caller)
+            elif probe is not None and probe.spec.is_kernel and not probe.spec.is_return:
                 addrs = with_caller(addrs, row.caller)
             names = self.user(row, addrs) if kind == "user" else self.kernel(addrs)
             out += reversed(names)
@@ -152,6 +169,7 @@ class Namer:
 def stacks_of(rows: dict[Row, int], other: int, stacks: dict[int, list[int]], namer: Namer,
               root: Callable[[Row], str]) -> dict[tuple[str, ...], int]:
     """{frames, root first: count}: rows that name the same frames are one stack."""
+    namer.observe(rows, stacks)
     out: dict[tuple[str, ...], int] = {}
     for row, n in rows.items():
         frames = (root(row), *namer.frames(row, stacks))
@@ -170,7 +188,8 @@ def folded_text(counted: dict[tuple[str, ...], int]) -> str:
 
 def session(k: Kernel, prog: str, program: codegen.Program, attaches: list, o,
             key: Callable[[dict], Row], root: Callable[[Row], str],
-            caller_in: Callable[[Row], str], what: str, meta_extra: dict) -> loop.Summary:
+            probe_of: Callable[[Row], object | None], what: str,
+            meta_extra: dict) -> loop.Summary:
     """A run whose program counts stacks (probe --folded, irq --folded), printed at exit."""
     users = UserSymbols()
     readers: list[FoldedTables] = []
@@ -184,24 +203,32 @@ def session(k: Kernel, prog: str, program: codegen.Program, attaches: list, o,
 
     def consumer(_backend) -> Callable[[bytes], bool]:
         def on_sample(raw: bytes) -> bool:
-            if len(raw) >= _HEADER + 8 and PROBE_EVENT.unpack(raw)["probe"] == PROBE_SEEN:
+            if len(raw) >= _HEADER + 32 and PROBE_EVENT.unpack(raw)["probe"] == PROBE_SEEN:
                 pid = PROBE_EVENT.unpack(raw)["pid"]
-                remembered = users.remember(pid, int.from_bytes(raw[_HEADER:_HEADER + 8],
-                                                                "little"))
+                space, boottime, code, stack = struct.unpack_from("<4Q", raw, _HEADER)
+                remembered = users.remember(pid, space, Incarnation(boottime, code, stack))
                 if o.verbose:
                     print(f"{prog}: maps of pid {pid} " +
-                          ("kept" if remembered else "gone before they were read"),
+                          ("kept" if remembered else "not read: the process is gone, exiting "
+                           "or no longer the one seen"),
                           file=sys.stderr, flush=True)
             return False
         return on_sample
 
     def at_exit(_summary) -> dict:
         r = readers[-1]
-        namer = Namer(k.kallsyms, users, caller_in)
+        namer = Namer(k.kallsyms, users, probe_of)
         folded = stacks_of(r.rows, r.other, r.stacks, namer, root)
         rows = [{"stack": list(frames), "count": n} for frames, n in sorted(folded.items())]
-        if rows or o.json:                  # no stacks: no line, not an empty one
-            sink.table("folded", rows, folded_text(folded))
+        try:
+            if rows or o.json:              # no stacks: no line, not an empty one
+                sink.table("folded", rows, folded_text(folded))
+                sink.flush()
+        except BrokenPipeError:             # | head: the rest of the stacks is not wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError as e:                # a full disk: say so, not a traceback
+            raise BpfprobesError(f"cannot write the stacks: {e.strerror or e}",
+                                 "write them where there is room") from None
         users.close()
         missed = sum(1 for row in r.rows if row.ustack >= 0 and (row.pid, row.mm) in
                      users.missed)
@@ -232,6 +259,26 @@ class _Text(TextOutput):
 
 # ---------------------------------------------------------------- probe --folded
 
+# where probe.h's probe_space_of finds a process's identity, from this kernel's BTF
+SPACE_OFFSETS = {"TASK_MM": ("task_struct", "mm"),
+                 "TASK_GROUP_LEADER": ("task_struct", "group_leader"),
+                 "TASK_START_BOOTTIME": ("task_struct", "start_boottime"),
+                 "MM_START_CODE": ("mm_struct", "start_code"),
+                 "MM_START_STACK": ("mm_struct", "start_stack")}
+
+
+def task_offsets(k: Kernel) -> tuple:
+    """((define, offset), ...) where BTF has them all, else () (the identity is 0:
+    maps are then read without checking the process is the one seen)."""
+    found = {name: k.struct_offset(*where) for name, where in SPACE_OFFSETS.items()}
+    return tuple(found.items()) if None not in found.values() else ()
+
+
+def seed() -> int:
+    """A random seed for folded.h's stack names, per run (a 63-bit value: -D safe)."""
+    return int.from_bytes(os.urandom(8), "little") >> 1
+
+
 def run_probe(k: Kernel, plan, o, prog: str) -> loop.Summary:
     """probe --folded: each probe's stacks counted under (comm, pid: user stacks need
     it). Without -s or -U: kernel stacks at kernel probes, user stacks at uprobes."""
@@ -242,17 +289,14 @@ def run_probe(k: Kernel, plan, o, prog: str) -> loop.Summary:
         ustack = any(p.spec.is_uprobe for p in plan.probes)
     by = ("comm", "pid") if ustack else ("comm",)
     plan = replace(plan, options=replace(opts, kstack=kstack, ustack=ustack,
-                                         task_mm=k.struct_offset("task_struct", "mm")))
+                                         task_offsets=task_offsets(k), folded_seed=seed()))
     plan = probeplan.with_metrics(plan, metricplan.Options(by, SERIES, stacks=True))
     probes = plan.probes
 
-    def caller_in(row: Row) -> str:
-        spec = probes[row.index].spec if row.index < len(probes) else None
-        if spec is None or spec.is_return or spec.kind == "tracepoint":
-            return ""
-        return "user" if spec.is_uprobe else "kernel"
+    def probe_of(row: Row):
+        return probes[row.index] if row.index < len(probes) else None
 
     return session(k, prog, codegen.probe_program(plan, k.abi), attachments(k, plan), o,
-                   probe_row, lambda row: row.comm, caller_in,
+                   probe_row, lambda row: row.comm, probe_of,
                    f"stacks of {len(probes)} probe{'s' * (len(probes) != 1)}",
                    {"stacks": [s for s, on in (("kernel", kstack), ("user", ustack)) if on]})

@@ -385,6 +385,7 @@ def stacks(o: Options, p: Plan, k: Kernel) -> int:
     rows = metricplan.Options(max_series=folded.SERIES)
     program, attaches = program_and_attaches(p, k, False, o.rate_limit, {
         "IRQ_FOLDED": True, "FOLDED_STACKS": FOLDED_STACK_ENTRIES,
+        "FOLDED_SEED": folded.seed(), "FOLDED_SCRATCH": len(IRQ_KINDS),
         **codegen.metric_defines(rows, len(IRQ_KINDS))})
 
     def row(key: dict) -> folded.Row:
@@ -394,7 +395,7 @@ def stacks(o: Options, p: Plan, k: Kernel) -> int:
 
     folded.session(k, PROG, program, attaches, o, row,
                    lambda r: f"{IRQ_KINDS[r.index]} {line_name(p, r.label)}",
-                   lambda r: "", f"stacks of {_watched(p)}",
+                   lambda r: None, f"stacks of {_watched(p)}",
                    {"device": p.device.as_dict() if p.device else None})
     return 0
 

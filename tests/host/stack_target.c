@@ -1,8 +1,9 @@
 /* Target of the --folded tests: call chains known exactly.
  *
  * usage: stack_target N M
- * Waits for a line on stdin (the tracer is live), calls a() -> b() -> c() N times
- * and a() -> c() M times, then waits for stdin to close before it exits, so a test
+ * Waits for a line on stdin (the tracer is live), calls a() -> b() -> c() N times,
+ * a() -> c() M times and r(2) (r -> r -> r) M times, then waits for stdin to close
+ * before it exits, so a test
  * can let it exit at a moment of its choosing (after the tracer has seen it).
  * Built with frame pointers and no inlining or tail calls: each call is a frame. */
 #include <stdio.h>
@@ -15,6 +16,7 @@ volatile long sink;
 FRAME void c(long i) { sink += i; }
 FRAME void b(long i) { c(i); sink++; }
 FRAME void a(long i, int via_b) { if (via_b) b(i); else c(i); sink++; }
+FRAME void r(long n) { if (n > 0) r(n - 1); sink++; }     /* recursion: one call site */
 
 int main(int argc, char **argv)
 {
@@ -27,6 +29,8 @@ int main(int argc, char **argv)
         a(i, 1);
     for (long i = 0; i < m; i++)
         a(i, 0);
+    for (long i = 0; i < m; i++)
+        r(2);
     printf("done\n");
     fflush(stdout);
     while (getchar() != EOF)

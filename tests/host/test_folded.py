@@ -34,11 +34,12 @@ def ending(stacks: dict, root: str, *tail: str) -> int:
                if frames[0] == root and frames[-len(tail):] == tail)
 
 
-def run_target(stack_bin: str, *options: str) -> tuple[Tool, StackTarget]:
-    """The tool on c(), the target run to its end and exited, the tool stopped."""
+def run_target(stack_bin: str, *options: str, spec: str = "c") -> tuple[Tool, StackTarget]:
+    """The tool on c() (or `spec`), the target run to its end and exited, the tool
+    stopped."""
     target = StackTarget(stack_bin, N, M)
     try:
-        with Tool("probe", "--folded", "--verbose", *options, f"p:{stack_bin}:c") as t:
+        with Tool("probe", "--folded", "--verbose", *options, f"p:{stack_bin}:{spec}") as t:
             target.go()
             # the tool keeps the maps when it first sees the process; then it may go
             assert t.wait_until(lambda: f"maps of pid {target.pid} kept" in t.stderr), t.stderr
@@ -55,6 +56,28 @@ def test_stacks_at_a_functions_first_instruction_have_its_caller(stack_bin):
     assert ending(stacks, "stack_target", "main", "a", "c") == M, stacks
     assert sum(n for frames, n in stacks.items() if frames[0] == "stack_target") == N + M
     assert f"{N + M} events, 0 lost" in t.stderr
+
+
+def test_recursion_keeps_every_frame(stack_bin):
+    """r(2) -> r(1) -> r(0), probed at r: the caller put back is the same address as
+    the next frame of the walk, and must still be put back (or kept out where the
+    kernel put it there itself)."""
+    t, _ = run_target(stack_bin, spec="r")
+    stacks = folded(t.lines)
+    for depth in (1, 2, 3):
+        assert ending(stacks, "stack_target", "main", *["r"] * depth) == M, (depth, stacks)
+    assert sum(n for f, n in stacks.items() if f[0] == "stack_target") == 3 * M, stacks
+    assert not any(f[-5:] == ("r",) * 5 for f in stacks), stacks
+
+
+def test_a_function_entry_by_file_offset_has_its_caller(stack_bin):
+    from bpfprobes.kernel.elfsym import Elf
+    with Elf(stack_bin) as elf:
+        offset = elf.symbol_offset("c")
+    t, _ = run_target(stack_bin, spec=f"{offset:#x}")
+    stacks = folded(t.lines)
+    assert ending(stacks, "stack_target", "main", "a", "b", "c") == N, stacks
+    assert ending(stacks, "stack_target", "main", "a", "c") == M, stacks
 
 
 def test_json_rows_hold_the_frames_outermost_first(stack_bin):

@@ -78,7 +78,9 @@ def test_a_semaphore_is_raised_while_attached_and_only_then(usdt_bin):
 def test_count_counts_each_probe_over_its_sites(usdt_bin):
     t, _ = traced([usdt_bin, str(N), "x"], "count", f"u:{usdt_bin}:bpfp:*")
     rows = {r["target"]: r["count"] for r in t.json("totals")[-1]["rows"]}
-    assert rows == {"bpfp:tick": N, "bpfp:twice": 2 * N, "bpfp:guarded": N}, rows
+    # PATH:PROVIDER:NAME, as p: rows are PATH:FUNC: another binary's probes stay apart
+    assert rows == {f"{usdt_bin}:bpfp:tick": N, f"{usdt_bin}:bpfp:twice": 2 * N,
+                    f"{usdt_bin}:bpfp:guarded": N}, rows
 
 
 def test_pythons_own_notes(tmp_path):
@@ -112,3 +114,36 @@ def test_bad_usdt_specs_are_one_line(usdt_bin, spec, message):
 def test_tracefs_refuses_usdt(usdt_bin):
     r = run_tool("probe", "--backend", "tracefs", f"u:{usdt_bin}:tick")
     assert r.returncode == 2 and "USDT" in r.stderr and not r.held.progs, r
+
+
+def test_a_site_that_is_not_sdts_nop_is_refused(usdt_bin, tmp_path):
+    """A crafted note: the site moved into the middle of another instruction."""
+    from bpfprobes.kernel import usdtnotes
+    from bpfprobes.kernel.elfsym import Elf
+    with Elf(usdt_bin) as elf:
+        notes = elf.named_sections[".note.stapsdt"]
+        site = next(s for s in usdtnotes.sites(elf) if s.name == "guarded")
+        pc = elf.offset_to_vaddr(site.file_offset)
+    data = bytearray(open(usdt_bin, "rb").read())
+    at = data.find(pc.to_bytes(8, "little"), notes[2], notes[2] + notes[3])
+    assert at > 0
+    data[at:at + 8] = (pc + 2).to_bytes(8, "little")
+    bad = tmp_path / "crafted"
+    bad.write_bytes(bytes(data))
+    bad.chmod(0o755)
+    for tool in (["probe", f"u:{bad}:bpfp:guarded"], ["count", f"u:{bad}:bpfp:guarded"]):
+        r = run_tool(*tool)
+        assert r.returncode in (1, 2) and "not the nop" in r.stderr, r
+        assert "Traceback" not in r.stderr and not r.held.progs, r
+
+
+def test_a_semaphore_outside_the_file_is_refused(tmp_path):
+    """Semaphores in .bss (not sdt.h's .probes section): the kernel cannot raise one
+    that is not in the file, so the probe would never fire; said, not attached."""
+    src = open(os.path.join(os.path.dirname(__file__), "usdt_target.c")).read()
+    src = src.replace('__attribute__((section(".probes"), used))', "__attribute__((used))")
+    (tmp_path / "bss.c").write_text(src)
+    out = tmp_path / "bss"
+    subprocess.run(["gcc", "-O2", "-o", str(out), str(tmp_path / "bss.c")], check=True)
+    r = run_tool("probe", f"u:{out}:bpfp:guarded")
+    assert r.returncode == 1 and "not in the file" in r.stderr and not r.held.progs, r

@@ -2,7 +2,10 @@
 frames outermost first, user then kernel; the caller put back at a function's
 entry only where the walk lacks it; the tracer's own frames trimmed; names that
 could break the format or a terminal escaped."""
+from types import SimpleNamespace
+
 from bpfprobes.kernel.kallsyms import Kallsyms
+from bpfprobes.plan.probeplan import CALLER_MAYBE, CALLER_MISSING
 from bpfprobes.present.probefmt import with_caller
 from bpfprobes.tools import folded
 
@@ -19,12 +22,22 @@ class Users:
         return self.names.get(addr & ~0xfff, "[unknown]")
 
 
-def row(kstack=-1, ustack=-1, caller=0, comm="prog"):
-    return folded.Row(0, 7, comm, kstack, ustack, caller, 0)
+def row(kstack=-1, ustack=-1, caller=0, comm="prog", index=0):
+    return folded.Row(index, 7, comm, kstack, ustack, caller, 0)
 
 
-def fold(rows, stacks, caller_in=lambda r: "user"):
-    namer = folded.Namer(KALLSYMS, Users(), caller_in)
+def uprobe_at_entry(rule: str, index: int = 0) -> SimpleNamespace:
+    """A probe as the plan makes it: a uprobe at a function's entry (probeplan.Uprobe)."""
+    return SimpleNamespace(index=index, uprobe=SimpleNamespace(caller=rule),
+                           spec=SimpleNamespace(is_kernel=False, is_return=False))
+
+
+KPROBE = SimpleNamespace(index=0, uprobe=None, spec=SimpleNamespace(is_kernel=True,
+                                                                    is_return=False))
+
+
+def fold(rows, stacks, probe=uprobe_at_entry(CALLER_MISSING)):
+    namer = folded.Namer(KALLSYMS, Users(), lambda r: probe)
     return folded.stacks_of(rows, 0, stacks, namer, lambda r: r.comm)
 
 
@@ -49,11 +62,32 @@ def test_user_then_kernel_frames_outermost_first():
 
 def test_the_tracers_frames_are_trimmed_and_missing_stacks_said():
     stacks = {1: [0xffff0510, 0xffff0410, 0xffff0310, 0xffff0210]}
-    assert fold({row(kstack=1): 1}, stacks, lambda r: "") == \
+    assert fold({row(kstack=1): 1}, stacks, KPROBE) == \
         {("prog", "do_syscall_64", "vfs_read"): 1}
     assert fold({row(kstack=-14): 4}, {}) == {("prog", "[no kernel stack: EFAULT]"): 4}
 
 
+def test_recursion_is_settled_by_the_outermost_call():
+    """r(2) -> r(1) -> r(0) called from main, probed at r after push %rbp: whether the
+    kernel put the caller back is not known, and a recursive call's stack looks the
+    same either way (the caller R is the walk's next frame too)."""
+    R, M, T = 0x3010, 0x1010, 0x0f10          # return sites: in r, in main, in main's caller
+    # the walk starts from the caller's frame: the caller's caller first
+    lacking = {1: [0x3000, T], 2: [0x3000, M, T], 3: [0x3000, R, M, T]}
+    rows = {row(ustack=1, caller=M): 1, row(ustack=2, caller=R): 1, row(ustack=3, caller=R): 1}
+    users = {0x3000: "r", 0x1000: "main", 0x0000: "start"}
+    Users.names.update(users)
+    # the walk left the caller out: the outermost call's stack says so, all get it back
+    got = fold(rows, lacking, uprobe_at_entry(CALLER_MAYBE))
+    assert sorted(got) == [("prog", "start", "main", *["r"] * d) for d in (1, 2, 3)], got
+    # the kernel put it back itself: nothing is added twice
+    added = {1: [0x3000, M, T], 2: [0x3000, R, M, T], 3: [0x3000, R, R, M, T]}
+    got = fold(rows, added, uprobe_at_entry(CALLER_MAYBE))
+    assert sorted(got) == [("prog", "start", "main", *["r"] * d) for d in (1, 2, 3)], got
+
+
 def test_text_lines_are_one_frame_per_field():
-    text = folded.folded_text({("a;b\nc", "x\x1b[31m", "f"): 5, ("z",): 1})
-    assert text.splitlines() == ["a\\x3bb\\nc;x\\x1b[31m;f 5", "z 1"]
+    text = folded.folded_text({("a;b\nc", "x\x1b[31m", "f"): 5, ("z",): 1,
+                               ("a\\x3bq",): 2})
+    # a backslash of a name's own is escaped too: no name reads as another's escape
+    assert text.splitlines() == ["a\\x3bb\\nc;x\\x1b[31m;f 5", "a\\x5cx3bq 2", "z 1"]

@@ -9,6 +9,13 @@ LIBC = "/lib/x86_64-linux-gnu/libc.so.6" if os.path.exists("/lib/x86_64-linux-gn
     else "/lib/aarch64-linux-gnu/libc.so.6"
 
 
+def stat_line(comm: str, start_ticks: int, code: int, stack: int) -> str:
+    """A /proc/PID/stat line with the fields the check reads (22, 26, 28)."""
+    fields = ["0"] * 50
+    fields[22 - 3], fields[26 - 3], fields[28 - 3] = str(start_ticks), str(code), str(stack)
+    return f"42 ({comm}) " + " ".join(fields) + "\n"
+
+
 def test_maps_lines():
     text = ("00400000-00452000 r-xp 00000000 08:01 17 /usr/bin/old\n"
             "7f00a000-7f00b000 r--p 00001000 08:01 18 /usr/lib/libx.so\n"
@@ -37,8 +44,14 @@ def test_a_library_frame_is_named_after_its_process_is_gone(tmp_path):
     (proc / "42" / "root").symlink_to("/")
     (proc / "42" / "maps").write_text(
         f"{start:x}-{start + seg.filesz + 0x2000 & ~0xfff:x} r-xp {offset:08x} 08:01 99 {LIBC}\n")
+    hz = os.sysconf("SC_CLK_TCK")
+    seen = procmaps.Incarnation(123 * 1_000_000_000, 0x5000, 0x7ffd0000)
+    (proc / "42" / "stat").write_text(stat_line("a) b", 123 * hz, 0x5000, 0x7ffd0000))
     users = procmaps.UserSymbols(str(proc))
-    assert users.remember(42, 0xabc)
+    # another exec since (its stack elsewhere), or another process with the pid: not read
+    assert not users.remember(42, 0xabc, procmaps.Incarnation(123 * 10**9, 0x5000, 0x1000))
+    assert not users.remember(42, 0xabd, procmaps.Incarnation(124 * 10**9, 0x5000, 0x7ffd0000))
+    assert users.remember(42, 0xabc, seen)
     (proc / "42" / "maps").unlink()                     # the process is gone
     assert users.name(42, 0xabc, base + malloc + 3) == "malloc"
     assert users.name(42, 0xabc, 0x1000) == "[unknown]"

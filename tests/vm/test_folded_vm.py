@@ -1,5 +1,7 @@
 """--folded with real kprobes in the VM (Debian's 6.1: its uprobes do not add the
-caller at a function's entry, so the stacks of c() need bpfprobes to put it back)."""
+caller at a function's entry, so the stacks of c() need bpfprobes to put it back,
+and of the recursive r() too, where the caller is the same address as the frame
+the walk gives next)."""
 from __future__ import annotations
 
 import pytest
@@ -27,7 +29,8 @@ def runs(tmp_path_factory):
                                 name="stack_target")
     target = StackTarget(binary, N, M)
     try:
-        with Tool("probe", "--folded", "--verbose", f"p:{binary}:c", live_timeout=600) as user:
+        with Tool("probe", "--folded", "--verbose", f"p:{binary}:c", f"p:{binary}:r",
+                  live_timeout=600) as user:
             target.go()
             assert user.wait_until(lambda: f"maps of pid {target.pid} kept" in user.stderr)
             assert target.release() == 0
@@ -55,3 +58,10 @@ def test_kprobe_stacks_of_every_read(runs):
     preads = [f for f, n in got.items() if n >= READS]
     assert len(preads) == 1 and preads[0][-1] == "vfs_read", got
     assert any("pread64" in f for f in preads[0]), preads
+
+
+def test_recursion_keeps_every_frame(runs):
+    got = runs["user"]
+    for depth in (1, 2, 3):
+        assert sum(n for f, n in got.items() if f[0] == "stack_target" and
+                   f[-depth - 1:] == ("main", *["r"] * depth)) == M, (depth, got)

@@ -7,6 +7,7 @@ probe and closes every perf buffer, so nothing of ours stays in the kernel.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 import signal
@@ -144,14 +145,22 @@ class Loaded:
             except Exception as e:  # BCC raises bare Exception for every attach failure
                 failure = e
         if failure is not None:
-            raise KernelError(f"cannot attach {how.describe()}: {failure}",
-                              _first_error(noise) if noise else "") from failure
+            hint = _first_error(noise) if noise else ""
+            if how.ref_ctr and isinstance(failure, OSError) and failure.errno == errno.EINVAL:
+                hint = ("a probe without this semaphore may sit at that address (a p: spec on "
+                        "it, or another tool): the kernel takes one reference counter per place")
+            raise KernelError(f"cannot attach {how.describe()}: {failure}", hint) from failure
         self.attached.append(how)
 
     def close(self) -> None:
         """Detach everything and free the program (idempotent)."""
-        for fd in self._usdt_events:        # closing the event detaches it
-            os.close(fd)
+        # closing the event detaches it; each waits for an RCU grace period: in parallel,
+        # as _detach_in_parallel (a USDT probe can have hundreds of sites)
+        closers = [threading.Thread(target=os.close, args=(fd,)) for fd in self._usdt_events]
+        for t in closers:
+            t.start()
+        for t in closers:
+            t.join()
         self._usdt_events = []
         if self.bpf is not None:
             with _stderr_captured():
