@@ -116,3 +116,45 @@ def test_folded_refuses_what_it_cannot_go_with():
         r = run_tool("probe", "--folded", *extra, "p:/bin/true:main")
         assert r.returncode == 2 and "--folded" in r.stderr and "Traceback" not in r.stderr, r
         assert not r.held.progs
+
+
+EXEC_AFTER = r"""
+#include <unistd.h>
+__attribute__((noinline, noipa, used)) void probed(void) {}
+int main(void) { probed(); execl("/bin/cat", "cat", (char *)0); return 1; }
+"""
+
+
+def test_a_process_that_execs_is_never_named_from_its_new_program(tmp_path):
+    """The first sight is read after the process exec'd (the tool stopped meanwhile):
+    its maps are the new program's, so its frames stay unnamed and are counted."""
+    import os
+    import signal
+    import subprocess
+    import time
+    src = tmp_path / "ex.c"
+    src.write_text(EXEC_AFTER)
+    binary = tmp_path / "ex"
+    subprocess.run(["gcc", "-O0", "-fno-omit-frame-pointer", "-o", str(binary), str(src)],
+                   check=True)
+    with Tool("probe", "--folded", "--verbose", f"p:{binary}:probed") as t:
+        t.pause()
+        proc = subprocess.Popen([str(binary)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30       # until it runs cat, not our program
+            while os.readlink(f"/proc/{proc.pid}/exe") != "/usr/bin/cat":
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            t.resume()
+            assert t.wait_until(lambda: f"maps of pid {proc.pid} not read" in t.stderr), \
+                t.stderr
+        finally:
+            proc.stdin.close()
+            proc.wait(30)
+            t.resume()
+        t.stop(signal.SIGINT)
+    stacks = folded(t.lines)
+    mine = {f: n for f, n in stacks.items() if f[0] == "ex"}
+    assert sum(mine.values()) == 1, stacks
+    assert all(set(f[1:]) <= {"[unknown]"} for f in mine), mine     # no name of cat's
+    assert "stacks_unnamed 1" in t.stderr, t.stderr

@@ -35,6 +35,8 @@ from bpfprobes.plan import countplan, probeplan, spec
 from bpfprobes.tools import probe as probe_cli
 
 HOST = arch.host()
+# what planning reads of the running kernel: its ABI
+FAKE_KERNEL = SimpleNamespace(abi=HOST)
 
 # A function whose bytes are known, so the tests know every instruction boundary:
 # +0 a 10-byte movabs, +10 a 3-byte mov, +13 a 4-byte lea, +17 ret (18 bytes).
@@ -104,7 +106,7 @@ def readelf_file_offset(path: str, vaddr: int) -> int:
 
 
 def plan_of(texts: list[str], force: bool = False) -> probeplan.Plan:
-    k = SimpleNamespace(abi=HOST, release=os.uname().release)
+    k = FAKE_KERNEL
     facts = probeplan.resolve([spec.parse(t, HOST) for t in texts], k, dry_run=True,
                               force=force)
     return probeplan.assemble(facts, probeplan.Options(), HOST)
@@ -121,7 +123,7 @@ def backends(plan: probeplan.Plan) -> list[tuple[str, str, int]]:
     """(uprobe_events target word, BPF attach path, BPF attach address) per probe:
     the line as probe_tracefs writes it, the Attach as the BPF backend makes it."""
     out = []
-    for p, a in zip(plan.probes, probe_cli.attachments(SimpleNamespace(abi=HOST, release=os.uname().release), plan)):
+    for p, a in zip(plan.probes, probe_cli.attachments(FAKE_KERNEL, plan)):
         line = spec.to_kprobe_events(replace(p.spec, event=p.event), HOST,
                                      uprobe_offset=p.uprobe.file_offset)
         assert a.target == "", "BCC must not look the symbol up again"
@@ -162,7 +164,7 @@ def test_the_dry_run_line_is_the_tracefs_line(binaries):
     """describe() (what --dry-run and -v print) shows the very same line."""
     path = binaries["pie"]
     plan = plan_of([f"p:{path}:placed+10"])
-    text = "\n".join(probe_cli.describe(SimpleNamespace(abi=HOST, release=os.uname().release), plan))
+    text = "\n".join(probe_cli.describe(FAKE_KERNEL, plan))
     off = readelf_file_offset(path, readelf_symbol(path, "placed") + 10)
     assert f"uprobe_events: p:bpfprobes/placed_10 {os.path.realpath(path)}:{off:#x}" in text
 
@@ -521,7 +523,7 @@ def test_what_the_kernel_is_given_stays_the_checked_file_after_a_swap(binaries, 
     plan = plan_of([f"p:{d}/prog:placed+10"])
     _swap_for_symlink(d, decoy)
     (up,) = [p.uprobe for p in plan.probes]
-    (a,) = probe_cli.attachments(SimpleNamespace(abi=HOST, release=os.uname().release), plan)
+    (a,) = probe_cli.attachments(FAKE_KERNEL, plan)
     for given in (up.kernel_path, a.kernel_path):
         now = os.stat(given)
         assert (now.st_dev, now.st_ino) == (checked.st_dev, checked.st_ino)
