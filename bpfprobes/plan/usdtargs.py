@@ -63,7 +63,11 @@ def location(text: str, abi: Abi, where: str) -> tuple[Node, ArgType]:
         if kind == "reg":
             return _register(hit[1], abi, where), arg_type
         if kind == "imm":
-            return Imm(int(hit[1], 0)), arg_type
+            value = int(hit[1], 0)
+            if not -2**63 <= value < 2**64:         # a crafted note: never cut silently
+                raise UsageError(f"{where}: the note's constant {hit[1][:30]} does not fit "
+                                 "in 64 bits")
+            return Imm(value), arg_type
         disp, reg = (hit[1], hit[2]) if abi.name == "x86_64" else (hit[2], hit[1])
         return Deref(int(disp or "0", 0), _register(reg, abi, where), user=True), arg_type
     raise UsageError(f"{where}: the note's argument {text!r} is a location bpfprobes does "

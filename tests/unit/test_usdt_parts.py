@@ -35,7 +35,7 @@ def test_aarch64_locations(text, node, type_):
 
 
 @pytest.mark.parametrize("text", ["8@(%rax,%rdx,8)", "-4@sym(%rip)", "4@%ah", "3@%eax",
-                                  "%eax", "8@%xmm0"])
+                                  "%eax", "8@%xmm0", "8@$99999999999999999999999"])
 def test_locations_not_read_are_refused(text):
     with pytest.raises(UsageError):
         usdtargs.location(text, X86, "t")
