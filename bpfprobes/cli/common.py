@@ -145,6 +145,13 @@ def add_rate_limit_option(p: argparse.ArgumentParser) -> None:
                         "dropped in the kernel above that and reported as throttled")
 
 
+def add_histogram_shape_options(p: argparse.ArgumentParser, unit_help: str) -> None:
+    """--linear and --unit, as probe --hist and irq --hist take them."""
+    p.add_argument("--linear", type=int_type(1, "--linear", 2**32), metavar="STEP",
+                   help="with --hist: buckets STEP wide instead of log2")
+    p.add_argument("--unit", choices=("ns", "us", "ms"), default="us", help=unit_help)
+
+
 def add_session_options(p: argparse.ArgumentParser) -> None:
     """Options every tracing tool has: bounds, output, transport, verbosity."""
     p.add_argument("-d", "--duration", type=seconds_arg, metavar="SECONDS",

@@ -92,10 +92,7 @@ def build_parser() -> common.Parser:
                    help="count each kind's and line's calls by the kernel stack at entry, in "
                         "the kernel, and print them at exit in the folded format of flame "
                         "graph tools (KIND LINE;outer;...;inner COUNT)")
-    p.add_argument("--linear", type=common.int_type(1, "--linear", 2**32), metavar="STEP",
-                   help="with --hist: buckets STEP wide instead of log2")
-    p.add_argument("--unit", choices=("ns", "us", "ms"), default="us",
-                   help="with --hist: the times' unit (default us)")
+    common.add_histogram_shape_options(p, "with --hist: the times' unit (default us)")
     common.add_session_options(p)
     return p
 

@@ -90,11 +90,8 @@ def _options(p: argparse.ArgumentParser) -> None:
                    help="a log2 histogram per probe, bucketed in the kernel, printed at exit "
                         "(and each -i): of the latency (a p:/r: pair or --latency), or of "
                         "--hist-of")
-    p.add_argument("--linear", type=common.int_type(1, "--linear", 2**32), metavar="STEP",
-                   help="with --hist: buckets STEP wide instead of log2")
+    common.add_histogram_shape_options(p, "with --hist: a latency's unit (default us)")
     p.add_argument("--hist-of", metavar="NAME", help="with --hist: a captured integer argument")
-    p.add_argument("--unit", choices=("ns", "us", "ms"), default="us",
-                   help="with --hist: a latency's unit (default us)")
     p.add_argument("--folded", action="store_true",
                    help="count stacks in the kernel (kernel stacks at kernel probes, user "
                         "stacks at uprobes; or as -s/-U say) and print them at exit in the "

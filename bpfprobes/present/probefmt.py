@@ -31,7 +31,7 @@ from bpfprobes.present.latency import Reservoir, human_ns
 
 HEADER = PROBE_EVENT.head.size
 # Addresses a kernel return probe may see instead of the real caller
-_TRAMPOLINES = ("trampoline", "rethook")
+TRAMPOLINES = ("trampoline", "rethook")      # a kretprobe's frames, not a caller's
 
 
 @dataclass
@@ -212,7 +212,7 @@ class Decoder:
         if probe.spec.is_uprobe:
             return self.ucaller(ip, head["pid"])
         name = self.kallsyms.format(ip)
-        return None if any(t in name for t in _TRAMPOLINES) else name
+        return None if any(t in name for t in TRAMPOLINES) else name
 
     def _stacks(self, ev: Event) -> None:
         if self.stack_walk is None:
@@ -231,7 +231,7 @@ class Decoder:
                 addrs = self.callers.apply(ev.probe, addrs, ev.head["ret_ip"])
             if kernel:      # a kretprobe on the same function shows up as its trampoline
                 frames = [self.kallsyms.format(a) for a in addrs]
-                ev.kstack = [f for f in frames if not any(t in f for t in _TRAMPOLINES)]
+                ev.kstack = [f for f in frames if not any(t in f for t in TRAMPOLINES)]
             else:
                 ev.ustack = [self.usym(a, ev.head["pid"]) for a in addrs]
 

@@ -35,7 +35,7 @@ from bpfprobes.plan.metricplan import STACK_ARGS
 from bpfprobes.plan.probeattach import attachments
 from bpfprobes.present.decode import METRIC_ARGS, METRIC_KEY, PROBE_EVENT, cstr
 from bpfprobes.present.output import JsonOutput, TextOutput
-from bpfprobes.present.probefmt import CallerRule, with_caller
+from bpfprobes.present.probefmt import TRAMPOLINES, CallerRule, with_caller
 from bpfprobes.session import loop
 from bpfprobes.session.core import Live, Session
 
@@ -44,7 +44,6 @@ PROBE_SEEN = 0xFFFFFFFF         # probe_event.h: a process's first sight
 NOT_ASKED = -1                  # a stack id of -1: that stack was not asked for
 _ARGS = struct.Struct(f"<{METRIC_ARGS}q")
 _HEADER = PROBE_EVENT.head.size
-_TRAMPOLINES = ("trampoline", "rethook")        # a kretprobe's, not a caller
 # the tracer's own frames at the innermost end of a kernel stack (the BPF program, the
 # tracepoint or kprobe dispatch that ran it): not the traced code, so not shown. A
 # BPF program loaded after kallsyms was read resolves to the last symbol before it.
@@ -138,7 +137,7 @@ class Namer:
         for i, a in enumerate(addrs):
             hit = self.kallsyms.resolve(a - (i > 0))       # return addresses: the call's
             name = hit[0].name if hit is not None else "[unknown]"
-            if any(t in name for t in _TRAMPOLINES):
+            if any(t in name for t in TRAMPOLINES):
                 continue
             if out or not _MACHINERY.match(name):          # innermost first: trimmed
                 out.append(name)
@@ -203,8 +202,9 @@ def session(k: Kernel, prog: str, program: codegen.Program, attaches: list, o,
 
     def consumer(_backend) -> Callable[[bytes], bool]:
         def on_sample(raw: bytes) -> bool:
-            if len(raw) >= _HEADER + 32 and PROBE_EVENT.unpack(raw)["probe"] == PROBE_SEEN:
-                pid = PROBE_EVENT.unpack(raw)["pid"]
+            head = PROBE_EVENT.unpack(raw) if len(raw) >= _HEADER + 32 else None
+            if head is not None and head["probe"] == PROBE_SEEN:
+                pid = head["pid"]
                 space, boottime, code, stack = struct.unpack_from("<4Q", raw, _HEADER)
                 remembered = users.remember(pid, space, Incarnation(boottime, code, stack))
                 if o.verbose:

@@ -60,6 +60,17 @@ def _first_error(lines: list[str]) -> str:
     return next((ln.strip() for ln in lines if ln.strip()), "no compiler output")
 
 
+def in_parallel(fn: Callable, items) -> None:
+    """fn(item) for each item, all at once, returning when all are done: each detach
+    waits for an RCU grace period in the kernel (~60 ms here), and one after another
+    they make exit slow."""
+    threads = [threading.Thread(target=fn, args=(item,)) for item in items]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 class Loaded:
     """A program BCC compiled and loaded in this process, and the probes
     attached from it (loaded.LoadedProgram's calls; the BCC object stays here)."""
@@ -154,13 +165,8 @@ class Loaded:
 
     def close(self) -> None:
         """Detach everything and free the program (idempotent)."""
-        # closing the event detaches it; each waits for an RCU grace period: in parallel,
-        # as _detach_in_parallel (a USDT probe can have hundreds of sites)
-        closers = [threading.Thread(target=os.close, args=(fd,)) for fd in self._usdt_events]
-        for t in closers:
-            t.start()
-        for t in closers:
-            t.join()
+        # closing the event detaches it (a USDT probe can have hundreds of sites)
+        in_parallel(os.close, self._usdt_events)
         self._usdt_events = []
         if self.bpf is not None:
             with _stderr_captured():
@@ -184,11 +190,7 @@ class Loaded:
             except Exception:  # noqa: BLE001 - cleanup() below retries whatever is left
                 pass
 
-        threads = [threading.Thread(target=one, args=(a,)) for a in jobs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_parallel(one, jobs)
 
     def __enter__(self) -> "Loaded":
         return self

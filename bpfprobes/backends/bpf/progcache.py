@@ -56,7 +56,6 @@ import select
 import signal
 import struct
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -612,11 +611,7 @@ class DirectLoaded:
         """Detach (close the events), then free programs and maps; idempotent.
         Each detach waits for an RCU grace period in the kernel: the events are
         closed in parallel so that exit stays quick with many probes."""
-        threads = [threading.Thread(target=_close_quietly, args=(fd,)) for fd in self._events]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        loader.in_parallel(_close_quietly, self._events)
         ids = [_prog_id(fd) for fd in self._progs.values()]
         for fd in [*self._progs.values(), *self._maps.values()]:
             _close_quietly(fd)
