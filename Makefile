@@ -2,9 +2,10 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 ARGS ?= opensnoop
-CMD ?= .venv/bin/bpfprobes doctor
+CMD ?= bpfprobes doctor
 
-.PHONY: setup setup-test run test test-unit test-host test-vm vm-run bench soak fuzz clean
+KERNEL ?= 6.1
+.PHONY: setup setup-test run test test-unit test-host test-vm test-kernels vm-run bench soak fuzz clean
 
 setup:
 	@bash .ci/setup
@@ -16,7 +17,8 @@ setup-test:
 run: setup
 	.venv/bin/bpfprobes $(ARGS)
 
-# Every tier: unit (no root), host (real BPF here), vm (real kprobes in a VM).
+# Every tier: unit (no root), host (real BPF here), vm (real kprobes in VMs: the whole
+# tier on Debian 6.1, the smoke set on 6.12 and on arm64; tests/vm/kernels.py).
 test: setup-test
 	$(PY) -m pytest tests/unit tests/host tests/vm
 
@@ -29,15 +31,22 @@ test-host: setup-test
 test-vm: setup-test
 	$(PY) -m pytest tests/vm
 
+# The whole VM tier on every kernel of the matrix (6.1, 6.12, arm64), then the README's
+# "Verified on" table from that run (BPFPROBES_KERNELS=6.12,arm64: only those)
+test-kernels: setup-test
+	BPFPROBES_KERNELS=$${BPFPROBES_KERNELS:-all} $(PY) -m pytest tests/vm; rc=$$?; \
+	$(PY) tests/vm/verified.py; exit $$rc
+
 # The fuzz test of every tool's command line for FUZZ_SECONDS (make test: 60 s of it),
 # with its figures (examples, seconds, exit statuses) on stderr
 FUZZ_SECONDS ?= 600
 fuzz: setup-test
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -s tests/host/test_fuzz.py
 
-# Boot the test VM and run CMD as root in it (the checkout is at the same path).
+# Boot a test VM (KERNEL=6.1, 6.12 or arm64) and run CMD as root in it: the checkout at
+# the same path, bpfprobes, opensnoop and execsnoop on PATH running this checkout's code.
 vm-run: setup-test
-	$(PY) tests/vm/boot.py -- '$(CMD)'
+	$(PY) tests/vm/boot.py --kernel '$(KERNEL)' -- '$(CMD)'
 
 # bpfprobes opensnoop against its peers, side by side (~10 min; BENCH_ARGS=--quick: ~1 min,
 # BENCH_ARGS=--vm: also the kprobe path in the test VM, ~15 min more); writes bench/RESULTS.md,

@@ -384,6 +384,15 @@ class Workload:
         return [int(x) for x in out.split()]
 
 
+# A function's first three argument registers as kprobe_events spells them, written
+# here from the ABI documents, not taken from bpfprobes' own tables: a wrong table
+# entry must fail a test that uses these.
+ARG_REGISTERS = {"x86_64": ("%di", "%si", "%dx"), "aarch64": ("%x0", "%x1", "%x2")}
+ARGS = ARG_REGISTERS[os.uname().machine] if os.uname().machine in ARG_REGISTERS else ()
+# the arch's C function that calls every syscall's entry symbol (a kernel stack has it)
+SYSCALL_ENTRY_FRAME = {"x86_64": "do_syscall_64", "aarch64": "invoke_syscall"}.get(
+    os.uname().machine, "")
+
 # syscall(2) number of execveat, and a script that calls it (Python has no wrapper):
 #   python -c EXECVEAT DIR NR NAME ARGS...  -> execveat(dirfd(DIR), NAME, [NAME, ARGS...])
 SYS_EXECVEAT = {"x86_64": 322, "aarch64": 281, "riscv64": 281, "ppc64le": 362, "s390x": 354,

@@ -39,6 +39,9 @@ class Line:
         return sum(self.counts)
 
 
+_TRIGGER_WORDS = ("Edge", "Level")
+
+
 def read_lines(text: str | None = None) -> dict[int, Line]:
     """Numbered IRQ lines of /proc/interrupts (the NMI/LOC/... rows are not lines)."""
     text = PROC_INTERRUPTS.read_text() if text is None else text
@@ -52,10 +55,15 @@ def read_lines(text: str | None = None) -> dict[int, Line]:
         parts = rest.split()
         counts = tuple(int(x) for x in parts[:ncpu] if x.isdigit())
         tail = parts[len(counts):]
-        # chip, then hwirq-and-trigger (e.g. "1-edge"), then the action names
+        # chip, then hwirq-and-trigger (x86: "1-edge"; arm64 and other
+        # GENERIC_IRQ_SHOW_LEVEL kernels: "71 Edge", perhaps a "-flow" after), then
+        # the action names
         chip = tail[0] if tail else ""
         hwirq = tail[1] if len(tail) > 1 else ""
-        out[int(head)] = Line(int(head), counts, chip, hwirq, " ".join(tail[2:]))
+        names = tail[2:]
+        while names and (names[0] in _TRIGGER_WORDS or names[0].startswith("-")):
+            names = names[1:]
+        out[int(head)] = Line(int(head), counts, chip, hwirq, " ".join(names))
     return out
 
 

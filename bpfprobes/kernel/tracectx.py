@@ -1,8 +1,9 @@
 """The execution context of an event (bpf_c/context.h), as fields and as ftrace's
 latency-format text ("dNh1": irqs-off, need-resched, hardirq/softirq, preempt depth).
 
-The whole of it comes from the CPU's preempt_count, which a probe reads where
-kallsyms shows where it is; its layout (include/linux/preempt.h) has not
+The whole of it comes from the preempt_count, which a probe reads where kallsyms
+(a per-CPU variable, x86) or BTF (the task's thread_info, arm64) shows where it
+is; its layout (include/linux/preempt.h) has not
 changed since 5.x. Where it cannot be read, an event carries the context its
 attach point implies (a hardirq handler runs in hardirq context, with
 interrupts off) and the rest is shown as unknown, never guessed.
@@ -32,12 +33,26 @@ _IRQ_LETTER = {"nmi": "z", "hardirq": "h", "softirq": "s", "task": "."}
 
 
 def preempt_defines(kallsyms: Kallsyms, btf: Btf | None) -> dict[str, object]:
-    """-D defines that let a kprobe read this CPU's preempt_count (context.h), or
-    none where the kernel does not show where it is (kallsyms without data
-    symbols: CONFIG_KALLSYMS_ALL off, or addresses hidden by kptr_restrict)."""
+    """-D defines that let a kprobe read the preempt_count (context.h): a per-CPU
+    variable where kallsyms shows where it is (x86), else the current task's
+    thread_info member where BTF shows one (arm64 and others keep it per task);
+    none where neither is seen (kallsyms without data symbols: CONFIG_KALLSYMS_ALL
+    off, or addresses hidden by kptr_restrict; no BTF)."""
     offsets = _data_symbol(kallsyms, "__per_cpu_offset")
-    if not offsets:
+    var = _percpu_counter(kallsyms, btf) if offsets else None
+    if var is not None:
+        return {"PERCPU_OFFSETS": f"{offsets:#x}ULL", "PREEMPT_COUNT_VAR": f"{var:#x}ULL"}
+    if btf is None:
         return {}
+    try:
+        at = btf.member_offset("task_struct", "thread_info") + \
+            btf.member_offset("thread_info", "preempt_count")
+    except BtfError:                              # x86's thread_info has none
+        return {}
+    return {"TASK_PREEMPT_COUNT": str(at)}
+
+
+def _percpu_counter(kallsyms: Kallsyms, btf: Btf | None) -> int | None:
     var = _data_symbol(kallsyms, "__preempt_count")
     if var is None and btf is not None:           # 6.2 - 6.14: inside struct pcpu_hot
         hot = _data_symbol(kallsyms, "pcpu_hot")
@@ -45,9 +60,7 @@ def preempt_defines(kallsyms: Kallsyms, btf: Btf | None) -> dict[str, object]:
             var = None if hot is None else hot + btf.member_offset("pcpu_hot", "preempt_count")
         except BtfError:
             var = None
-    if var is None:
-        return {}
-    return {"PERCPU_OFFSETS": f"{offsets:#x}ULL", "PREEMPT_COUNT_VAR": f"{var:#x}ULL"}
+    return var
 
 
 # per-CPU variables are listed as absolute (A) offsets on x86-64

@@ -162,6 +162,20 @@ def _btf_lookup(k: Kernel):
     return lookup
 
 
+# a data symbol every kernel has: kallsyms without it lists functions only
+_ALWAYS_DATA = "jiffies_64"
+_DATA_KINDS = (b"d", b"D", b"b", b"B")
+
+
+def _no_data_symbols_hint(k: Kernel) -> tuple[str, ...]:
+    """Why a variable is missing where kallsyms lists no data at all (Debian's arm64
+    kernels: CONFIG_KALLSYMS_ALL off): @SYM can name functions only there."""
+    if k.kallsyms.find(_ALWAYS_DATA, kinds=_DATA_KINDS):
+        return ()
+    return ("this kernel's kallsyms lists functions only (CONFIG_KALLSYMS_ALL is not set): "
+            "@SYM cannot name a variable here",)
+
+
 def btf_return_type(k: Kernel, func: str) -> ArgType | None:
     """The type $retval has by default: the function's return type from BTF
     (int -> s32, pointer -> x64), None if unknown or void."""
@@ -338,7 +352,8 @@ def resolve(specs: Sequence[ProbeSpec], k: Kernel, dry_run: bool = False,
             for s in _syms(a.fetch):
                 addr = kernel_symbol_address(k, s.name)
                 if addr is None:
-                    raise KernelError(f"@{s.name}: no such symbol in /proc/kallsyms")
+                    raise KernelError(f"@{s.name}: no such symbol in /proc/kallsyms",
+                                      *_no_data_symbols_hint(k))
                 if addr == 0 and not dry_run:
                     raise KernelError(f"@{s.name}: /proc/kallsyms hides addresses from us",
                                       "run as root (kptr_restrict)")

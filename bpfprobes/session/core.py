@@ -107,7 +107,8 @@ class Session:
             attached, program, details = self.backend.live()
             live = Live(transport.kind, attached, program, round(time.monotonic() - started, 3),
                         details)
-            meta = self.meta(live)
+            # every tool's meta says how its program came to be (compiled or cached)
+            meta = {**self.meta(live), "program": program}
             if self.verbose:
                 origin = f" (program {program})" if program else ""
                 for line in [*reaped, *self.notes, *self.backend.notes(),
@@ -158,5 +159,5 @@ def standard_meta(static: dict) -> Callable[[Live], dict]:
     """The ready tools' meta line: theirs, then what went live."""
     def meta(live: Live) -> dict:
         return {**static, "transport": live.transport, "probes": live.attached,
-                "program": live.program, "startup_s": live.startup_s}
+                "startup_s": live.startup_s}
     return meta

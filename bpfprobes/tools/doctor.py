@@ -9,7 +9,7 @@ from tabulate import tabulate
 
 from bpfprobes import __version__
 from bpfprobes.base.safetext import for_terminal
-from bpfprobes.kernel import features
+from bpfprobes.kernel import features, verified
 from bpfprobes.kernel.running import Kernel, current
 
 
@@ -44,6 +44,7 @@ def report(k: Kernel) -> dict:
         "syscall_prefix": (k.syscall_symbol("openat") or ("", False))[0].removesuffix("openat")
         or None,
         "tools": plans(k, have),
+        "verified": verified.matching(k.release, k.abi.name),
     }
 
 
@@ -55,6 +56,11 @@ def table(r: dict) -> str:
     p = r["privileges"]
     rows.append(("privileges", "root" if p["root"] else f"euid {p['euid']}",
                  ", ".join(k for k in features.CAPS if p[k]) or "no BPF capabilities"))
+    v = r["verified"]
+    known = ", ".join(f"{verified.series(str(x.get('release')))} {x.get('arch')}"
+                      for x in verified.rows()) or "none recorded"
+    rows.append(("verified", "yes" if v else "no", verified.summary(v) if v else
+                 f"not a series and arch the project's VM tier ran on ({known})"))
     # evidence quotes what the machine holds (paths, config lines, errors)
     rows = [[for_terminal(str(cell)) for cell in row] for row in rows]
     out = [for_terminal(f"kernel {r['kernel']['release']} ({r['kernel']['arch']})"), "",

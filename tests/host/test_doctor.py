@@ -45,3 +45,21 @@ def test_doctor_table():
     assert r.returncode == 0
     for word in ("kprobes", "tracepoints", "headers", "evidence", "opensnoop"):
         assert word in r.stdout
+
+
+def test_verified_row_from_the_shipped_record():
+    """doctor compares this kernel's series and arch with bpfprobes/kernel/verified.json
+    (make test-kernels writes it) and lists what the record holds."""
+    from bpfprobes.kernel import verified
+    recorded = verified.rows()
+    r = doctor()
+    assert r["verified"] == verified.matching(r["kernel"]["release"], r["kernel"]["arch"])
+    text = run_tool("doctor").stdout
+    row = next(line for line in text.splitlines() if line.startswith("verified"))
+    if r["verified"] is not None:
+        assert " yes " in row and "make test-kernels" in row, row
+    elif recorded:
+        listed = ", ".join(f"{verified.series(x['release'])} {x['arch']}" for x in recorded)
+        assert " no " in row and listed in row, row
+    else:
+        assert " no " in row and "none recorded" in row, row

@@ -7,6 +7,7 @@ import pytest
 from bpfprobes.base.errors import UsageError
 from bpfprobes.cli import irq as irqcli
 from bpfprobes.kernel import interrupts, irqhandlers, tracectx
+from bpfprobes.kernel.btf import BtfError
 from bpfprobes.kernel.kallsyms import Kallsyms
 from bpfprobes.present import latency
 
@@ -31,6 +32,26 @@ def test_read_lines():
     assert (lines[36].chip, lines[36].hwirq, lines[36].name) == \
         ("PCI-MSIX-0000:00:02.0", "1-edge", "virtio1-req.0")
     assert lines[11].name == "uhci_hcd:usb1, eth1"          # a shared line: both actions
+
+
+ARM64_PROC = """\
+           CPU0       CPU1       
+ 11:      39521      39327     GICv2  30 Level     arch_timer
+ 24:       4720          0     GIC-0  77 Edge      virtio7
+ 28:          0          0       MSI 16384 Edge      virtio0-config
+ 29:        274          0       MSI 16385 Edge      virtio0-req.0
+ 31:          3          0     GIC-0  33 Level    -fasteoi   uart-pl011
+IPI0:      1523       1672       Rescheduling interrupts
+"""
+
+
+def test_read_lines_with_the_trigger_as_a_word():
+    """arm64 (GENERIC_IRQ_SHOW_LEVEL) prints "Edge"/"Level" apart, maybe a flow after."""
+    lines = interrupts.read_lines(ARM64_PROC)
+    assert sorted(lines) == [11, 24, 28, 29, 31]
+    assert [lines[n].name for n in (11, 24, 28, 29, 31)] == \
+        ["arch_timer", "virtio7", "virtio0-config", "virtio0-req.0", "uart-pl011"]
+    assert (lines[29].chip, lines[29].hwirq, lines[29].total) == ("MSI", "16385", 274)
 
 
 def test_named_after():
@@ -124,6 +145,31 @@ def test_preempt_defines_need_data_symbols():
     hidden = Kallsyms(text=b"0000000000000000 D __per_cpu_offset\n0000000000000000 D __preempt_count\n")
     assert tracectx.preempt_defines(hidden, None) == {}
     assert tracectx.preempt_defines(Kallsyms(text=b"ffffffff81000000 T _stext\n"), None) == {}
+
+
+class MembersOnly:
+    """What preempt_defines asks of BTF: member offsets (others raise, as Btf does)."""
+
+    def __init__(self, members: dict) -> None:
+        self.members = members
+
+    def member_offset(self, struct: str, member: str) -> int:
+        if (struct, member) not in self.members:
+            raise BtfError(f"struct {struct} has no member {member}")
+        return self.members[(struct, member)]
+
+
+def test_preempt_count_in_the_task_where_no_per_cpu_counter():
+    """arm64: __per_cpu_offset is listed, no __preempt_count; the count is
+    task_struct.thread_info.preempt_count (BTF)."""
+    arm64 = Kallsyms(text=b"ffff800009a3e000 D __per_cpu_offset\n")
+    btf = MembersOnly({("task_struct", "thread_info"): 0, ("thread_info", "preempt_count"): 8})
+    assert tracectx.preempt_defines(arm64, btf) == {"TASK_PREEMPT_COUNT": "8"}
+    assert tracectx.preempt_defines(arm64, MembersOnly({})) == {}      # x86's thread_info
+    assert tracectx.preempt_defines(arm64, None) == {}
+    # a per-CPU counter, where there is one, is read first
+    x86 = Kallsyms(text=b"ffffffff83000000 D __per_cpu_offset\n000000000001f9c0 D __preempt_count\n")
+    assert "PREEMPT_COUNT_VAR" in tracectx.preempt_defines(x86, btf)
 
 
 @pytest.mark.parametrize("text, mask", [("NET_RX", 1 << 3), ("net_rx,timer", (1 << 3) | 2),

@@ -234,9 +234,12 @@ def test_count_and_doctor_tables_escape_names():
               "headers": {"status": "none", "path": None, "source": "\x9b", "release": None},
               "tracefs": "/sys/kernel/tracing", "tools": {"probe": "uprobes"},
               "privileges": {"root": True, "euid": 0, "cap_sys_admin": True,
-                             "cap_perfmon": True, "cap_bpf": True}}
+                             "cap_perfmon": True, "cap_bpf": True},
+              "verified": {"release": "6.1\033[2J", "arch": "x86_64", "whole": True,
+                           "passed": 1, "tests": 1, "date": "\x9b"}}
     text = doctor.table(report)
     assert "6.1\\x1b]0;x\\x07" in text and "/tmp/\\x1b[2J\\xff" in text
+    assert "6.1\\x1b[2J (x86_64)" in text
     assert not raw_controls(text.encode())
 
 

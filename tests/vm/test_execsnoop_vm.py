@@ -12,6 +12,8 @@ import pytest
 
 from tooling import EXECVEAT, SYS_EXECVEAT, IN_VM, Tool, settle, unique
 
+pytestmark = pytest.mark.smoke
+
 TRUE = "/bin/true"
 THREAD_EXEC = ("import os, sys, threading\n"
                "threading.Thread(target=lambda: os.execv('/bin/true', sys.argv[1:])).start()\n"

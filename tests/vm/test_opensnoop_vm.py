@@ -9,6 +9,8 @@ import pytest
 
 from tooling import IN_VM, Tool, Workload, leftovers, settle, unique
 
+pytestmark = pytest.mark.smoke
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
