@@ -55,11 +55,11 @@ class Kernel:
 # smoke=False, the tests marked `smoke` on the others; `make test-kernels`: all on all.
 KERNELS = {k.name: k for k in (
     Kernel("6.1", "x86_64", "linux-image-amd64", "linux-headers-amd64",
-           r"6\.1\.0-\d+-amd64", "x86_64", "q35, TCG, 2 vCPUs", smoke=False),
+           r"6\.1\.0-\d+-amd64", "x86_64", "q35, -cpu max, TCG, 2 vCPUs", smoke=False),
     Kernel("6.12", "x86_64", "linux-image-6.12-amd64", "linux-headers-6.12-amd64",
-           r"6\.12\.\d+\+deb12-amd64", "x86_64", "q35, TCG, 2 vCPUs", smoke=True),
+           r"6\.12\.\d+\+deb12-amd64", "x86_64", "q35, -cpu max, TCG, 2 vCPUs", smoke=True),
     Kernel("arm64", "aarch64", "linux-image-arm64", "linux-headers-arm64",
-           r"6\.1\.0-\d+-arm64", "arm64", "virt, cortex-a57, TCG, 2 vCPUs", smoke=True),
+           r"6\.1\.0-\d+-arm64", "arm64", "virt, -cpu cortex-a57, TCG, 2 vCPUs", smoke=True),
 )}
 DEFAULT = "6.1"
 
