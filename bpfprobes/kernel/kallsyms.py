@@ -10,6 +10,10 @@ KALLSYMS = Path("/proc/kallsyms")
 _TEXT_NAME = re.compile(rb" [tTwW] (\S+)(?=[\t\n])")
 
 
+# data symbols' type letters (per-CPU variables are listed as absolute, A, on x86-64)
+DATA_KINDS = (b"d", b"D", b"b", b"B", b"r", b"R", b"A")
+
+
 class Wildcard:
     """A shell wildcard: `*` any run of characters, `?` one character, every other
     character itself (no [classes]). The package's one wildcard matcher (kernel
@@ -101,6 +105,11 @@ class Kallsyms:
                         out.append(Symbol(name, int(parts[0], 16), mod, parts[1].decode()))
             pos = raw.find(key, end)
         return out
+
+    def lists_variables(self) -> bool:
+        """False where kallsyms lists functions only (CONFIG_KALLSYMS_ALL off, e.g.
+        Debian's arm64 kernels): judged by a variable every kernel has."""
+        return bool(self.find("jiffies_64", kinds=DATA_KINDS))
 
     def exists(self, name: str, module: str | None = None) -> bool:
         return bool(self.find(name, module))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from bpfprobes.kernel.arch import get as get_abi
 from bpfprobes.kernel.btf import Btf, BtfError
-from bpfprobes.kernel.kallsyms import Kallsyms
+from bpfprobes.kernel.kallsyms import DATA_KINDS, Kallsyms
 
 SOURCE_NONE, SOURCE_IMPLIED, SOURCE_PREEMPT = 0, 1, 2   # bpf_c/context.h CTX_SOURCE_*
 SOURCE_FTRACE = 3              # the latency columns ftrace printed (the tracefs backend)
@@ -63,12 +63,8 @@ def _percpu_counter(kallsyms: Kallsyms, btf: Btf | None) -> int | None:
     return var
 
 
-# per-CPU variables are listed as absolute (A) offsets on x86-64
-_DATA_KINDS = (b"d", b"D", b"b", b"B", b"r", b"R", b"A")
-
-
 def _data_symbol(kallsyms: Kallsyms, name: str) -> int | None:
-    found = kallsyms.find(name, kinds=_DATA_KINDS)
+    found = kallsyms.find(name, kinds=DATA_KINDS)
     return found[0].addr or None if found else None     # 0: addresses hidden (kptr_restrict)
 
 

@@ -26,10 +26,15 @@ def series(release: str) -> str:
     return m.group(1) if m else release
 
 
-def matching(release: str, arch: str, path: Path = RECORD) -> dict | None:
-    """The row of this kernel's series on this architecture, if the tier ran there."""
-    return next((r for r in rows(path) if series(str(r.get("release", ""))) == series(release)
+def matching(release: str, arch: str, recorded: list[dict]) -> dict | None:
+    """The row (of `rows()`) of this kernel's series on this arch, if the tier ran there."""
+    return next((r for r in recorded if series(str(r.get("release", ""))) == series(release)
                  and r.get("arch") == arch), None)
+
+
+def listed(recorded: list[dict]) -> list[str]:
+    """'6.1 x86_64' for each row: what the record covers."""
+    return [f"{series(str(r.get('release', '')))} {r.get('arch')}" for r in recorded]
 
 
 def summary(row: dict) -> str:

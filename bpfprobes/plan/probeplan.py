@@ -162,15 +162,10 @@ def _btf_lookup(k: Kernel):
     return lookup
 
 
-# a data symbol every kernel has: kallsyms without it lists functions only
-_ALWAYS_DATA = "jiffies_64"
-_DATA_KINDS = (b"d", b"D", b"b", b"B")
-
-
 def _no_data_symbols_hint(k: Kernel) -> tuple[str, ...]:
     """Why a variable is missing where kallsyms lists no data at all (Debian's arm64
     kernels: CONFIG_KALLSYMS_ALL off): @SYM can name functions only there."""
-    if k.kallsyms.find(_ALWAYS_DATA, kinds=_DATA_KINDS):
+    if k.kallsyms.lists_variables():
         return ()
     return ("this kernel's kallsyms lists functions only (CONFIG_KALLSYMS_ALL is not set): "
             "@SYM cannot name a variable here",)

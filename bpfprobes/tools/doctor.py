@@ -33,6 +33,7 @@ def plans(k: Kernel, have: dict[str, features.Evidence]) -> dict[str, str]:
 def report(k: Kernel) -> dict:
     have = features.check_all(k)
     h = k.headers
+    recorded = verified.rows()
     return {
         "version": __version__,
         "kernel": {"release": k.release, "arch": k.abi.name, "version": os.uname().version},
@@ -44,7 +45,8 @@ def report(k: Kernel) -> dict:
         "syscall_prefix": (k.syscall_symbol("openat") or ("", False))[0].removesuffix("openat")
         or None,
         "tools": plans(k, have),
-        "verified": verified.matching(k.release, k.abi.name),
+        "verified": verified.matching(k.release, k.abi.name, recorded),
+        "verified_on": verified.listed(recorded),
     }
 
 
@@ -57,8 +59,7 @@ def table(r: dict) -> str:
     rows.append(("privileges", "root" if p["root"] else f"euid {p['euid']}",
                  ", ".join(k for k in features.CAPS if p[k]) or "no BPF capabilities"))
     v = r["verified"]
-    known = ", ".join(f"{verified.series(str(x.get('release')))} {x.get('arch')}"
-                      for x in verified.rows()) or "none recorded"
+    known = ", ".join(r["verified_on"]) or "none recorded"
     rows.append(("verified", "yes" if v else "no", verified.summary(v) if v else
                  f"not a series and arch the project's VM tier ran on ({known})"))
     # evidence quotes what the machine holds (paths, config lines, errors)

@@ -53,13 +53,14 @@ def test_verified_row_from_the_shipped_record():
     from bpfprobes.kernel import verified
     recorded = verified.rows()
     r = doctor()
-    assert r["verified"] == verified.matching(r["kernel"]["release"], r["kernel"]["arch"])
+    assert r["verified"] == verified.matching(r["kernel"]["release"], r["kernel"]["arch"],
+                                              recorded)
+    assert r["verified_on"] == verified.listed(recorded)
     text = run_tool("doctor").stdout
     row = next(line for line in text.splitlines() if line.startswith("verified"))
     if r["verified"] is not None:
         assert " yes " in row and "make test-kernels" in row, row
     elif recorded:
-        listed = ", ".join(f"{verified.series(x['release'])} {x['arch']}" for x in recorded)
-        assert " no " in row and listed in row, row
+        assert " no " in row and ", ".join(verified.listed(recorded)) in row, row
     else:
         assert " no " in row and "none recorded" in row, row

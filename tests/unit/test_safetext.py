@@ -236,10 +236,13 @@ def test_count_and_doctor_tables_escape_names():
               "privileges": {"root": True, "euid": 0, "cap_sys_admin": True,
                              "cap_perfmon": True, "cap_bpf": True},
               "verified": {"release": "6.1\033[2J", "arch": "x86_64", "whole": True,
-                           "passed": 1, "tests": 1, "date": "\x9b"}}
+                           "passed": 1, "tests": 1, "date": "\x9b"},
+              "verified_on": ["6.1 x86_64\033[2J"]}
     text = doctor.table(report)
     assert "6.1\\x1b]0;x\\x07" in text and "/tmp/\\x1b[2J\\xff" in text
     assert "6.1\\x1b[2J (x86_64)" in text
+    report["verified"] = None
+    assert "(6.1 x86_64\\x1b[2J)" in doctor.table(report)
     assert not raw_controls(text.encode())
 
 

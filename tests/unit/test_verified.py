@@ -16,8 +16,9 @@ def test_series_of_debian_and_other_releases():
 
 
 def test_matching_by_series_and_arch(tmp_path):
-    rec = tmp_path / "verified.json"
-    rec.write_text(json.dumps(ROWS))
+    (tmp_path / "verified.json").write_text(json.dumps(ROWS))
+    rec = verified.rows(tmp_path / "verified.json")
+    assert rec == ROWS and verified.listed(rec) == ["6.1 x86_64", "6.1 aarch64"]
     assert verified.matching("6.1.0-58-amd64", "x86_64", rec) == ROWS[0]      # a newer ABI
     assert verified.matching("6.1.0-57-arm64", "aarch64", rec) == ROWS[1]
     assert verified.matching("6.12.117+deb12-amd64", "x86_64", rec) is None
@@ -30,4 +31,5 @@ def test_a_missing_or_broken_record_is_no_row(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     assert verified.rows(tmp_path / "bad.json") == []
     (tmp_path / "odd.json").write_text('{"a": 1}')
-    assert verified.matching("6.1.0-57-amd64", "x86_64", tmp_path / "odd.json") is None
+    assert verified.matching("6.1.0-57-amd64", "x86_64", verified.rows(tmp_path / "odd.json")) \
+        is None

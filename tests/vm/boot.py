@@ -11,6 +11,7 @@ Usage: python tests/vm/boot.py [--kernel NAME] [--rwdir DIR]... -- CMD
 from __future__ import annotations
 
 import argparse
+import configparser
 import os
 import re
 import shlex
@@ -30,7 +31,19 @@ UP_MARK = "__BPFPROBES_VM_UP__"
 
 
 CHECKOUT = Path(__file__).resolve().parents[2]
-TOOLS = ("bpfprobes", "opensnoop", "execsnoop")
+
+
+def console_scripts() -> dict[str, tuple[str, str]]:
+    """setup.cfg's commands (what the venv has): name -> (module, function)."""
+    cfg = configparser.ConfigParser()
+    cfg.read(CHECKOUT / "setup.cfg")
+    found = {}
+    for line in cfg["options.entry_points"]["console_scripts"].splitlines():
+        name, _, target = line.partition("=")
+        if target:
+            module, _, func = target.strip().partition(":")
+            found[name.strip()] = (module, func)
+    return found
 
 
 def guest_python(k: kernels.Kernel) -> str:
@@ -40,15 +53,16 @@ def guest_python(k: kernels.Kernel) -> str:
 
 def guest_bin(k: kernels.Kernel) -> Path:
     """A directory of the tools as commands, for the guest's PATH: the venv's own
-    entry points, or (foreign) small scripts running the checkout with the guest's Python."""
+    entry points, or (foreign) the same entry points as small scripts running the
+    checkout with the guest's Python."""
     if not k.foreign:
         return Path(sys.executable).parent
     d = kernels.BUILD / k.name / "bin"
     d.mkdir(parents=True, exist_ok=True)
-    for tool in TOOLS:
-        sub = "" if tool == "bpfprobes" else f" {tool}"
+    for tool, (module, func) in console_scripts().items():
+        call = shlex.quote(f"import sys; from {module} import {func}; sys.exit({func}())")
         script = (f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(CHECKOUT))}${{PYTHONPATH:+:$PYTHONPATH}} "
-                  f"exec python3 -m bpfprobes.cli.main{sub} \"$@\"\n")
+                  f"exec python3 -c {call} \"$@\"\n")
         if not (d / tool).is_file() or (d / tool).read_text() != script:
             (d / tool).write_text(script)
             (d / tool).chmod(0o755)
