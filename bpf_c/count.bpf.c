@@ -1,7 +1,11 @@
 /* count: how often functions and tracepoints fire, counted in the kernel.
  *
- * One tiny function per target (COUNTER(n), emitted by codegen.py), all of
- * them adding to one per-CPU table: by target index alone (a per-CPU array,
+ * Kernel functions share one program that tells them apart by the attach
+ * cookie each was given (its target index, 5.15+): attached through one
+ * kprobe_multi link (count_multi, loaded for that link type) or one link per
+ * function (count_cookie), a descriptor each rather than a program and two.
+ * Every other target has a tiny function of its own (COUNTER(n), emitted by
+ * codegen.py). All of them add to one per-CPU table: by target index alone (a per-CPU array,
  * no locks, no hashing), or with COUNT_BY_PID / COUNT_BY_COMM by (target,
  * pid, comm) in metrics.h's table of METRIC_SERIES rows, whose overflow goes
  * to the target's `other` row. Nothing leaves the kernel but the table, read
@@ -48,3 +52,6 @@ static __always_inline int count(u32 target)
 #endif
 
 #define COUNTER(n) int count_##n(void *ctx) { return count(n); }
+
+int count_cookie(struct pt_regs *ctx) { return count(bpf_get_attach_cookie(ctx)); }
+int count_multi(struct pt_regs *ctx) { return count(bpf_get_attach_cookie(ctx)); }

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from bpfprobes.base.errors import UsageError
 from bpfprobes.kernel.arch import Abi
@@ -501,10 +501,13 @@ def probe_program(plan, abi: Abi) -> Program:
 
 # ---------------------------------------------------------------- bpfprobes count: one counter per target
 
-def count_program(targets: int, defs: Mapping[str, object], config: bytes) -> Program:
-    """bpf_c/count.bpf.c with a COUNTER(n) function (count_n) for each target."""
+def count_program(targets: int, defs: Mapping[str, object], config: bytes,
+                  counters: Iterable[int] | None = None) -> Program:
+    """bpf_c/count.bpf.c with a COUNTER(n) function (count_n) for each target in
+    `counters` (default: all; kernel functions told apart by cookie need none)."""
     src = c_dir() / "count.bpf.c"
-    counters = "\n".join(f"COUNTER({n})" for n in range(int(targets)))
+    counters = "\n".join(f"COUNTER({int(n)})"
+                         for n in (range(int(targets)) if counters is None else counters))
     return Program(src.name, expand_includes(src.read_text(), c_dir()) + "\n" + counters + "\n",
                    tuple(["-w", *define_flags({"COUNT_TARGETS": max(1, targets), **defs})]),
                    config)

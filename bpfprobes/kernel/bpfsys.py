@@ -16,10 +16,12 @@ from bpfprobes.kernel import arch
 _libc = ctypes.CDLL(None, use_errno=True)
 
 BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_PROG_LOAD, BPF_OBJ_GET_INFO_BY_FD, \
-    BPF_RAW_TRACEPOINT_OPEN, BPF_MAP_FREEZE = 0, 2, 5, 15, 17, 22
+    BPF_RAW_TRACEPOINT_OPEN, BPF_MAP_FREEZE, BPF_LINK_CREATE = 0, 2, 5, 15, 17, 22, 28
 MAP_PERF_EVENT_ARRAY, MAP_RINGBUF = 4, 27
-PROG_TRACING = 26
-ATTACH_TRACE_FENTRY = 24
+PROG_KPROBE, PROG_TRACING = 2, 26
+ATTACH_TRACE_FENTRY, ATTACH_PERF_EVENT, ATTACH_KPROBE_MULTI = 24, 41, 42
+KPROBE_MULTI_RETURN = 1                 # BPF_F_KPROBE_MULTI_RETURN
+HELPER_GET_ATTACH_COOKIE = 174
 
 
 def _bpf(cmd: int, attr: bytes) -> int:
@@ -82,23 +84,77 @@ def write_config(map_fd: int, value: bytes) -> None:
         raise OSError(-err, f"bpf map freeze: {os.strerror(-err)}")
 
 
+def prog_load(prog_type: int, insns: list[int], expected_attach_type: int = 0,
+              attach_btf_id: int = 0) -> int:
+    """Load a program of raw instructions (u64 each); its fd, or -errno."""
+    code = (ctypes.c_uint64 * len(insns))(*insns)
+    license_ = ctypes.create_string_buffer(b"GPL")
+    attr = bytearray(128)
+    # union bpf_attr for BPF_PROG_LOAD (offsets from include/uapi/linux/bpf.h)
+    ctypes.c_uint32.from_buffer(attr, 0).value = prog_type
+    ctypes.c_uint32.from_buffer(attr, 4).value = len(insns)
+    ctypes.c_uint64.from_buffer(attr, 8).value = ctypes.addressof(code)
+    ctypes.c_uint64.from_buffer(attr, 16).value = ctypes.addressof(license_)
+    ctypes.c_uint32.from_buffer(attr, 68).value = expected_attach_type
+    ctypes.c_uint32.from_buffer(attr, 108).value = attach_btf_id
+    return _bpf(BPF_PROG_LOAD, bytes(attr))
+
+
+RETURN_0 = [0x00000000000000B7, 0x0000000000000095]     # mov r0, 0 ; exit
+
+
+def perf_link(prog_fd: int, perf_fd: int, cookie: int) -> int:
+    """Run `prog_fd` on the perf event `perf_fd` (a kprobe), telling the program
+    `cookie` (bpf_get_attach_cookie, 5.15+): a link's fd, or -errno. The link
+    holds the event: its fd may be closed at once (one descriptor per probe)."""
+    attr = struct.pack("<IIIIQ", prog_fd, perf_fd, ATTACH_PERF_EVENT, 0, cookie)
+    return _bpf(BPF_LINK_CREATE, attr)
+
+
+def kprobe_multi_link(prog_fd: int, symbols: list[str], cookies: list[int],
+                      retprobe: bool = False) -> int:
+    """One link running `prog_fd` at every function in `symbols` (fprobe, 5.18+ with
+    CONFIG_FPROBE), each telling the program its cookie: the link's fd, or -errno.
+    The program must have been loaded for it (expected_attach_type KPROBE_MULTI)."""
+    names = [ctypes.create_string_buffer(s.encode()) for s in symbols]
+    syms = (ctypes.c_char_p * len(names))(*[ctypes.addressof(n) for n in names])
+    marks = (ctypes.c_uint64 * len(cookies))(*cookies)
+    # link_create: prog_fd, target_fd, attach_type, flags, then kprobe_multi's
+    # flags, cnt, syms, addrs, cookies
+    attr = struct.pack("<IIIIIIQQQ", prog_fd, 0, ATTACH_KPROBE_MULTI, 0,
+                       KPROBE_MULTI_RETURN if retprobe else 0, len(names),
+                       ctypes.addressof(syms), 0, ctypes.addressof(marks))
+    return _bpf(BPF_LINK_CREATE, attr)
+
+
+def attach_cookie_load() -> int:
+    """Load a kprobe program that calls bpf_get_attach_cookie: 0 when this kernel
+    has attach cookies for kprobes (5.15+), else -errno."""
+    call = 0x85 | (HELPER_GET_ATTACH_COOKIE << 32)          # call bpf_get_attach_cookie
+    fd = prog_load(PROG_KPROBE, [call, *RETURN_0])
+    return 0 if _close_ok(fd) else fd
+
+
+def kprobe_multi_attach(symbol: str) -> int:
+    """Attach `r0 = 0; exit` to `symbol` through a kprobe_multi link, then detach:
+    0 when this kernel has them, else -errno of the step that failed."""
+    prog = prog_load(PROG_KPROBE, RETURN_0, ATTACH_KPROBE_MULTI)
+    if prog < 0:
+        return prog
+    try:
+        link = kprobe_multi_link(prog, [symbol], [0])
+        return 0 if _close_ok(link) else link
+    finally:
+        os.close(prog)
+
+
 def fentry_load(btf_id: int) -> int:
     """Load `r0 = 0; exit` as an fentry program on the BTF function `btf_id`, then attach it.
 
     Returns 0 on success, else -errno of the step that failed. Loading alone is
     not proof: some kernels refuse only at attach time.
     """
-    insns = (ctypes.c_uint64 * 2)(0x00000000000000B7, 0x0000000000000095)  # mov r0,0 ; exit
-    license_ = ctypes.create_string_buffer(b"GPL")
-    attr = bytearray(128)
-    # union bpf_attr for BPF_PROG_LOAD (offsets from include/uapi/linux/bpf.h)
-    ctypes.c_uint32.from_buffer(attr, 0).value = PROG_TRACING
-    ctypes.c_uint32.from_buffer(attr, 4).value = 2
-    ctypes.c_uint64.from_buffer(attr, 8).value = ctypes.addressof(insns)
-    ctypes.c_uint64.from_buffer(attr, 16).value = ctypes.addressof(license_)
-    ctypes.c_uint32.from_buffer(attr, 68).value = ATTACH_TRACE_FENTRY   # expected_attach_type
-    ctypes.c_uint32.from_buffer(attr, 108).value = btf_id               # attach_btf_id
-    prog = _bpf(BPF_PROG_LOAD, bytes(attr))
+    prog = prog_load(PROG_TRACING, RETURN_0, ATTACH_TRACE_FENTRY, btf_id)
     if prog < 0:
         return prog
     try:

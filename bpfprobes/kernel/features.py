@@ -90,6 +90,30 @@ def fentry(k: Kernel) -> Evidence:
     return Evidence(False, "no fentry test target in BTF")
 
 
+def attach_cookies(k: Kernel) -> Evidence:
+    rc = bpfsys.attach_cookie_load()
+    if rc == 0:
+        return Evidence(True, "kprobe program calling bpf_get_attach_cookie loaded")
+    return Evidence(False, f"bpf_get_attach_cookie refused: {errno.errorcode.get(-rc, rc)} "
+                           "(kernels before 5.15 have none)")
+
+
+def kprobe_multi(k: Kernel) -> Evidence:
+    """One link for many kprobes (fprobe): 5.18+ built with CONFIG_FPROBE (Debian's 6.1
+    is not, its 6.12 is). Tried for real on a function ftrace can attach to."""
+    if not kprobes(k).available:
+        return Evidence(False, "no kprobes")
+    for func in FENTRY_TARGETS:
+        if not k.kallsyms.exists(func):
+            continue
+        rc = bpfsys.kprobe_multi_attach(func)
+        if rc == 0:
+            return Evidence(True, f"kprobe_multi link on {func} attached")
+        return Evidence(False, f"kprobe_multi link on {func} refused: "
+                               f"{errno.errorcode.get(-rc, rc)} ({_config_says(k, 'CONFIG_FPROBE')})")
+    return Evidence(False, "no kprobe_multi test target in kallsyms")
+
+
 def _map_feature(map_type: int, key: int, value: int, entries: int, name: str) -> Evidence:
     fd = bpfsys.map_create(map_type, key, value, entries)
     if fd >= 0:
@@ -108,7 +132,8 @@ def ring_buffer(k: Kernel) -> Evidence:
 
 CHECKS = {"kprobes": kprobes, "kretprobes": kretprobes, "fentry": fentry,
           "tracepoints": tracepoints, "uprobes": uprobes, "btf": btf,
-          "perf_buffer": perf_buffer, "ring_buffer": ring_buffer}
+          "perf_buffer": perf_buffer, "ring_buffer": ring_buffer,
+          "attach_cookies": attach_cookies, "kprobe_multi": kprobe_multi}
 
 _cache: dict[tuple[int, str], Evidence] = {}
 

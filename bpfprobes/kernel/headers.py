@@ -42,6 +42,14 @@ class Headers:
     path: str | None            # directory BCC compiles against
     source: str                 # how it was found, for -v and doctor
     release: str | None = None  # whose headers these are
+    # where BCC compiles (its working directory): clang's dependency list names
+    # headers relative to it; /lib/modules/R/source when R has both build and source
+    compile_dir: str | None = None
+
+    @property
+    def relative_base(self) -> str | None:
+        """The directory relative header names in a compile's dependency list are from."""
+        return self.compile_dir or self.path
 
     def bcc_env(self) -> dict[str, str]:
         """Environment for BCC: nothing when it finds the headers itself."""
@@ -204,7 +212,11 @@ def find(release: str | None = None, lib_modules: Path = Path("/lib/modules"),
         return Headers(NONE, None, f"BPFPROBES_KERNEL_HEADERS={override} has no include/", None)
     build = lib_modules / release / "build"
     if (build / "include").exists() or (build / "Makefile").exists():
-        return Headers(MATCHING, str(build.resolve()), "lib/modules", release)
+        # as BCC: with both build and source (Debian's -ARCH and -common) it compiles in source
+        source = lib_modules / release / "source"
+        where = source if build.is_dir() and source.is_dir() else build
+        return Headers(MATCHING, str(build.resolve()), "lib/modules", release,
+                       compile_dir=str(where.resolve()))
     try:
         kh = _kheaders(release, cache, lib_modules)
     except (OSError, tarfile.TarError):

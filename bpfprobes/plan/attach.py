@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Attach:
-    kind: str                   # kprobe | kretprobe | tracepoint | raw_tracepoint | uprobe | uretprobe
+    kind: str                   # kprobe | kretprobe | kprobe_multi | tracepoint | raw_tracepoint |
+                                # uprobe | uretprobe
     target: str                 # symbol, "category:event", or uprobe symbol
     fn: str                     # BPF function in the program
     path: str | None = None     # uprobe binary
@@ -20,8 +21,17 @@ class Attach:
     # semaphore at file offset `ref_ctr` (0: none); None: any other uprobe (BCC's attach)
     ref_ctr: int | None = None
     file_offset: int = 0
+    # a kprobe whose program tells targets apart by bpf_get_attach_cookie (their index)
+    cookie: int | None = None
+    # kprobe_multi: these kprobes (each with its cookie) through one link; should the
+    # kernel refuse it, each is attached on its own (its `fn`)
+    members: tuple["Attach", ...] = ()
 
     def describe(self) -> str:
+        if self.kind == "kprobe_multi":
+            shown = ", ".join(m.target for m in self.members[:3])
+            more = ", ..." if len(self.members) > 3 else ""
+            return f"kprobe_multi {len(self.members)} functions ({shown}{more})"
         where = f"{self.path}:" if self.path else ""
         off = f"+{self.offset}" if self.offset and self.target else ""
         return f"{self.kind} {where}{self.target or hex(self.offset)}{off}"

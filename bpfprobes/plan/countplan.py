@@ -25,6 +25,8 @@ from bpfprobes.kernel.running import Kernel
 from bpfprobes.plan import usdtplan
 from bpfprobes.plan.attach import Attach
 
+COOKIE_FN, MULTI_FN = "count_cookie", "count_multi"     # bpf_c/count.bpf.c
+
 DEFAULT_LIMIT = 1000          # as funccount: beyond this, a per-call cost nobody meant
 _NOT_PROBEABLE = re.compile(r"^__pfx_|\.")      # padding symbols, compiler clones (.isra, .cold)
 
@@ -161,3 +163,29 @@ def expand(k: Kernel, patterns: list[str], limit: int = DEFAULT_LIMIT,
     return [Target(t.kind, t.name, replace(t.attach, fn=f"count_{i}",
                                            pid=pid if t.kind == "uprobe" and pid else -1))
             for i, t in enumerate(out)]
+
+
+@dataclass(frozen=True)
+class Attaching:
+    attaches: list[Attach]
+    counters: list[int]         # targets with a function of their own (count_i)
+    shared: str                 # how kernel functions share one program, for -v
+
+
+def attaching(k: Kernel, targets: list[Target]) -> Attaching:
+    """What to attach for `expand`'s targets. Kernel functions share one program
+    that tells them apart by attach cookie (their index): all through one
+    kprobe_multi link where the kernel has them (5.18+ with CONFIG_FPROBE), else
+    a link each (5.15+), so that a thousand functions take a descriptor each, or
+    one in all, instead of a program and an event each. Older kernels, and every
+    other kind of target, keep a function per target."""
+    cookies = features.check(k, "attach_cookies").available
+    kprobes = [replace(t.attach, fn=COOKIE_FN, cookie=i) for i, t in enumerate(targets)
+               if cookies and t.kind == "kprobe"]
+    rest = [t.attach for t in targets if not (cookies and t.kind == "kprobe")]
+    counters = [i for i, t in enumerate(targets) if not (cookies and t.kind == "kprobe")]
+    if len(kprobes) > 1 and features.check(k, "kprobe_multi").available:
+        return Attaching([Attach("kprobe_multi", "", MULTI_FN, members=tuple(kprobes)), *rest],
+                         counters, "one kprobe_multi link")
+    return Attaching([*kprobes, *rest], counters,
+                     "a link per function, one program" if kprobes else "a program per target")

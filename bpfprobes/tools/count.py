@@ -147,7 +147,8 @@ def count_targets(k: Kernel, targets: list[countplan.Target], o: Options,
     defs: dict[str, object] = {"METRIC_SERIES": COUNT_KEYS if o.by else None,
                                **{d: True for d in BY.get(o.by or "", ())}}
     config = runconfig.pack(runconfig.COUNT, runconfig.task(skip_pid=os.getpid(), pid=o.pid))
-    program = codegen.count_program(len(targets), defs, config)
+    plan = countplan.attaching(k, targets)
+    program = codegen.count_program(len(targets), defs, config, plan.counters)
     names = [t.name for t in targets]
     labels = labels_of(names, o.by)
     sink = JsonOutput(prog) if o.json else _Text(prog, names)
@@ -158,7 +159,7 @@ def count_targets(k: Kernel, targets: list[countplan.Target], o: Options,
         return readers[-1]
 
     # BCC loads it (its hash table is read through BCC); nothing streams: a table reader
-    backend = BpfBackend(k, program, [t.attach for t in targets], cacheable=False, reader=reader)
+    backend = BpfBackend(k, program, plan.attaches, cacheable=False, reader=reader)
     window = {"last": {}, "at": 0.0, "next": None, "published": 0.0}
     # bound before anything is attached: a port in use is one line, nothing attached
     metrics = exporter.Exporter(*o.prometheus) if o.prometheus else None
@@ -201,6 +202,7 @@ def count_targets(k: Kernel, targets: list[countplan.Target], o: Options,
 
     def meta(live: Live) -> dict:
         return {"version": __version__, "kernel": k.release, "targets": len(targets),
+                "attach": plan.shared,
                 "by": o.by, "pid": o.pid, "startup_s": live.startup_s,
                 **({"metrics": f"http://{metrics.address}/metrics"} if metrics else {})}
 

@@ -165,11 +165,12 @@ def _count_part(k: Kernel, decl: Decl) -> Part:
                                                             rate=decl.rate_limit))
     defs = {"METRIC_SERIES": decl.max_series if per_task else None,
             **{d: True for d in per_task}}
-    program = codegen.count_program(len(targets), defs, config)
+    plan = countplan.attaching(k, targets)
+    program = codegen.count_program(len(targets), defs, config, plan.counters)
     labels = metricrows.Labels("target" if "target" in decl.by else None,
                                tuple(t.name for t in targets), pid="pid" in decl.by,
                                comm="comm" in decl.by)
-    backend = BpfBackend(k, program, [t.attach for t in targets], cacheable=False,
+    backend = BpfBackend(k, program, plan.attaches, cacheable=False,
                          reader=lambda loaded: count.CountTables(loaded, labels))
     return Part(decl, backend, labels, lambda totals: [
         metricrows.counter(decl.name, "Calls counted in the kernel", labels, totals)])

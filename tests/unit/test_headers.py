@@ -16,6 +16,23 @@ def test_matching_build_dir_wins(tmp_path):
     h = headers.find("6.1.0-9-amd64", lib_modules=tmp_path / "lib/modules",
                      usr_src=tmp_path / "src", cache=tmp_path / "cache")
     assert h.status == "matching" and h.bcc_env() == {}
+    assert h.relative_base == h.path
+
+
+def test_debians_split_headers_are_compiled_from_the_source_dir_as_bcc_does(tmp_path):
+    # /lib/modules/R/build -> -amd64 (generated headers), source -> -common: BCC
+    # compiles in source, so clang's dependency list names headers relative to it
+    src = tmp_path / "src"
+    make(src / "linux-headers-6.1.0-9-common", {"include/linux/sched.h": "", "Makefile": ""})
+    make(src / "linux-headers-6.1.0-9-amd64", {"include/generated/autoconf.h": "", "Makefile": ""})
+    mods = tmp_path / "lib/modules/6.1.0-9-amd64"
+    mods.mkdir(parents=True)
+    (mods / "build").symlink_to(src / "linux-headers-6.1.0-9-amd64")
+    (mods / "source").symlink_to(src / "linux-headers-6.1.0-9-common")
+    h = headers.find("6.1.0-9-amd64", lib_modules=tmp_path / "lib/modules",
+                     usr_src=src, cache=tmp_path / "cache")
+    assert h.path == str(src / "linux-headers-6.1.0-9-amd64")
+    assert h.relative_base == str(src / "linux-headers-6.1.0-9-common")
 
 
 def test_nearest_distro_headers_are_merged_without_touching_lib_modules(tmp_path):

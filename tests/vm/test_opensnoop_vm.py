@@ -96,3 +96,30 @@ def test_full_path_of_relative_opens(run):
     base = run["paths"]["dir"]
     assert find(run, f"{base}/relative-one")["fd"] == -1
     assert find(run, f"{base}/sub/relative-two")["err"] == 2
+
+
+@pytest.fixture(scope="module")
+def cached_runs(tmp_path_factory):
+    """opensnoop twice on an empty program cache: compiled (in a child), saved, then
+    loaded with bpf(2) and read without BCC's compile (on arm64 by libbcc's reader)."""
+    if not IN_VM:
+        return None
+    d = tmp_path_factory.mktemp("vmcache")
+    out = []
+    for _ in range(2):
+        path = str(d / unique("cached"))
+        w = Workload("bpfp-vmcache", f"open:{path}:O_WRONLY|O_CREAT:0640")
+        with Tool("opensnoop", "--json", "-p", str(w.pid), live_timeout=300,
+                  env={"BPFPROBES_CACHE": str(d / "cache")}) as t:
+            [fd] = w.go()
+            settle(0.5)
+        out.append({"meta": t.json("meta")[0], "path": path, "fd": fd, "pid": w.pid,
+                    "events": [e for e in t.json() if e["path"] == path]})
+    return out
+
+
+def test_the_second_start_loads_the_cached_program_and_sees_its_own_open(cached_runs):
+    assert [r["meta"]["program"] for r in cached_runs] == ["compiled", "cached"]
+    for r in cached_runs:
+        [e] = r["events"]
+        assert (e["pid"], e["comm"], e["fd"]) == (r["pid"], "bpfp-vmcache", r["fd"]), r

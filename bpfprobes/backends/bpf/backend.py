@@ -13,7 +13,7 @@ import os
 from typing import Callable
 
 from bpfprobes.backends.bpf import loader, perfbuffer, progcache
-from bpfprobes.base import signals
+from bpfprobes.base import fdlimit, signals
 from bpfprobes.base.errors import KernelError
 from bpfprobes.gen.codegen import Program
 from bpfprobes.kernel.running import Kernel
@@ -61,15 +61,25 @@ class BpfBackend:
         return perfbuffer.PerfBuffer(self.loaded, pages=self.pages, wakeup_events=self.wakeup_events)
 
     def attach(self, stop: signals.StopSignals) -> None:
+        # a descriptor per probe (a program each too, unless shared): room for them all
+        fdlimit.ensure(sum(_descriptors(a) for a in self.attaches))
         for how in self.attaches:
             stop.check("attaching")
-            self._attach(how)
+            self._attach(how, stop)
         stop.check("attaching")
 
-    def _attach(self, how: Attach) -> None:
+    def _attach(self, how: Attach, stop: signals.StopSignals) -> None:
         try:
             self.loaded.attach(how)
-        except KernelError:
+        except KernelError as e:
+            if how.members:
+                # one link for all refused (a name ftrace resolves elsewhere): one each
+                self._notes.append(f"{how.describe()}: {e.what}; attached one by one")
+                fdlimit.ensure(sum(_descriptors(m) for m in how.members))
+                for member in how.members:
+                    stop.check("attaching")
+                    self.loaded.attach(member)
+                return
             if how.kind != "kretprobe" or not how.maxactive:
                 raise
             # kprobe_events may be out of reach (no debugfs): the kprobe PMU has no maxactive
@@ -91,6 +101,12 @@ class BpfBackend:
         if self.count_kretprobe_misses:
             self.misses = kretprobe_misses(self.kernel, self.loaded.attached)
         return {"kretprobe_misses": sum(self.misses.values())} if self.misses else {}
+
+
+def _descriptors(a: Attach) -> int:
+    """What attaching `a` holds open: a link (one for a kprobe_multi's members
+    too), or an event and, at most, a program of its own."""
+    return 1 if a.kind == "kprobe_multi" or a.cookie is not None else 2
 
 
 def kretprobe_misses(k: Kernel, attached: list[Attach]) -> dict[str, int]:

@@ -11,12 +11,14 @@ import errno
 import os
 import re
 import signal
+import struct
 import tempfile
 import threading
+import contextlib
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from bpfprobes.backends.bpf import pmu
+from bpfprobes.backends.bpf import perfring, pmu
 from bpfprobes.backends.tracefs import dynevents
 from bpfprobes.base import signals
 from bpfprobes.base.errors import CompileError, KernelError
@@ -60,15 +62,78 @@ def _first_error(lines: list[str]) -> str:
     return next((ln.strip() for ln in lines if ln.strip()), "no compiler output")
 
 
+PARALLEL_MAX = 256          # threads at once: a thousand detaches need not be a thousand threads
+
+
 def in_parallel(fn: Callable, items) -> None:
-    """fn(item) for each item, all at once, returning when all are done: each detach
+    """fn(item) for each item, many at once, returning when all are done: each detach
     waits for an RCU grace period in the kernel (~60 ms here), and one after another
     they make exit slow."""
-    threads = [threading.Thread(target=fn, args=(item,)) for item in items]
+    items = list(items)
+    work = iter(items)
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                item = next(work, _DONE)
+            if item is _DONE:
+                return
+            fn(item)
+
+    threads = [threading.Thread(target=worker) for _ in range(min(PARALLEL_MAX, len(items)))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+
+
+_DONE = object()
+
+
+class MapPerfReader:
+    """libbcc's C perf reader on an events map known by its fd: how a program the
+    cache loaded is read where perfring's direct reader is not offered. Its C
+    code has the read barriers a weakly ordered CPU (arm64) needs, which Python
+    cannot issue, and it needs no BCC object: one ring per online CPU, each
+    ring's fd written into the map, as BCC's own open_perf_buffer does."""
+
+    def __init__(self, map_fd: int, on_sample: Callable[[bytes], None], pages: int,
+                 on_lost: Callable[[int], None], wakeup_events: int) -> None:
+        libbcc = _import_bcc().libbcc
+        self._lib = lib = libbcc.lib
+        string_at = ctypes.string_at
+        # kept referenced: libbcc calls them for as long as the readers live
+        self._callbacks = (libbcc._RAW_CB_TYPE(lambda _c, data, size: on_sample(string_at(data, size))),
+                           libbcc._LOST_CB_TYPE(lambda _c, count: on_lost(count)))
+        self._readers: list[int] = []
+        try:
+            for cpu in perfring.cpus():
+                opts = libbcc.bcc_perf_buffer_opts(pid=-1, cpu=cpu, wakeup_events=wakeup_events)
+                reader = lib.bpf_open_perf_buffer_opts(*self._callbacks, None, pages,
+                                                       ctypes.byref(opts))
+                if not reader:
+                    raise KernelError(f"cannot open a perf buffer on CPU {cpu}",
+                                      "fewer --buffer-pages, or raise the locked-memory limit")
+                self._readers.append(reader)
+                bpfsys.map_update(map_fd, struct.pack("<I", cpu),
+                                  struct.pack("<I", lib.perf_reader_fd(reader)))
+        except BaseException:
+            self.close()
+            raise
+        self._array = (ctypes.c_void_p * len(self._readers))(*self._readers)
+
+    def poll(self, timeout_ms: int) -> None:
+        self._lib.perf_reader_poll(len(self._readers), self._array, timeout_ms)
+
+    def consume(self) -> None:
+        self._lib.perf_reader_consume(len(self._readers), self._array)
+
+    def close(self) -> None:
+        """Unmap and close every ring (idempotent)."""
+        for reader in self._readers:
+            self._lib.perf_reader_free(reader)
+        self._readers, self._array = [], None
 
 
 class Loaded:
@@ -81,7 +146,9 @@ class Loaded:
         self.bpf = bpf
         self.program = program
         self.attached: list[Attach] = []
-        self._usdt_events: list[int] = []      # perf events of USDT sites (pmu.attach_uprobe)
+        # perf events and links attached by our own calls (pmu.py): USDT sites,
+        # cookie kprobes, kprobe_multi
+        self._own_events: list[int] = []
 
     def map_fd(self, name: str) -> int:
         return self.bpf[name].map_fd
@@ -144,13 +211,25 @@ class Loaded:
                                                     sym=how.target,
                                                     fn_name=how.fn, pid=how.pid, **_uaddr(how)),
         }
-        if how.ref_ctr is not None:         # a USDT site: our attach, with its semaphore
-            calls["uprobe"] = lambda: self._usdt_events.append(pmu.attach_uprobe(
+        ours = {        # attached by our own calls (pmu.py): BCC's Python cannot do these
+            # a USDT site, with its semaphore
+            "uprobe": how.ref_ctr is not None and (lambda: pmu.attach_uprobe(
                 b.load_func(how.fn.encode(), b.KPROBE).fd, how.kernel_path or how.path,
-                how.file_offset, how.ref_ctr, how.pid))
+                how.file_offset, how.ref_ctr, how.pid)),
+            # a kprobe telling its program its cookie, or many through one link
+            "kprobe": how.cookie is not None and (lambda: pmu.attach_kprobe_link(
+                b.load_func(how.fn.encode(), b.KPROBE).fd, how.target, how.cookie, how.offset)),
+            "kprobe_multi": lambda: pmu.attach_kprobe_multi(
+                b.load_func(how.fn.encode(), b.KPROBE,
+                            attach_type=bpfsys.ATTACH_KPROBE_MULTI).fd,
+                [m.target for m in how.members], [m.cookie or 0 for m in how.members]),
+        }.get(how.kind)
+        if ours:
+            calls[how.kind] = lambda: self._own_events.append(ours())
         failure = None
         # an event BCC writes to kprobe/uprobe_events for this attach is recorded as ours
-        with _stderr_captured() as noise, dynevents.bcc_attach(how.kind, how.target):
+        with _stderr_captured() as noise, \
+                (contextlib.nullcontext() if ours else dynevents.bcc_attach(how.kind, how.target)):
             try:
                 calls[how.kind]()
             except Exception as e:  # BCC raises bare Exception for every attach failure
@@ -165,9 +244,10 @@ class Loaded:
 
     def close(self) -> None:
         """Detach everything and free the program (idempotent)."""
-        # closing the event detaches it (a USDT probe can have hundreds of sites)
-        in_parallel(os.close, self._usdt_events)
-        self._usdt_events = []
+        # closing the event or link detaches it (a USDT probe can have hundreds of
+        # sites; count, a thousand kprobes)
+        in_parallel(os.close, self._own_events)
+        self._own_events = []
         if self.bpf is not None:
             with _stderr_captured():
                 self._detach_in_parallel()
@@ -182,7 +262,7 @@ class Loaded:
         detach = {"tracepoint": lambda a: b.detach_tracepoint(a.target.encode()),
                   "kprobe": lambda a: b.detach_kprobe(a.target.encode(), a.fn.encode()),
                   "kretprobe": lambda a: b.detach_kretprobe(a.target.encode(), a.fn.encode())}
-        jobs = [a for a in self.attached if a.kind in detach]
+        jobs = [a for a in self.attached if a.kind in detach and a.cookie is None]
 
         def one(a: Attach) -> None:
             try:

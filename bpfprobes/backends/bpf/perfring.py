@@ -61,6 +61,12 @@ BATCH = 256 * 1024          # bytes of records handed on per ring per step
 BUDGET = 512 * 1024         # bytes of records per drain() before it returns
 
 
+def syscalls_known() -> bool:
+    """True where bpf(2) and perf_event_open(2) can be called directly (arch table)."""
+    abi = _host_abi()
+    return abi is not None and abi.nr_bpf > 0
+
+
 def supported() -> bool:
     """True where this reader is safe (a TSO CPU) and its syscalls are known."""
     abi = _host_abi()

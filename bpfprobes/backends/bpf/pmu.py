@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpfprobes.backends.bpf import perfring
+from bpfprobes.kernel import bpfsys
 
 PERF_TYPE_TRACEPOINT = 2
 PERF_SAMPLE_RAW = 1 << 10
@@ -86,3 +87,41 @@ def attach_uprobe(prog_fd: int, path: str, file_offset: int, ref_ctr: int = 0,
     fd = perfring.perf_event_open(perf_attr(p.type, config, ctypes.addressof(name), file_offset),
                                   pid, 0 if pid == -1 else -1)
     return with_program(fd, prog_fd)
+
+
+def open_kprobe(target: str, offset: int = 0, retprobe: bool = False) -> int:
+    """A kprobe (or kretprobe) on `target`+`offset` through the kprobe PMU: its
+    perf event's fd, no program yet."""
+    p = pmu("kprobe")
+    if p is None:
+        raise OSError(0, "this kernel has no kprobe PMU")
+    name = ctypes.create_string_buffer(target.encode())
+    config = 1 << p.retprobe_bit if retprobe else 0
+    return perfring.perf_event_open(perf_attr(p.type, config, ctypes.addressof(name), offset),
+                                    -1, 0)
+
+
+def _checked(fd: int, what: str) -> int:
+    if fd < 0:
+        raise OSError(-fd, f"{what}: {os.strerror(-fd)}")
+    return fd
+
+
+def attach_kprobe_link(prog_fd: int, target: str, cookie: int, offset: int = 0,
+                       retprobe: bool = False) -> int:
+    """`prog_fd` on a kprobe, told `cookie` (bpf_get_attach_cookie): a link's fd
+    (close to detach). The link holds the perf event, whose own fd is closed
+    here: one descriptor per probe, not two."""
+    event = open_kprobe(target, offset, retprobe)
+    try:
+        return _checked(bpfsys.perf_link(prog_fd, event, cookie), "bpf link")
+    finally:
+        os.close(event)
+
+
+def attach_kprobe_multi(prog_fd: int, symbols: list[str], cookies: list[int],
+                        retprobe: bool = False) -> int:
+    """`prog_fd` at every function of `symbols` through one kprobe_multi link,
+    each telling the program its cookie: the link's fd (close to detach all)."""
+    return _checked(bpfsys.kprobe_multi_link(prog_fd, symbols, cookies, retprobe),
+                    "kprobe_multi link")

@@ -16,8 +16,9 @@ run to run (the tool's own PID, a -p filter) is in that map, not in the code
 (runconfig.py), so one entry serves every run of a program's shape and no
 instruction is ever patched. Attaching without BCC covers tracepoints, raw tracepoints and
 kprobes/kretprobes through the kprobe PMU; anything else (uprobes, kretprobe
-maxactive) goes through BCC as before, and so does everything where the
-direct ring reader is not offered (perfring.supported()). A cached program
+maxactive) goes through BCC as before. A cached program's events are read by
+perfring's direct reader where it is offered (x86-64), else by libbcc's C
+reader on the map (loader.MapPerfReader: arm64 needs its barriers). A cached program
 the kernel refuses is dropped and compiled again by BCC.
 
 The cache is trusted only if it is ours alone (safefs.py): its directories are
@@ -83,7 +84,7 @@ LOG_SIZE = 1 << 16
 
 def usable(attaches: list[Attach]) -> bool:
     """True when a program with these attaches can be cached and loaded directly."""
-    return (perfring.supported() and not os.environ.get(DISABLE_ENV)
+    return (perfring.syscalls_known() and not os.environ.get(DISABLE_ENV)
             and all(a.kind in PROG_TYPES and not a.maxactive for a in attaches)
             and all(a.kind not in ("kprobe", "kretprobe") or pmu.pmu("kprobe") for a in attaches))
 
@@ -396,7 +397,7 @@ def _save(dir_fd: int, program: Program, headers: Headers, obj: dict, listed: by
           started_ns: int) -> None:
     """Keep a compiled object, with the stamps that say when it no longer holds."""
     tools = obj.get("toolchain")
-    fingerprints = header_fingerprints(headers.path, parse_dependencies(listed), started_ns)
+    fingerprints = header_fingerprints(headers.relative_base, parse_dependencies(listed), started_ns)
     if tools is None or fingerprints is None:
         return                                  # what it was made from is unknown: not kept
     safefs.sweep_temps(dir_fd, older_than=STALE_TEMP_S)
@@ -418,7 +419,7 @@ def _parse_entry(data: bytes | None) -> dict | None:
 def _read_entry(dir_fd: int, name: str, headers: Headers) -> dict | None:
     """The entry `name` if it is ours alone and its headers are unchanged."""
     obj = _parse_entry(safefs.read_file(dir_fd, name))
-    return obj if obj is not None and headers_current(obj.get("headers"), headers.path) else None
+    return obj if obj is not None and headers_current(obj.get("headers"), headers.relative_base) else None
 
 
 def _read(path: Path) -> dict | None:
@@ -522,6 +523,7 @@ class DirectLoaded:
         self._maps: dict[str, int] = {}
         self._progs: dict[str, int] = {}
         self._events: list[int] = []            # perf event / raw tracepoint fds: the attachments
+        self._reader: loader.MapPerfReader | None = None     # libbcc's, where not direct
         self._ncpu = len(perfring.cpus("possible"))     # per-CPU values' slots, read every poll
         try:
             for name, spec in obj["maps"].items():
@@ -574,14 +576,15 @@ class DirectLoaded:
         return out
 
     def open_perf_reader(self, name, on_sample, pages, on_lost, wakeup_events) -> None:
-        # a cached program is loaded only where perfring's direct reader runs (usable())
-        raise KernelError("a program from the cache is read by the direct reader only")
+        # where perfring's direct reader is not offered (arm64): libbcc's C reader
+        self._reader = loader.MapPerfReader(self._maps[name], on_sample, pages, on_lost,
+                                            wakeup_events)
 
     def poll_perf(self, timeout_ms: int) -> None:
-        raise KernelError("a program from the cache is read by the direct reader only")
+        self._reader.poll(timeout_ms)
 
     def consume_perf(self) -> None:
-        raise KernelError("a program from the cache is read by the direct reader only")
+        self._reader.consume()
 
     def attach(self, how: Attach) -> None:
         try:
@@ -600,11 +603,7 @@ class DirectLoaded:
             attr = pmu.perf_attr(pmu.PERF_TYPE_TRACEPOINT, _tracepoint_id(how.target))
             fd = perfring.perf_event_open(attr, -1, 0)
         else:
-            kp = pmu.pmu("kprobe")
-            name = ctypes.create_string_buffer(how.target.encode())
-            ret = 1 << kp.retprobe_bit if how.kind == "kretprobe" else 0
-            fd = perfring.perf_event_open(pmu.perf_attr(kp.type, ret, ctypes.addressof(name),
-                                                        how.offset), -1, 0)
+            fd = pmu.open_kprobe(how.target, how.offset, how.kind == "kretprobe")
         return pmu.with_program(fd, prog)
 
     def close(self) -> None:
@@ -612,6 +611,9 @@ class DirectLoaded:
         Each detach waits for an RCU grace period in the kernel: the events are
         closed in parallel so that exit stays quick with many probes."""
         loader.in_parallel(_close_quietly, self._events)
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         ids = [_prog_id(fd) for fd in self._progs.values()]
         for fd in [*self._progs.values(), *self._maps.values()]:
             _close_quietly(fd)
