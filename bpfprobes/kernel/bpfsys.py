@@ -116,6 +116,8 @@ def kprobe_multi_link(prog_fd: int, symbols: list[str], cookies: list[int],
     """One link running `prog_fd` at every function in `symbols` (fprobe, 5.18+ with
     CONFIG_FPROBE), each telling the program its cookie: the link's fd, or -errno.
     The program must have been loaded for it (expected_attach_type KPROBE_MULTI)."""
+    if len(cookies) != len(symbols):        # the kernel reads cnt cookies
+        raise ValueError("a cookie for each symbol")
     names = [ctypes.create_string_buffer(s.encode()) for s in symbols]
     syms = (ctypes.c_char_p * len(names))(*[ctypes.addressof(n) for n in names])
     marks = (ctypes.c_uint64 * len(cookies))(*cookies)

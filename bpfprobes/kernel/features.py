@@ -103,15 +103,16 @@ def kprobe_multi(k: Kernel) -> Evidence:
     is not, its 6.12 is). Tried for real on a function ftrace can attach to."""
     if not kprobes(k).available:
         return Evidence(False, "no kprobes")
+    refused = "no kprobe_multi test target in kallsyms"
     for func in FENTRY_TARGETS:
         if not k.kallsyms.exists(func):
             continue
         rc = bpfsys.kprobe_multi_attach(func)
         if rc == 0:
             return Evidence(True, f"kprobe_multi link on {func} attached")
-        return Evidence(False, f"kprobe_multi link on {func} refused: "
-                               f"{errno.errorcode.get(-rc, rc)} ({_config_says(k, 'CONFIG_FPROBE')})")
-    return Evidence(False, "no kprobe_multi test target in kallsyms")
+        refused = (f"kprobe_multi link on {func} refused: {errno.errorcode.get(-rc, rc)} "
+                   f"({_config_says(k, 'CONFIG_FPROBE')})")
+    return Evidence(False, refused)
 
 
 def _map_feature(map_type: int, key: int, value: int, entries: int, name: str) -> Evidence:

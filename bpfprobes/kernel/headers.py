@@ -51,11 +51,14 @@ class Headers:
         """The directory relative header names in a compile's dependency list are from."""
         return self.compile_dir or self.path
 
-    def bcc_env(self) -> dict[str, str]:
-        """Environment for BCC: nothing when it finds the headers itself."""
+    def bcc_env(self) -> dict[str, str | None]:
+        """BCC's header variables for its compile, None: unset. Both are always
+        decided here: one inherited from the caller's environment (sudo -E) would
+        make BCC compile from a tree other than the one the program cache keys
+        and fingerprints (relative_base)."""
         if self.path and self.source != "lib/modules":
-            return {"BCC_KERNEL_SOURCE": self.path}
-        return {}
+            return {"BCC_KERNEL_SOURCE": self.path, "BCC_KERNEL_MODULES_SUFFIX": None}
+        return {"BCC_KERNEL_SOURCE": None, "BCC_KERNEL_MODULES_SUFFIX": None}
 
 
 def _version_key(release: str) -> tuple[int, ...]:

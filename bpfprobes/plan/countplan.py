@@ -169,7 +169,6 @@ def expand(k: Kernel, patterns: list[str], limit: int = DEFAULT_LIMIT,
 class Attaching:
     attaches: list[Attach]
     counters: list[int]         # targets with a function of their own (count_i)
-    shared: str                 # how kernel functions share one program, for -v
 
 
 def attaching(k: Kernel, targets: list[Target]) -> Attaching:
@@ -186,6 +185,15 @@ def attaching(k: Kernel, targets: list[Target]) -> Attaching:
     counters = [i for i, t in enumerate(targets) if not (cookies and t.kind == "kprobe")]
     if len(kprobes) > 1 and features.check(k, "kprobe_multi").available:
         return Attaching([Attach("kprobe_multi", "", MULTI_FN, members=tuple(kprobes)), *rest],
-                         counters, "one kprobe_multi link")
-    return Attaching([*kprobes, *rest], counters,
-                     "a link per function, one program" if kprobes else "a program per target")
+                         counters)
+    return Attaching([*kprobes, *rest], counters)
+
+
+def sharing(attached: list[Attach]) -> str:
+    """How kernel functions were attached in the end (the meta's `attach`): the
+    kernel may refuse one kprobe_multi link, and each is then attached alone."""
+    if any(a.kind == "kprobe_multi" for a in attached):
+        return "one kprobe_multi link"
+    if any(a.cookie is not None for a in attached):
+        return "a link per function, one program"
+    return "a program per target"

@@ -202,7 +202,7 @@ def count_targets(k: Kernel, targets: list[countplan.Target], o: Options,
 
     def meta(live: Live) -> dict:
         return {"version": __version__, "kernel": k.release, "targets": len(targets),
-                "attach": plan.shared,
+                "attach": countplan.sharing(backend.loaded.attached),
                 "by": o.by, "pid": o.pid, "startup_s": live.startup_s,
                 **({"metrics": f"http://{metrics.address}/metrics"} if metrics else {})}
 

@@ -15,7 +15,8 @@ def test_matching_build_dir_wins(tmp_path):
     make(tmp_path / "lib/modules/6.1.0-9-amd64/build", {"include/linux/x.h": "", "Makefile": ""})
     h = headers.find("6.1.0-9-amd64", lib_modules=tmp_path / "lib/modules",
                      usr_src=tmp_path / "src", cache=tmp_path / "cache")
-    assert h.status == "matching" and h.bcc_env() == {}
+    assert h.status == "matching"
+    assert h.bcc_env() == {"BCC_KERNEL_SOURCE": None, "BCC_KERNEL_MODULES_SUFFIX": None}
     assert h.relative_base == h.path
 
 
@@ -52,7 +53,7 @@ def test_nearest_distro_headers_are_merged_without_touching_lib_modules(tmp_path
     assert (merged / "include/generated/autoconf.h").read_text() == "amd64"
     assert (merged / "Makefile").read_text() == "amd64"          # the arch tree wins
     assert (merged / "scripts").resolve() == (src / "kbuild").resolve()   # no dangling links
-    assert h.bcc_env() == {"BCC_KERNEL_SOURCE": str(merged)}
+    assert h.bcc_env() == {"BCC_KERNEL_SOURCE": str(merged), "BCC_KERNEL_MODULES_SUFFIX": None}
     assert not (tmp_path / "none").exists()
 
 

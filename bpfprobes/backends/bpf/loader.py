@@ -329,7 +329,11 @@ def compile_program(program: Program, headers: Headers) -> Loaded:
                            "CONFIG_IKHEADERS (make setup does this)")
     env = headers.bcc_env()
     saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     try:
         failure = None
         with _stderr_captured() as noise:

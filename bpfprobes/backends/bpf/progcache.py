@@ -185,9 +185,11 @@ def _compile_in_child(program: Program, headers: Headers,
     os.close(write_end)
     chunks: list[bytes] = []
     done = False
+    waiting = select.poll()         # not select(): a descriptor may be past 1023 (count)
+    waiting.register(read_end, select.POLLIN)
     try:
         while not stopping():
-            if select.select([read_end], [], [], CHILD_POLL_S)[0]:
+            if waiting.poll(CHILD_POLL_S * 1000):
                 chunk = os.read(read_end, 1 << 16)
                 if not chunk:
                     done = True

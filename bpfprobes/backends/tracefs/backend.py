@@ -111,7 +111,10 @@ class TracePipe:
         self.on_sample = on_sample
 
     def poll(self, timeout_ms: int) -> None:
-        select.select([self.fd], [], [], timeout_ms / 1000)
+        # poll, not select(): a descriptor may be past 1023 (fdlimit)
+        waiting = select.poll()
+        waiting.register(self.fd, select.POLLIN)
+        waiting.poll(timeout_ms)
 
     def drain(self) -> None:
         """What trace_pipe has now, read without waiting: its poll wakes only at
