@@ -3,7 +3,8 @@
 Every round runs the untraced workload and each tracer in turn (the order
 rotates between rounds) for each storm size, so slow drifts of a shared, noisy
 machine fall on every tracer alike; ratios are taken within a round, then the
-median over rounds is shown. It prints a table and writes bench/RESULTS.md.
+median over rounds is shown, with the range. It prints a table and writes
+bench/RESULTS.md and the README's cost table (between its cost markers).
 
     .venv/bin/python bench/run.py            # 3 rounds, N = 200,000 and 1,000,000 (~8 min)
     .venv/bin/python bench/run.py --quick    # 1 round, N = 200,000 (~1 min)
@@ -112,9 +113,12 @@ def summarize(runs: list[tuple[int, Run]], names: list[str],
             ok = [(r, x) for r, x in mine if not x.error]
             ratios = [x.ns_per_op / statistics.mean(base[r]) for r, x in ok
                       if x.ns_per_op and r in base]
+            rss = [x.rss_mb for _, x in ok if x.rss_mb is not None]
             row = {"tracer": name, "N": n, "runs": len(ok),
                    "ns_per_open": _median([x.ns_per_op for _, x in ok]),
                    "ratio": _median(ratios),
+                   "ratio_range": [min(ratios), max(ratios)] if ratios else None,
+                   "rss_range": [min(rss), max(rss)] if rss else None,
                    "capture": _median([x.captured / n for _, x in ok
                                        if x.captured is not None]),
                    "lost": _median([x.lost for _, x in ok if x.lost is not None]),
@@ -257,6 +261,49 @@ def results_md(host: tuple[list[dict], dict] | None, vm: tuple[list[dict], dict]
 
 
 VM_TITLE = "## Kprobe path in the test VM"
+README_START, README_END = "<!-- cost: written by make bench -->", "<!-- cost: end -->"
+
+
+def _spread(median, span, spec: str, unit: str = "") -> str:
+    """`1.23` or, over several rounds, `1.23 (1.20-1.31)`."""
+    if median is None:
+        return ""
+    text = f"{format(median, spec)}{unit}"
+    if span and span[0] != span[1]:
+        text += f" ({format(span[0], spec)}-{format(span[1], spec)}{unit})"
+    return text
+
+
+def readme_block(rows: list[dict], info: dict) -> str:
+    """The README's cost table: the largest storm of this run, medians with the range."""
+    n = max(r["N"] for r in rows)
+    lines = [f"{info['date']}, kernel {info['kernel']}, commit {info['commit']}, "
+             f"{info['rounds']} round(s) of {n:,} opens ({info['cpu']}); "
+             "median (range over rounds):", "",
+             "| tracer | x untraced | capture | lost | live after | peak RSS | CPU s / M events |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if r["N"] != n or r["tracer"] == "untraced":
+            continue
+        capture = _fmt(r["capture"], ".2%")
+        if r["capture"] is not None and "count" in r["tracer"]:
+            capture = f">= {r['capture']:.0%} (every openat on the machine)"
+        lines.append(f"| {r['tracer']} | {_spread(r['ratio'], r.get('ratio_range'), '.2f')} | "
+                     f"{capture} | {_fmt(r['lost'], ',.0f')} | {_fmt(r['live_s'], '.2f')} s | "
+                     f"{_spread(r['rss_mb'], r.get('rss_range'), '.0f', ' MB')} | "
+                     f"{_fmt(r['cpu_per_m'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def write_readme(path: Path, block: str) -> bool:
+    """Put `block` between the README's cost markers; False when they are missing."""
+    text = path.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    path.write_text(text[:start + len(README_START)] + "\n" + block + "\n" + text[end:])
+    return True
+
 
 
 def merge_results(path: Path, host, vm) -> str:
@@ -293,7 +340,9 @@ def parse_args(argv=None):
     p.add_argument("--vm-sizes", type=lambda s: tuple(int(x) for x in s.split(",")),
                    default=(50_000,))
     p.add_argument("--results", default=str(HERE / "RESULTS.md"))
-    p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
+    p.add_argument("--readme", default=str(ROOT / "README.md"))
+    p.add_argument("--no-write", action="store_true",
+                   help="print only; leave RESULTS.md and the README")
     p.add_argument("--baseline", metavar="DIR",
                    help="also run bpfprobes opensnoop from this checkout (an older commit)")
     p.add_argument("--in-vm", metavar="JSON", help=argparse.SUPPRESS)
@@ -320,6 +369,8 @@ def main(argv=None) -> int:
     if not args.no_write:
         Path(args.results).write_text(merge_results(Path(args.results), host, vm))
         print(f"\nbench: wrote {args.results}")
+        if host and write_readme(Path(args.readme), readme_block(*host)):
+            print(f"bench: wrote the cost table in {args.readme}")
     return 0
 
 

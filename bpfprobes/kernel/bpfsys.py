@@ -111,21 +111,26 @@ def perf_link(prog_fd: int, perf_fd: int, cookie: int) -> int:
     return _bpf(BPF_LINK_CREATE, attr)
 
 
-def kprobe_multi_link(prog_fd: int, symbols: list[str], cookies: list[int],
-                      retprobe: bool = False) -> int:
-    """One link running `prog_fd` at every function in `symbols` (fprobe, 5.18+ with
-    CONFIG_FPROBE), each telling the program its cookie: the link's fd, or -errno.
-    The program must have been loaded for it (expected_attach_type KPROBE_MULTI)."""
-    if len(cookies) != len(symbols):        # the kernel reads cnt cookies
-        raise ValueError("a cookie for each symbol")
-    names = [ctypes.create_string_buffer(s.encode()) for s in symbols]
+def kprobe_multi_link(prog_fd: int, symbols: list[str] | None, cookies: list[int],
+                      addrs: list[int] | None = None, retprobe: bool = False) -> int:
+    """One link running `prog_fd` at every function in `symbols`, or at each of
+    `addrs` (one or the other), each telling the program its cookie (fprobe,
+    5.18+ with CONFIG_FPROBE): the link's fd, or -errno. The program must have
+    been loaded for it (expected_attach_type KPROBE_MULTI)."""
+    count = len(symbols) if symbols is not None else len(addrs or ())
+    if len(cookies) != count or (symbols is None) == (addrs is None):
+        raise ValueError("symbols or addresses, and a cookie for each")   # the kernel reads cnt
+    names = [ctypes.create_string_buffer(s.encode()) for s in symbols or ()]
     syms = (ctypes.c_char_p * len(names))(*[ctypes.addressof(n) for n in names])
-    marks = (ctypes.c_uint64 * len(cookies))(*cookies)
+    places = (ctypes.c_uint64 * count)(*(addrs or ()))
+    marks = (ctypes.c_uint64 * count)(*cookies)
     # link_create: prog_fd, target_fd, attach_type, flags, then kprobe_multi's
     # flags, cnt, syms, addrs, cookies
     attr = struct.pack("<IIIIIIQQQ", prog_fd, 0, ATTACH_KPROBE_MULTI, 0,
-                       KPROBE_MULTI_RETURN if retprobe else 0, len(names),
-                       ctypes.addressof(syms), 0, ctypes.addressof(marks))
+                       KPROBE_MULTI_RETURN if retprobe else 0, count,
+                       ctypes.addressof(syms) if symbols is not None else 0,
+                       ctypes.addressof(places) if addrs is not None else 0,
+                       ctypes.addressof(marks))
     return _bpf(BPF_LINK_CREATE, attr)
 
 

@@ -123,6 +123,17 @@ class Kallsyms:
         names = sorted({n for n in self._text_names() if w.match(n)})
         return names[:limit] if limit else names
 
+    def repeated(self, names: list[str]) -> dict[str, list[int]]:
+        """The addresses of each of `names` that kallsyms lists more than once as
+        text (static functions of one name in several files): a probe by name
+        reaches one of them, a probe by address each."""
+        counts: dict[str, int] = {}
+        wanted = set(names)
+        for n in self._text_names():
+            if n in wanted:
+                counts[n] = counts.get(n, 0) + 1
+        return {n: sorted({s.addr for s in self.find(n)}) for n, c in counts.items() if c > 1}
+
     def _text_names(self) -> list[str]:
         # one linear pass over the raw text; the wildcard then runs per name
         if self._names is None:

@@ -29,7 +29,7 @@ class Attach:
 
     def describe(self) -> str:
         if self.kind == "kprobe_multi":
-            shown = ", ".join(m.target for m in self.members[:3])
+            shown = ", ".join(m.target or hex(m.offset) for m in self.members[:3])
             more = ", ..." if len(self.members) > 3 else ""
             return f"kprobe_multi {len(self.members)} functions ({shown}{more})"
         where = f"{self.path}:" if self.path else ""

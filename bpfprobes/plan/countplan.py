@@ -179,14 +179,21 @@ def attaching(k: Kernel, targets: list[Target]) -> Attaching:
     one in all, instead of a program and an event each. Older kernels, and every
     other kind of target, keep a function per target."""
     cookies = features.check(k, "attach_cookies").available
-    kprobes = [replace(t.attach, fn=COOKIE_FN, cookie=i) for i, t in enumerate(targets)
-               if cookies and t.kind == "kprobe"]
+    shared = [(i, t) for i, t in enumerate(targets) if cookies and t.kind == "kprobe"]
+    # a name kallsyms lists more than once: a probe at each of its addresses, one cookie
+    repeated = k.kallsyms.repeated([t.attach.target for _, t in shared]) if shared else {}
+    by_name = [replace(t.attach, fn=COOKIE_FN, cookie=i) for i, t in shared
+               if t.attach.target not in repeated]
+    by_addr = [Attach("kprobe", "", COOKIE_FN, offset=addr, cookie=i) for i, t in shared
+               for addr in repeated.get(t.attach.target, ())]
     rest = [t.attach for t in targets if not (cookies and t.kind == "kprobe")]
     counters = [i for i, t in enumerate(targets) if not (cookies and t.kind == "kprobe")]
-    if len(kprobes) > 1 and features.check(k, "kprobe_multi").available:
-        return Attaching([Attach("kprobe_multi", "", MULTI_FN, members=tuple(kprobes)), *rest],
-                         counters)
-    return Attaching([*kprobes, *rest], counters)
+    if len(by_name) + len(by_addr) > 1 and features.check(k, "kprobe_multi").available:
+        # one link takes names or addresses, not both
+        links = [Attach("kprobe_multi", "", MULTI_FN, members=tuple(group))
+                 for group in (by_name, by_addr) if group]
+        return Attaching([*links, *rest], counters)
+    return Attaching([*by_name, *by_addr, *rest], counters)
 
 
 def sharing(attached: list[Attach]) -> str:

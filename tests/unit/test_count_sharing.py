@@ -9,6 +9,7 @@ import pytest
 from bpfprobes.base import fdlimit
 from bpfprobes.base.errors import KernelError
 from bpfprobes.kernel import features
+from bpfprobes.kernel.kallsyms import Kallsyms
 from bpfprobes.plan import countplan
 from bpfprobes.plan.attach import Attach
 
@@ -18,10 +19,22 @@ TARGETS = [countplan.Target("kprobe", "vfs_read", Attach("kprobe", "vfs_read", "
            countplan.Target("kprobe", "vfs_write", Attach("kprobe", "vfs_write", "count_2"))]
 
 
-def kernel_with(monkeypatch, **have):
+KALLSYMS = (b"ffffffff81000100 T vfs_read\n"
+            b"ffffffff81000200 T vfs_write\n"
+            b"ffffffff81000300 t sched_switch_helper\n")
+# a static function of one name in two files: kallsyms lists it twice
+TWICE = KALLSYMS + b"ffffffff81000400 t ext4_es_is_delayed\nffffffff81000500 t ext4_es_is_delayed\n"
+
+
+class _Kernel:
+    def __init__(self, text: bytes = KALLSYMS) -> None:
+        self.kallsyms = Kallsyms(text=text)
+
+
+def kernel_with(monkeypatch, text: bytes = KALLSYMS, **have):
     monkeypatch.setattr(features, "check",
                         lambda k, name: features.Evidence(have.get(name, False), "test"))
-    return object()
+    return _Kernel(text)
 
 
 def test_kprobe_multi_takes_every_kernel_function_in_one_link(monkeypatch):
@@ -54,6 +67,22 @@ def test_without_attach_cookies_a_function_per_target(monkeypatch):
     plan = countplan.attaching(kernel_with(monkeypatch), TARGETS)
     assert plan.attaches == [t.attach for t in TARGETS] and plan.counters == [0, 1, 2]
     assert countplan.sharing(plan.attaches) == "a program per target"
+
+
+def test_a_name_listed_twice_is_probed_at_each_address_with_one_cookie(monkeypatch):
+    targets = [*TARGETS, countplan.Target("kprobe", "ext4_es_is_delayed",
+                                          Attach("kprobe", "ext4_es_is_delayed", "count_3"))]
+    k = kernel_with(monkeypatch, TWICE, attach_cookies=True, kprobe_multi=True)
+    names, addrs, _tp = countplan.attaching(k, targets).attaches
+    assert [m.target for m in names.members] == ["vfs_read", "vfs_write"]
+    # one link takes names or addresses: the copies go in a second, by address
+    assert [(m.target, m.offset, m.cookie) for m in addrs.members] == \
+        [("", 0xffffffff81000400, 3), ("", 0xffffffff81000500, 3)]
+    assert addrs.describe() == "kprobe_multi 2 functions (0xffffffff81000400, 0xffffffff81000500)"
+    per_link = countplan.attaching(kernel_with(monkeypatch, TWICE, attach_cookies=True),
+                                   targets).attaches
+    assert [(a.target, a.offset, a.cookie) for a in per_link if a.cookie == 3] == \
+        [("", 0xffffffff81000400, 3), ("", 0xffffffff81000500, 3)]
 
 
 @pytest.fixture

@@ -222,7 +222,7 @@ class Loaded:
             "kprobe_multi": lambda: pmu.attach_kprobe_multi(
                 b.load_func(how.fn.encode(), b.KPROBE,
                             attach_type=bpfsys.ATTACH_KPROBE_MULTI).fd,
-                [m.target for m in how.members], [m.cookie or 0 for m in how.members]),
+                list(how.members)),
         }.get(how.kind)
         if ours:
             calls[how.kind] = lambda: self._own_events.append(ours())

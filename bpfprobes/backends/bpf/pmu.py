@@ -90,14 +90,17 @@ def attach_uprobe(prog_fd: int, path: str, file_offset: int, ref_ctr: int = 0,
 
 
 def open_kprobe(target: str, offset: int = 0, retprobe: bool = False) -> int:
-    """A kprobe (or kretprobe) on `target`+`offset` through the kprobe PMU: its
-    perf event's fd, no program yet."""
+    """A kprobe (or kretprobe) on `target`+`offset`, or at the address `offset`
+    when `target` is empty, through the kprobe PMU: its perf event's fd, no
+    program yet."""
     p = pmu("kprobe")
     if p is None:
         raise OSError(0, "this kernel has no kprobe PMU")
     name = ctypes.create_string_buffer(target.encode())
     config = 1 << p.retprobe_bit if retprobe else 0
-    return perfring.perf_event_open(perf_attr(p.type, config, ctypes.addressof(name), offset),
+    # config1: the function's name (0: none, config2 is an address), config2: offset
+    return perfring.perf_event_open(perf_attr(p.type, config,
+                                              ctypes.addressof(name) if target else 0, offset),
                                     -1, 0)
 
 
@@ -119,9 +122,15 @@ def attach_kprobe_link(prog_fd: int, target: str, cookie: int, offset: int = 0,
         os.close(event)
 
 
-def attach_kprobe_multi(prog_fd: int, symbols: list[str], cookies: list[int],
-                        retprobe: bool = False) -> int:
-    """`prog_fd` at every function of `symbols` through one kprobe_multi link,
-    each telling the program its cookie: the link's fd (close to detach all)."""
-    return _checked(bpfsys.kprobe_multi_link(prog_fd, symbols, cookies, retprobe),
-                    "kprobe_multi link")
+def attach_kprobe_multi(prog_fd: int, members: list, retprobe: bool = False) -> int:
+    """`prog_fd` at every kprobe of `members` (plan.attach.Attach: all by function
+    name, or all by address) through one kprobe_multi link, each telling the
+    program its cookie: the link's fd (close to detach all)."""
+    cookies = [m.cookie or 0 for m in members]
+    if all(m.target for m in members):
+        fd = bpfsys.kprobe_multi_link(prog_fd, [m.target for m in members], cookies,
+                                      retprobe=retprobe)
+    else:
+        fd = bpfsys.kprobe_multi_link(prog_fd, None, cookies, [m.offset for m in members],
+                                      retprobe)
+    return _checked(fd, "kprobe_multi link")
