@@ -5,7 +5,7 @@ ARGS ?= opensnoop
 CMD ?= bpfprobes doctor
 
 KERNEL ?= 6.1
-.PHONY: setup setup-test run test test-unit test-host test-vm test-kernels vm-run bench soak fuzz clean
+.PHONY: setup setup-test run test test-unit test-host test-vm test-kernels vm-run bench bench-attach soak fuzz clean
 
 setup:
 	@bash .ci/setup
@@ -56,6 +56,11 @@ EXPORTER_ARGS ?=
 bench: setup-test
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/exporter.py $(EXPORTER_ARGS)
+
+# count, bpftrace and BCC's funccount on ~100 and ~1,000 kernel functions in the test VM:
+# attach and detach time, cost per call (~15 min per kernel); writes bench/ATTACH.md
+bench-attach: setup-test
+	$(PY) bench/attach.py $(ATTACH_ARGS)
 
 # A 10-minute opensnoop session at a steady 20,000 opens/s: RSS, CPU, every event
 # accounted for (SOAK_ARGS="--tool execsnoop", "--minutes 1"); writes bench/SOAK.md
