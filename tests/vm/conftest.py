@@ -118,9 +118,16 @@ def _vm_report(config, kernel: str) -> dict:
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """What each kernel's boot ran and passed, for `make test-kernels`' README table."""
+    """What each kernel's boot ran and passed, for `make test-kernels`' README table.
+    A kernel this session did not boot keeps its row from the last run that did
+    (`BPFPROBES_KERNELS=arm64 make test-kernels` renews the arm64 row only)."""
     if IN_VM or not _STATE["reports"]:
         return
+    try:
+        kept = [r for r in json.loads(VERIFIED.read_text())
+                if r.get("kernel") not in _STATE["reports"] and r.get("kernel") in kernels.KERNELS]
+    except (OSError, ValueError):
+        kept = []
     rows = []
     for name, r in _STATE["reports"].items():
         k = kernels.get(name)
@@ -129,6 +136,8 @@ def pytest_sessionfinish(session, exitstatus):
                      "passed": sum(o == "passed" for o, _ in r["cases"].values()),
                      "whole": plan().get(name, False), "seconds": r["seconds"],
                      "date": time.strftime("%Y-%m-%d")})
+    order = list(kernels.KERNELS)
+    rows = sorted([*kept, *rows], key=lambda r: order.index(r["kernel"]))
     VERIFIED.parent.mkdir(parents=True, exist_ok=True)
     VERIFIED.write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -68,7 +68,7 @@ DEFAULT = "6.1"
 # for the tests' small programs, busybox for virtme-ng's initramfs.
 GUEST_PACKAGES = ("bash", "busybox-static", "coreutils", "util-linux", "mount", "kmod", "procps",
                   "grep", "sed", "findutils", "iproute2", "base-passwd", "debianutils", "libc-bin",
-                  "bpftool",
+                  "bpftool", "e2fsprogs",          # mkfs.ext4: count's ext4 test
                   "python3", "python3-bpfcc", "libbpfcc", "python3-pyroute2",
                   "python3-tabulate", "python3-prometheus-client", "python3-pytest",
                   "gcc", "libc6-dev", "systemtap-sdt-dev")
