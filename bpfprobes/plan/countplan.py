@@ -178,7 +178,8 @@ def attaching(k: Kernel, targets: list[Target]) -> Attaching:
     a link each (5.15+), so that a thousand functions take a descriptor each, or
     one in all, instead of a program and an event each. Older kernels, and every
     other kind of target, keep a function per target."""
-    cookies = features.check(k, "attach_cookies").available
+    cookies = any(t.kind == "kprobe" for t in targets) \
+        and features.check(k, "attach_cookies").available
     shared = [(i, t) for i, t in enumerate(targets) if cookies and t.kind == "kprobe"]
     # a name kallsyms lists more than once: a probe at each of its addresses, one cookie
     repeated = k.kallsyms.repeated([t.attach.target for _, t in shared]) if shared else {}
