@@ -72,8 +72,9 @@ def clean_env() -> dict[str, str]:
 
 @functools.cache
 def _headers_env() -> dict[str, str]:
+    """The variables bpfprobes sets for BCC (those it unsets: left as they are)."""
     from bpfprobes.kernel import headers
-    return headers.find().bcc_env()
+    return {k: v for k, v in headers.find().bcc_env().items() if v is not None}
 
 
 def _cpu_seconds(pid: int) -> float | None:
