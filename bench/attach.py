@@ -31,6 +31,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT), str(ROOT / "tests" / "vm")]
 
+import measure  # noqa: E402
+
 SETS = {"~100": ["vfs_*"], "~1,000": ["vfs_*", "ext4*", "tcp_*"]}
 STORM = 20_000                  # opens per storm under emulation (~1 s untraced)
 LIVE_TIMEOUT = 600.0
@@ -49,14 +51,12 @@ def _commands(patterns: list[str], python: str) -> dict[str, tuple[list[str], st
     }
 
 
-def _storm(workload: str, work: Path) -> float:
-    out = subprocess.run([workload, str(STORM), str(work / "storm")], capture_output=True,
-                         text=True, check=True)
-    return int(out.stdout.split()[-1]) / STORM
+def _storm(ctx: measure.Context) -> float:
+    return measure.storm(ctx, STORM, str(ctx.work / "storm"))
 
 
-def _one(name: str, argv: list[str], ready: str, workload: str, work: Path) -> dict:
-    out = work / "out"
+def _one(name: str, argv: list[str], ready: str, ctx: measure.Context) -> dict:
+    out = ctx.work / "out"
     with open(out, "wb") as fo:
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, stdout=fo, stderr=subprocess.STDOUT, cwd=ROOT,
@@ -70,7 +70,7 @@ def _one(name: str, argv: list[str], ready: str, workload: str, work: Path) -> d
                 return row
             time.sleep(0.02)
         row["live_s"] = round(time.monotonic() - t0, 2)
-        row["ns_per_open"] = _storm(workload, work)
+        row["ns_per_open"] = _storm(ctx)
         t1 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=LIVE_TIMEOUT)
@@ -88,17 +88,17 @@ def _one(name: str, argv: list[str], ready: str, workload: str, work: Path) -> d
 
 def in_vm(result: Path) -> None:
     subprocess.run(["modprobe", "ext4"], check=True)     # a module: its functions listed once loaded
-    workload = str(HERE / "out" / "workload")
-    work = Path(tempfile.mkdtemp(dir="/mnt"))
+    ctx = measure.Context(str(HERE / "out" / "workload"), sys.executable, str(ROOT),
+                          Path(tempfile.mkdtemp(dir="/mnt")))
     rows = []
     for label, patterns in SETS.items():
-        base = [_storm(workload, work) for _ in range(2)]
+        base = [_storm(ctx) for _ in range(2)]
         for name, (argv, ready) in _commands(patterns, sys.executable).items():
             if shutil.which(argv[0]) is None:
                 continue
-            row = _one(name, argv, ready, workload, work)
+            row = _one(name, argv, ready, ctx)
             row.update(set=label, untraced_ns=statistics.mean(base))
-            base.append(_storm(workload, work))          # drift between tracers
+            base.append(_storm(ctx))          # drift between tracers
             print(json.dumps(row), flush=True)
             rows.append(row)
     result.write_text(json.dumps({"kernel": os.uname().release, "rows": rows}))

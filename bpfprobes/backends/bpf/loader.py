@@ -6,6 +6,7 @@ probe and closes every perf buffer, so nothing of ours stays in the kernel.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -14,7 +15,6 @@ import signal
 import struct
 import tempfile
 import threading
-import contextlib
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
