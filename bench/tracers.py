@@ -66,6 +66,9 @@ OURS = Tracer("bpfprobes opensnoop", ("{root}/.venv/bin/bpfprobes", "opensnoop")
               _sum(r"^opensnoop: \d+ events, (\d+) lost"),
               note="raw_syscalls:sys_exit, direct perf ring reader, program cache",
               env=(("BPFPROBES_CACHE", "{work}/cache"),), warm_up=True)
+OURS_JSON = Tracer("bpfprobes opensnoop --json", (*OURS.argv, "--json"),
+                   _sum(r'^\{"type":"summary","events":\d+,"lost":(\d+)'),
+                   note="JSON lines, the same program cache", env=OURS.env, warm_up=True)
 OURS_COLD = Tracer("bpfprobes opensnoop, first start", OURS.argv, OURS.lost,
                    note="empty program cache: BCC compiles", smallest_only=True,
                    env=(("BPFPROBES_CACHE", "{work}/cold-{unique}"),))
@@ -80,7 +83,7 @@ FLOOR = Tracer("kernel floor (count only)", ("bpftrace", "-e", BPFTRACE_COUNT),
                _sum(r"Lost (\d+) events"), events="count", live_by="begin",
                note="bpftrace count(), no output per event")
 
-HOST = (OURS, OURS_COLD, LIBBPF, BPFTRACE, BCC_PY, FLOOR)
+HOST = (OURS, OURS_JSON, OURS_COLD, LIBBPF, BPFTRACE, BCC_PY, FLOOR)
 
 
 def baseline(checkout: str) -> Tracer:

@@ -44,9 +44,11 @@ assert OPEN_EVENT.names == ("ts_ns", "pid", "tid", "uid", "ret", "flags", "mode"
 
 
 def open_event(raw: bytes, _unpack=_OPEN_HEAD.unpack_from, _texts=_texts) -> dict:
-    """An opensnoop sample -> event fields (path and comm as text)."""
+    """An opensnoop sample -> event fields (path and comm as text; the result
+    also as fd, -1 on failure, and err, 0 on success)."""
     ts, pid, tid, uid, ret, flags, mode, sc, trunc, plen, comm = _unpack(raw)
-    return {"ts_ns": ts, "pid": pid, "tid": tid, "uid": uid, "ret": ret, "flags": flags,
+    return {"ts_ns": ts, "pid": pid, "tid": tid, "uid": uid, "ret": ret,
+            "fd": ret if ret >= 0 else -1, "err": -ret if ret < 0 else 0, "flags": flags,
             "mode": mode, "syscall": OPEN_SYSCALLS[sc] if sc < 3 else str(sc),
             "truncated": trunc != 0, "path_len": plen, "comm": _texts[comm],
             "path": _texts[raw[_OPEN_PATH:_OPEN_PATH + plen]]}

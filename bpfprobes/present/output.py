@@ -11,38 +11,71 @@ a terminal, and a byte that was not UTF-8 travels as `\\udcNN` (exact bytes:
 """
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
+from json import encoder as json_encoder
 from dataclasses import dataclass
 from typing import Callable, TextIO
 
 from bpfprobes.base.safetext import for_terminal, write_line
 
 
+def write_all(out: TextIO, text: str) -> None:
+    """`text` written whole, to the stream's file descriptor in a loop of
+    os.write after what the stream holds. A batch of event lines is hundreds of
+    KB, and CPython 3.11's buffered writer drops the rest of such a write that
+    a signal cuts short on a pipe (a SIGTERM mid-storm lost ~700 lines here,
+    without an error): this loop resumes where write(2) stopped. A stream with
+    no descriptor (a StringIO) is written as it is. UnicodeEncodeError: the
+    stream cannot take a letter of `text`, nothing was written."""
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        out.write(text)
+        return
+    data = memoryview(text.encode(out.encoding or "utf-8", out.errors or "strict"))
+    out.flush()
+    while data:
+        data = data[os.write(fd, data):]
+
+
 @dataclass(frozen=True)
 class Column:
     header: str
     width: int                         # negative: left-aligned; 0: last column, unpadded
-    render: Callable[[dict], object]
-    # True (the safe default): render gives text (a str), escaped for the
+    # a field's name (the cell is e[name], read inline: no call on the storm path),
+    # or a function of the event
+    render: str | Callable[[dict], object]
+    # True (the safe default): the cell is text (a str), escaped for the
     # terminal as it is printed. False: a number (an int has no isprintable:
     # True would fail at the first event, loudly), or text that is ours or
     # already escaped (printed as it is).
     escape: bool = True
 
 
-def _row_function(line: Callable[..., str], renders: list[Callable[[dict], object]],
-                  escapes: list[bool]):
-    """`e -> line(r0(e), r1(e), ...)` as one function, with no per-event list,
-    loop or *args: the text hot path of an event storm. A text cell is
-    `for_terminal(r(e))` with its fast path (one isprintable() pass) inlined,
-    so that printable text costs no call. Built with eval (as namedtuple builds
-    its methods) from our own names only, never from input."""
-    names = [f"r{i}" for i in range(len(renders))]
-    cells = [f"(s{i} if (s{i} := {n}(e)).isprintable() else esc(s{i}))" if escape else f"{n}(e)"
-             for i, (n, escape) in enumerate(zip(names, escapes))]
-    return eval(f"lambda e: line({', '.join(cells)})",  # noqa: S307
-                {"line": line, "esc": for_terminal, **dict(zip(names, renders))})
+def _row_functions(line: Callable[[tuple], str], columns: list[Column]):
+    """(`e -> line((cell0, cell1, ...))`, `events -> "".join of their lines`), each
+    one function with no per-event list, loop or *args: the text hot path of an
+    event storm. A field cell is `e[key]`; a text cell is `for_terminal(cell)`
+    with its fast path (one isprintable() pass) inlined, so that printable text
+    costs no call. Built with eval (as namedtuple builds its methods) from our
+    own names only: keys and functions are bound values, never source text."""
+    bound: dict[str, object] = {"line": line, "esc": for_terminal}
+    cells = []
+    for i, c in enumerate(columns):
+        if isinstance(c.render, str):
+            bound[f"k{i}"] = c.render
+            value = f"e[k{i}]"
+        else:
+            bound[f"r{i}"] = c.render
+            value = f"r{i}(e)"
+        cells.append(f"(s{i} if (s{i} := {value}).isprintable() else esc(s{i}))"
+                     if c.escape else value)
+    row = f"line(({''.join(c + ', ' for c in cells)}))"
+    return (eval(f"lambda e: {row}", bound),                         # noqa: S307
+            eval(f"lambda es: ''.join([{row} for e in es])", bound))  # noqa: S307
 
 
 class TextOutput:
@@ -53,14 +86,20 @@ class TextOutput:
         self.out = out
         self.err = err
         self._fmt = " ".join(self._cell(c.width) for c in columns)
-        self._renders = [c.render for c in columns]
-        self._row = _row_function((self._fmt + "\n").format, self._renders,
-                                  [c.escape for c in columns])
+        # the rows' own: % formatting of a tuple costs half of str.format's call
+        line = " ".join(self._row_cell(c.width) for c in columns) + "\n"
+        self._row, rows = _row_functions(line.__mod__, columns)
+        # a batch in one string and one write, unless a subclass prints more per event
+        self._rows = rows if type(self).event is TextOutput.event else None
         self._header = header
 
     @staticmethod
     def _cell(width: int) -> str:
         return "{}" if width == 0 else "{:<%d}" % -width if width < 0 else "{:>%d}" % width
+
+    @staticmethod
+    def _row_cell(width: int) -> str:
+        return "%s" if width == 0 else "%-" + str(-width) + "s" if width < 0 else f"%{width}s"
 
     def meta(self, meta: dict) -> None:
         if self._header:
@@ -71,6 +110,18 @@ class TextOutput:
             self.out.write(self._row(e))
         except UnicodeEncodeError:          # a stream that cannot take a letter (ASCII locale)
             write_line(self.out, self._row(e).removesuffix("\n"))
+
+    def events(self, es: list[dict]) -> None:
+        """A batch of events (the storm path): as event() on each, in one write."""
+        if self._rows is None:
+            for e in es:
+                self.event(e)
+            return
+        try:
+            write_all(self.out, self._rows(es))
+        except UnicodeEncodeError:
+            for e in es:
+                self.event(e)
 
     def lost(self, count: int, total: int) -> None:
         self.out.flush()
@@ -104,6 +155,23 @@ class TextOutput:
         self.out.flush()
 
 
+def _json_dumps() -> Callable[[object], str]:
+    """A compact JSON encoder, ASCII out: whatever the text holds (controls, bidi
+    overrides, surrogate escapes of non-UTF-8 bytes) it is never an encoding
+    error, never a raw control on a terminal, and still exact. json's C encoder
+    is made once here (JSONEncoder.encode makes one per call, and a dict to
+    check cycles: a third of an event's cost); events hold no cycles."""
+    plain = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+    if json_encoder.c_make_encoder is None:         # an interpreter without _json
+        return plain.encode
+    make = json_encoder.c_make_encoder(None, plain.default, json_encoder.encode_basestring_ascii,
+                                       None, ":", ",", False, False, True)
+    return lambda obj: "".join(make(obj, 0))
+
+
+dumps = _json_dumps()
+
+
 # summary figures the text line names only when they are not 0 (JSON always has them)
 SAID_WHEN_NONZERO = frozenset({"recursion_misses"})
 
@@ -114,10 +182,7 @@ class JsonOutput:
     def __init__(self, tool: str, out: TextIO = sys.stdout) -> None:
         self.tool = tool
         self.out = out
-        # ensure_ascii: ASCII out, whatever the text holds (controls, bidi
-        # overrides, surrogate escapes of non-UTF-8 bytes): never an encoding
-        # error, never a raw control on a terminal, and still exact
-        self._dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+        self._dumps = dumps
 
     def _line(self, obj: dict) -> None:
         self.out.write(self._dumps(obj) + "\n")
@@ -127,6 +192,12 @@ class JsonOutput:
 
     def event(self, e: dict) -> None:
         self._line({"type": "event", **e})
+
+    def events(self, es: list[dict]) -> None:
+        """A batch of event lines in one write; `"type"` put in front of each
+        encoded event rather than copying its dict (an event is never empty)."""
+        dumps = self._dumps
+        write_all(self.out, "".join(['{"type":"event",' + dumps(e)[1:] + "\n" for e in es]))
 
     def lost(self, count: int, total: int) -> None:
         self._line({"type": "lost", "count": count, "total": total})
@@ -153,6 +224,9 @@ class Quiet:
         self._sink = sink
 
     def event(self, e) -> None:
+        pass
+
+    def events(self, es) -> None:
         pass
 
     def __getattr__(self, name: str):

@@ -67,6 +67,7 @@ class Backend(Protocol):
 class Sink(Protocol):
     def meta(self, meta: dict) -> None: ...
     def event(self, e) -> None: ...
+    def events(self, es: list) -> None: ...
     def lost(self, count: int, total: int) -> None: ...
     def throttled(self, count: int, total: int) -> None: ...
     def table(self, kind: str, rows: list[dict], text: str) -> None: ...
@@ -141,9 +142,10 @@ class Session:
 
 def decoding(decode: Callable[[bytes], dict | None], sink: Sink) -> Callable:
     """The consumer of a tool whose events need nothing of the loaded program:
-    each sample decoded (None: filtered out in userspace) and given to the sink."""
+    each sample decoded (None: filtered out in userspace) and given to the sink;
+    a batch decoded in one pass and given to the sink at once (loop.Gate.feed)."""
     def consumer(_backend: Backend) -> Callable[[bytes], bool]:
-        sink_event = sink.event
+        sink_event, sink_events = sink.event, sink.events
 
         def on_event(raw: bytes) -> bool:
             e = decode(raw)
@@ -151,6 +153,13 @@ def decoding(decode: Callable[[bytes], dict | None], sink: Sink) -> Callable:
                 return False
             sink_event(e)
             return True
+
+        def many(samples: list[bytes]) -> int:
+            events = [e for raw in samples if (e := decode(raw)) is not None]
+            if events:
+                sink_events(events)
+            return len(events)
+        on_event.many = many                # type: ignore[attr-defined]
         return on_event
     return consumer
 

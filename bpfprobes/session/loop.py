@@ -54,21 +54,30 @@ class Gate:
     """The sample callback: counts what is shown and ends the run at --max-events.
 
     `on_event(raw)` returns True when the event was shown (it passed the
-    userspace filters), which is what the limit counts.
+    userspace filters), which is what the limit counts. A consumer that can
+    also take a whole batch has a `many(samples) -> shown` (session.core's
+    decoding): the storm path, with no call per sample between the layers.
     """
 
     def __init__(self, on_event: Callable[[bytes], bool], max_events: int | None) -> None:
         self.on_event = on_event
+        self.many: Callable[[list[bytes]], int] | None = getattr(on_event, "many", None)
         self.max_events = max_events
         self.events = 0
         self.stop: str | None = None
 
     def feed(self, samples: list[bytes]) -> None:
-        """Samples in a batch, as calling the gate on each but one call less per
+        """Samples in a batch, as calling the gate on each but with less per
         sample (the storm path); a limit to count down goes one by one."""
         if self.stop is not None or self.max_events is not None:
             for raw in samples:
                 self(raw)
+            return
+        if self.many is not None:
+            try:
+                self.events += self.many(samples)
+            except BrokenPipeError:         # a batch is one write: none of it was shown
+                self.stop = "output-closed"
             return
         on_event, shown = self.on_event, 0
         try:

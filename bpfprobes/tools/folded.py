@@ -25,7 +25,7 @@ from bpfprobes.backends.bpf.backend import BpfBackend
 from bpfprobes.backends.bpf.perfbuffer import PerfBuffer
 from bpfprobes.base.errors import BpfprobesError
 from bpfprobes.base.safetext import for_terminal
-from bpfprobes.gen import codegen
+from bpfprobes.gen import codegen, probegen
 from bpfprobes.kernel import errnos
 from bpfprobes.kernel.kallsyms import Kallsyms
 from bpfprobes.kernel.procmaps import Incarnation, UserSymbols
@@ -296,7 +296,7 @@ def run_probe(k: Kernel, plan, o, prog: str) -> loop.Summary:
     def probe_of(row: Row):
         return probes[row.index] if row.index < len(probes) else None
 
-    return session(k, prog, codegen.probe_program(plan, k.abi), attachments(k, plan), o,
+    return session(k, prog, probegen.probe_program(plan, k.abi), attachments(k, plan), o,
                    probe_row, lambda row: row.comm, probe_of,
                    f"stacks of {len(probes)} probe{'s' * (len(probes) != 1)}",
                    {"stacks": [s for s, on in (("kernel", kstack), ("user", ustack)) if on]})

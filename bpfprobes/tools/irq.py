@@ -19,7 +19,7 @@ from bpfprobes import __version__
 from bpfprobes.backends.bpf.backend import BpfBackend
 from bpfprobes.base.errors import KernelError, UsageError
 from bpfprobes.base.safetext import for_terminal, write_line
-from bpfprobes.gen import codegen
+from bpfprobes.gen import codegen, probegen
 from bpfprobes.kernel import errnos, features, interrupts, irqhandlers, policy, tracectx
 from bpfprobes.kernel.running import Kernel, current
 from bpfprobes.plan import metricplan, runconfig
@@ -236,7 +236,7 @@ class Events:
             return None
         c = self.ctx(e["ctx"])
         line = self.p.lines.get(irq) if kind == "hardirq" else None
-        out = {"kind": kind, "ts": self.clock.wall(e["ts_ns"]), "cpu": c.cpu,
+        out = {"kind": kind, "ts": self.clock.wall(e["ts_ns"]), "ts_ns": e["ts_ns"], "cpu": c.cpu,
                "irq": irq if kind in ("hardirq", "softirq") else None,
                "name": (line.name if line else None) if kind == "hardirq" else
                SOFTIRQS[irq] if kind == "softirq" and 0 <= irq < len(SOFTIRQS) else None,
@@ -347,7 +347,7 @@ def hist(o: Options, p: Plan, k: Kernel) -> int:
     buckets = metricplan.Options(max_series=HIST_SERIES, timed=True, linear=o.linear,
                                  divide=probehist.UNITS[o.unit])
     program, attaches = program_and_attaches(p, k, False, o.rate_limit, {
-        "IRQ_HIST": True, **codegen.metric_defines(buckets, len(IRQ_KINDS))})
+        "IRQ_HIST": True, **probegen.metric_defines(buckets, len(IRQ_KINDS))})
 
     labels = metricrows.Labels("kind", IRQ_KINDS, args=(("irq", lambda v: line_name(p, v)),))
     probehist.session(k, PROG, program, attaches, labels, probehist.Hist(
@@ -386,7 +386,7 @@ def stacks(o: Options, p: Plan, k: Kernel) -> int:
     program, attaches = program_and_attaches(p, k, False, o.rate_limit, {
         "IRQ_FOLDED": True, "FOLDED_STACKS": FOLDED_STACK_ENTRIES,
         "FOLDED_SEED": folded.seed(), "FOLDED_SCRATCH": len(IRQ_KINDS),
-        **codegen.metric_defines(rows, len(IRQ_KINDS))})
+        **probegen.metric_defines(rows, len(IRQ_KINDS))})
 
     def row(key: dict) -> folded.Row:
         args = struct.unpack_from("<2q", key["args"])

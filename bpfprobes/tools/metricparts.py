@@ -18,7 +18,7 @@ from bpfprobes.backends.bpf import tables
 from bpfprobes.backends.bpf.backend import BpfBackend
 from bpfprobes.base import signals
 from bpfprobes.base.errors import BpfprobesError, KernelError, UsageError
-from bpfprobes.gen import codegen
+from bpfprobes.gen import codegen, probegen
 from bpfprobes.kernel import binaries
 from bpfprobes.kernel.running import Kernel
 from bpfprobes.plan import (countplan, metricplan, probeattach, probefilter, probeplan,
@@ -144,7 +144,7 @@ def _probe_part(k: Kernel, decl: Decl, texts: list[str], index_label: str,
     labels = metricrows.Labels(index_label, names(plan), pid="pid" in decl.by,
                                comm="comm" in decl.by, errno="errno" in decl.by,
                                args=tuple(formats))
-    backend = BpfBackend(k, codegen.probe_program(plan, k.abi), probeattach.attachments(k, plan),
+    backend = BpfBackend(k, probegen.probe_program(plan, k.abi), probeattach.attachments(k, plan),
                          cacheable=False,
                          reader=lambda loaded: count.CountTables(loaded, labels))
 

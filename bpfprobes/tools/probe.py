@@ -11,7 +11,7 @@ from bpfprobes.backends.bpf.backend import BpfBackend
 from bpfprobes.backends.bpf.loaded import LoadedProgram
 from bpfprobes.base.errors import CompileError, UsageError
 from bpfprobes.base.safetext import for_terminal
-from bpfprobes.gen import codegen
+from bpfprobes.gen import codegen, probegen
 from bpfprobes.kernel import binaries, features, tracectx
 from bpfprobes.kernel.running import Kernel, current
 from bpfprobes.plan import (countplan, probefilter, probelayout, probeplan, runconfig,
@@ -96,11 +96,11 @@ def dry_run(k: Kernel, plan: probeplan.Plan, attaches: list[Attach]) -> int:
         out.write(f"# {for_terminal(line)}\n")
     for a in attaches:
         out.write(f"# attach: {for_terminal(a.describe())} -> {a.fn}\n")
-    defs = codegen.define_flags(codegen.probe_defines(plan))
+    defs = codegen.define_flags(probegen.probe_defines(plan))
     out.write(f"# cflags: {' '.join(defs)}\n")
-    settings = runconfig.describe(runconfig.PROBE, codegen.probe_config(plan))
+    settings = runconfig.describe(runconfig.PROBE, probegen.probe_config(plan))
     out.write(f"# config: {for_terminal(settings)}\n")
-    out.write(codegen.probe_source(plan, k.abi))
+    out.write(probegen.probe_source(plan, k.abi))
     return 0
 
 
@@ -130,7 +130,7 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[Attach], o: Options,
     render = (lambda ev: probefmt.json_event(ev, clock.wall)) if o.json else \
         probefmt.ftrace_text
     # BCC loads it: uprobes, kretprobe maxactive and stack maps are BCC's to attach and read
-    backend = BpfBackend(k, codegen.probe_program(plan, k.abi), attaches, cacheable=False,
+    backend = BpfBackend(k, probegen.probe_program(plan, k.abi), attaches, cacheable=False,
                          pages=o.buffer_pages, kretprobe_misses=True)
 
     def consumer(backend: BpfBackend):

@@ -11,7 +11,7 @@ from bpfprobes import __version__
 from bpfprobes.backends.bpf.backend import BpfBackend
 from bpfprobes.base.errors import UsageError
 from bpfprobes.base.safetext import for_terminal
-from bpfprobes.gen import codegen
+from bpfprobes.gen import codegen, probegen
 from bpfprobes.kernel.running import Kernel
 from bpfprobes.plan import metricplan, probeplan
 from bpfprobes.plan.probeattach import attachments
@@ -48,7 +48,7 @@ def run(k: Kernel, plan: probeplan.Plan, o, prog: str) -> loop.Summary:
     labels = metricrows.Labels("probe", tuple(p.event for p in plan.probes),
                                pid="pid" in m.by, comm="comm" in m.by)
     unit = o.unit if m.value is None else None
-    return session(k, prog, codegen.probe_program(plan, k.abi), attachments(k, plan), labels,
+    return session(k, prog, probegen.probe_program(plan, k.abi), attachments(k, plan), labels,
                    Hist(histogram.Buckets(m.slots, m.linear), unit,
                         m.value or f"latency in {unit}", f"{len(plan.probes)} probes", signed),
                    o, {"of": m.value or "latency", "by": o.by})

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bpfprobes.backends.bpf import loader
-from bpfprobes.gen import codegen
+from bpfprobes.gen import probegen
 from bpfprobes.gen.codegen import Program
 from bpfprobes.kernel import headers
 from tooling import Tool, held_by, run_tool
@@ -52,7 +52,7 @@ def auto_attached(loaded: loader.Loaded) -> dict:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_compiled_corpus_holds_exactly_the_asked_functions(case, kernel_headers):
-    program = codegen.probe_program(plan_of(case), X86)
+    program = probegen.probe_program(plan_of(case), X86)
     with loader.compile_program(program, kernel_headers) as loaded:
         assert functions_of(loaded) == case.expected
         assert auto_attached(loaded) == {}
@@ -63,7 +63,7 @@ def test_control_the_old_comment_is_seen(kernel_headers):
     """The program as the old codegen wrote it for the issue's path: BCC finds the
     extra function and attaches it at construction; the checks above would fail."""
     case = CASES[0]
-    program = codegen.probe_program(plan_of(case), X86)
+    program = probegen.probe_program(plan_of(case), X86)
     old = program.text.replace("/* spec 0 */", f"/* p:{EXPLOIT_PATH}:main */", 1)
     assert old != program.text
     with loader.compile_program(Program(program.name, old, program.cflags),

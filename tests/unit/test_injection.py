@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from bpfprobes.base.errors import UsageError
-from bpfprobes.gen import codegen
+from bpfprobes.gen import codegen, probegen
 from bpfprobes.kernel import arch
 from bpfprobes.plan import probefilter, runconfig, spec
 from bpfprobes.plan.probeplan import Facts, Options, Plan, Uprobe, assemble
@@ -143,7 +143,7 @@ def defined_functions(c: str) -> set[str]:
 def _baseline() -> set[str]:
     """What bpf_c/ itself defines in a probe program (static helpers)."""
     empty = Plan((), (), Options(), {})
-    return defined_functions(codegen.probe_program(empty, X86).text)
+    return defined_functions(probegen.probe_program(empty, X86).text)
 
 
 def test_the_check_sees_the_program_the_issue_reported():
@@ -156,9 +156,9 @@ def test_the_check_sees_the_program_the_issue_reported():
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_program_defines_exactly_what_the_specs_ask_for(case):
     plan = plan_of(case)
-    source = codegen.probe_source(plan, X86)
+    source = probegen.probe_source(plan, X86)
     assert defined_functions(source) == case.expected
-    program = codegen.probe_program(plan, X86)
+    program = probegen.probe_program(plan, X86)
     assert defined_functions(program.text) == _baseline() | case.expected
     assert {p.fn for p in plan.probes} | {s.fn for s in plan.stashes} == case.expected
 
@@ -166,8 +166,8 @@ def test_program_defines_exactly_what_the_specs_ask_for(case):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_no_user_text_reaches_the_c(case):
     plan = plan_of(case)
-    source = codegen.probe_source(plan, X86)
-    cflags = " ".join(codegen.probe_program(plan, X86).cflags)
+    source = probegen.probe_source(plan, X86)
+    cflags = " ".join(probegen.probe_program(plan, X86).cflags)
     for prefix in codegen.BCC_AUTO_ATTACH:
         assert prefix not in source and prefix not in cflags
     for text in (*case.hostile, *case.specs, *case.uprobe_paths.values()):
@@ -185,7 +185,7 @@ def test_filter_case_compiles_its_filter_in_the_kernel():
     """The hostile filter must really be C (not sent to userspace), or the test proves little."""
     plan = plan_of(CASES[3])
     assert plan.probes[0].kernel_filter is not None and plan.probes[0].user_filter is None
-    source = codegen.probe_source(plan, X86)
+    source = probegen.probe_source(plan, X86)
     # `"); } int kprobe__x(...` as its bytes: 34 41 59 32 125 ...
     quote = codegen.text_bytes('"); } int kprobe__x(void *ctx) { return 0; } /*') + b"\0"
     assert codegen.c_bytes_equal("(e->payload + 16)", quote) in source
@@ -199,9 +199,9 @@ def test_comm_goes_in_as_its_exact_bytes():
     """--comm that was not UTF-8 (surrogate-escaped argv) is compared byte for
     byte, and as data: the program's config holds it, the C never does."""
     plan = plan_of(CASES[4])
-    config = runconfig.PROBE.ctype.from_buffer_copy(codegen.probe_config(plan))
+    config = runconfig.PROBE.ctype.from_buffer_copy(probegen.probe_config(plan))
     assert (config.comm, config.comm_len, config.comm_set) == (b'\xff"*/\\0', 6, 1)
-    source = codegen.probe_source(plan, X86)
+    source = probegen.probe_source(plan, X86)
     assert "comm[" not in source and "probe_task_wanted(id)" in source
 
 

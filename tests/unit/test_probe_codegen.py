@@ -14,7 +14,7 @@ import pytest
 
 from bpfprobes.backends.bpf import backend as bpfbackend
 from bpfprobes.base.errors import UsageError
-from bpfprobes.gen import codegen
+from bpfprobes.gen import codegen, probegen
 from bpfprobes.kernel import arch, elfsym, errnos
 from bpfprobes.kernel.kallsyms import Kallsyms
 from bpfprobes.plan import probefilter, probelayout, runconfig, spec, tpformat
@@ -34,7 +34,7 @@ def plan_for(texts, abi=X86, fields=None, symbols=None, uprobes=None, returns=No
 
 
 def c_of(texts, abi=X86, **kw) -> str:
-    return codegen.probe_source(plan_for(texts, abi, **kw), abi)
+    return probegen.probe_source(plan_for(texts, abi, **kw), abi)
 
 
 # ---------------------------------------------------------------- every architecture
@@ -118,11 +118,11 @@ def test_string_slots_and_variable_size_submit():
     assert [(s.name, s.offset, s.size) for s in lay.slots] == [
         ("a", 0, 8), ("s", 16, 64), ("n", 8, 8), ("t", 80, 64), ("c", 144, 16)]
     assert lay.size == 160 and lay.trimmed.name == "c"
-    c = codegen.probe_source(plan, X86)
+    c = probegen.probe_source(plan, X86)
     assert "u32 n1 = probe_str(e, 16, 64, (u64)ctx->si, 2, BIT(1));" in c
     assert "bpf_get_current_comm(e->payload + 144, 16);" in c
     assert "probe_submit(ctx, e, offsetof(struct probe_event, payload) + 144 + n4);" in c
-    assert codegen.probe_defines(plan)["PROBE_PAYLOAD_MAX"] == 160
+    assert probegen.probe_defines(plan)["PROBE_PAYLOAD_MAX"] == 160
 
 
 def test_only_scalars_send_a_fixed_size():
@@ -158,15 +158,15 @@ def test_entry_and_return_on_one_function_pair_up():
     assert (p0.stash, p1.pair, p2.pair) == (0, 0, None)
     assert [p.event for p in plan.probes] == ["do_sys_openat2", "do_sys_openat2__return",
                                                "vfs_read"]
-    c = codegen.probe_source(plan, X86)
+    c = probegen.probe_source(plan, X86)
     assert "pair_enter(id, 0);" in c and "e->latency_ns = pair_leave(id, 0, e->ts_ns);" in c
-    assert codegen.probe_defines(plan)["PROBE_PAIRS"] == 10240
+    assert probegen.probe_defines(plan)["PROBE_PAIRS"] == 10240
 
 
 def test_latency_option_adds_a_hidden_entry():
     plan = plan_for(["r:vfs_read ret=$retval"], latency=True)
     assert plan.probes[0].pair == 0 and [s.fn for s in plan.stashes] == ["stash_0"]
-    c = codegen.probe_source(plan, X86)
+    c = probegen.probe_source(plan, X86)
     assert "int stash_0(struct pt_regs *ctx)" in c and "pair_enter(id, 0);" in c
     k = SimpleNamespace(kallsyms=SimpleNamespace(find=lambda s: [1]))
     kinds = [(a.kind, a.target, a.fn) for a in probe_cli.attachments(k, plan)]
@@ -217,7 +217,7 @@ def test_format_file_fields_and_default_types():
 def test_tracepoint_codegen_reads_the_record():
     fields = {0: tpformat.parse(OPENAT_FORMAT)}
     plan = plan_for(["t:syscalls:sys_enter_openat filename:string dfd"], fields=fields)
-    c = codegen.probe_source(plan, X86)
+    c = probegen.probe_source(plan, X86)
     assert "int probe_0(void *ctx)" in c
     assert "probe_read((u64)ctx + 24, 8, 0," in c                  # the pointer, from the record
     assert "probe_str(e, 8, 256, v, 2, BIT(0))" in c                # its string: user or kernel
@@ -275,7 +275,7 @@ def test_filter_types_are_checked_per_probe():
 def test_filter_c_for_numbers_and_strings():
     plan = plan_for(["p:f file=+0(%si):string fl=$arg3:u32", "r:f ret=$retval"],
                     filter=probefilter.parse('file ~ "/et*" && fl != 0 || pid == 7'))
-    c = codegen.probe_source(plan, X86)
+    c = probegen.probe_source(plan, X86)
     assert ("((u8)(e->payload + 8)[0] == 47 && (u8)(e->payload + 8)[1] == 101 && "
             "(u8)(e->payload + 8)[2] == 116)") in c                     # a prefix: no NUL
     assert "(u64)(u32)SLOT(e, 0) != 0x0ULL" in c
@@ -283,7 +283,7 @@ def test_filter_c_for_numbers_and_strings():
     assert "probe_1" in c and plan.probes[1].kernel_filter is None      # no `file` there
     plan = plan_for(["r:f ret=$retval:s32 u=$retval:u16"],
                     filter=probefilter.parse('ret < 0 && u > -1 && comm == "ab"'))
-    c = codegen.probe_source(plan, X86)
+    c = probegen.probe_source(plan, X86)
     assert "(s64)(s32)SLOT(e, 0) < 0LL" in c
     assert "(!(e->faults & BIT(1)) && 1)" in c                   # unsigned > negative: always
     assert "((u8)e->comm[0] == 97 && (u8)e->comm[1] == 98 && (u8)e->comm[2] == 0)" in c
@@ -303,7 +303,7 @@ def test_comm_filter_in_kernel_as_data():
     c = c_of(["p:f"], comm="cat")
     assert "comm" not in c.split('#include "probe.h"')[1]
     plan = plan_for(["p:f"], comm="cat")
-    config = runconfig.PROBE.ctype.from_buffer_copy(codegen.probe_config(plan))
+    config = runconfig.PROBE.ctype.from_buffer_copy(probegen.probe_config(plan))
     assert (config.comm, config.comm_len, config.comm_set) == (b"cat", 3, 1)
 
 
@@ -505,7 +505,7 @@ def test_describe_gives_kprobe_and_uprobe_events_lines():
 
 def test_builtin_names_win_over_arguments_of_the_same_name():
     plan = plan_for(["p:f pid=%di:s32"], filter=probefilter.parse("pid == 7"))
-    assert "(u64)(u32)e->pid == 0x7ULL" in codegen.probe_source(plan, X86)
+    assert "(u64)(u32)e->pid == 0x7ULL" in probegen.probe_source(plan, X86)
 
 
 def test_a_symbol_argument_is_filtered_by_its_address():
@@ -572,7 +572,7 @@ def metrics_plan(texts, by=(), timed=False, **kw):
 def test_metrics_mode_counts_in_the_kernel_and_sends_nothing():
     plan = metrics_plan(["p:do_sys_openat2 flags=$arg3:u32", "r:do_sys_openat2 ret=$retval:s32"],
                         by=("comm", "pid", "errno", "flags"), timed=True)
-    c = codegen.probe_source(plan, X86)
+    c = probegen.probe_source(plan, X86)
     assert "probe_submit" not in c and "perf_submit" not in c
     entry, ret = c.split("/* spec 1 */")
     assert "metric_add(&mk, e->latency_ns, 0, 0);" in entry           # an entry: no latency
@@ -582,7 +582,7 @@ def test_metrics_mode_counts_in_the_kernel_and_sends_nothing():
     assert "mk.err = metric_errno((u64)(s64)(s32)SLOT(e, 0));" in ret
     assert "mk.args[0] = (SLOT(e, 0) & 0xffffffffULL);" in entry and "mk.args[0]" not in ret
     assert "mk.pid = e->pid;" in c and "__builtin_memcpy(mk.comm, e->comm" in c
-    defs = codegen.probe_defines(plan)
+    defs = probegen.probe_defines(plan)
     assert (defs["PROBE_METRICS"], defs["METRIC_SERIES"], defs["METRIC_PROBES"],
             defs["METRIC_SLOTS"]) == (True, 100, 2, 40)
 
@@ -604,6 +604,6 @@ def test_metrics_labels_are_checked_before_any_c():
 def test_hostile_label_names_never_reach_the_c():
     """A label is an argument's name: only slot offsets are written, never the name."""
     plan = metrics_plan(["p:f evil=$arg1:u64"], by=("evil",))
-    c = codegen.probe_source(plan, X86)
+    c = probegen.probe_source(plan, X86)
     assert "evil" not in c.split("/* spec 0 */")[1].split("metric_add")[0].replace(
         "/* argument 0 */", "")
