@@ -14,8 +14,7 @@ from bpfprobes.base import signals
 from bpfprobes.base.errors import BpfprobesError, UsageError
 from bpfprobes.base.safetext import for_terminal, write_line
 from bpfprobes.gen import codegen
-from bpfprobes.plan import sessionfile
-from bpfprobes.plan.probelayout import COMM_SIZE
+from bpfprobes.kernel.running import TASK_COMM_LEN as COMM_SIZE
 from bpfprobes.plan.runconfig import RateLimit
 
 
@@ -124,6 +123,9 @@ def comm_arg(text: str) -> str:
 
 def listen_arg(text: str) -> tuple[str, int]:
     """ADDR:PORT to serve on: 127.0.0.1:9435, [::1]:9435, or :9435 (every address)."""
+    # imported here: the session file reader pulls in the probe grammar, which
+    # no other tool needs (a ready tool's start is mostly imports)
+    from bpfprobes.plan import sessionfile
     try:
         return sessionfile.listen_address(text)
     except ValueError as e:

@@ -24,7 +24,7 @@ class Choice:
 
 def traceable(k: Kernel, symbol: str) -> str | None:
     """None if `symbol` can be kprobed, else the reason it cannot."""
-    if not k.kallsyms.exists(symbol):
+    if not k.symbol_exists(symbol):
         return f"{symbol} is not in /proc/kallsyms"
     if symbol in k.kprobe_blacklist:
         return f"{symbol} is in the kernel's kprobe blacklist"

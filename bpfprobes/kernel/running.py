@@ -14,8 +14,10 @@ from pathlib import Path
 
 from bpfprobes.kernel import arch, headers
 from bpfprobes.kernel.btf import Btf, BtfError
+from bpfprobes.kernel.facts import Facts
 from bpfprobes.kernel.kallsyms import Kallsyms
 
+TASK_COMM_LEN = 16      # a task's comm with its NUL, on every architecture
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 DEBUGFS = Path("/sys/kernel/debug")
 
@@ -123,12 +125,26 @@ class Kernel:
         # lines look like "0xffffffff81000000-0xffffffff81000040\tdo_int3"
         return frozenset(line.split()[1] for line in text.splitlines() if len(line.split()) > 1)
 
+    @cached_property
+    def facts(self) -> Facts | None:
+        """This boot's saved answers (facts.py): the running kernel's only, not a
+        kernel described by a test's files."""
+        running = self.proc == Path("/proc") and self.release == os.uname().release
+        return Facts(self.release) if running else None
+
+    def symbol_exists(self, name: str) -> bool:
+        """`name` is a symbol of the kernel image (kallsyms; saved for the boot,
+        so never ask it of a module's symbol: modules come and go)."""
+        def ask() -> bool:
+            return self.kallsyms.exists(name)
+        return ask() if self.facts is None else bool(self.facts.ask("symbol", name, ask))
+
     def syscall_symbol(self, syscall: str) -> tuple[str, bool] | None:
         """The kernel symbol that implements `syscall` and whether its arguments sit
         behind an inner pt_regs (the arch's wrapper prefix), from kallsyms."""
         for prefix in self.abi.syscall_prefixes:
             name = prefix + syscall
-            if self.kallsyms.exists(name):
+            if self.symbol_exists(name):
                 return name, prefix in self.abi.wrapped_prefixes
         return None
 
@@ -137,13 +153,18 @@ class Kernel:
         return headers.find(self.release)
 
     def struct_offset(self, struct_name: str, member: str) -> int | None:
-        """Offset of a kernel struct member from BTF (never from other kernels' headers)."""
-        if self.btf is None:
-            return None
-        try:
-            return self.btf.member_offset(struct_name, member)
-        except BtfError:
-            return None
+        """Offset of a kernel struct member from BTF (never from other kernels'
+        headers); saved for the boot (vmlinux's BTF is fixed until a reboot)."""
+        def ask() -> int | None:
+            if self.btf is None:
+                return None
+            try:
+                return self.btf.member_offset(struct_name, member)
+            except BtfError:
+                return None
+        if self.facts is None:
+            return ask()
+        return self.facts.ask("offset", f"{struct_name}.{member}", ask)  # type: ignore[return-value]
 
 
 _current: Kernel | None = None

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from bpfprobes.base.errors import UsageError
+from bpfprobes.kernel.running import TASK_COMM_LEN
 from bpfprobes.plan.spec import ArgType, Comm, FetchArg
 
 SCALAR_SIZE = 8
-COMM_SIZE = 16               # TASK_COMM_LEN
+COMM_SIZE = TASK_COMM_LEN
 DEFAULT_STRING_SIZE = 256
 MAX_STRING_SIZE = 4096       # the kernel's MAX_STRING_SIZE (PATH_MAX)
 MAX_PAYLOAD = 16384          # per event; a perf sample must stay well under 64 KiB

@@ -17,6 +17,9 @@ import pytest
 
 from tooling import PYTHON, ROOT
 
+from bpfprobes.kernel.btf import Btf
+from bpfprobes.kernel.kallsyms import Kallsyms
+
 # every variable that would bypass the caches under test is left out
 BYPASS = ("BPFPROBES_KERNEL_HEADERS", "BPFPROBES_NO_PROGRAM_CACHE", "BPFPROBES_CACHE")
 
@@ -86,6 +89,18 @@ def test_three_first_runs_at_once_share_one_private_cache(cache):
     import bcc                              # noqa: PLC0415 - the versions the key must hold
     [libbcc] = [f for f in tools["files"] if os.path.basename(f).startswith("libbcc.so")]
     assert (tools["bcc"], tools["llvm"]) == (bcc.__version__, llvm_of(libbcc))
+    # the kernel's answers they asked, saved for this boot, are the kernel's own
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    [saved] = (cache / "facts").iterdir()
+    assert saved.name == f"{boot}.json"
+    answers = json.loads(saved.read_text())["answers"]
+    assert answers, saved
+    for key, value in answers.items():
+        kind, _, what = key.partition(":")
+        if kind == "symbol":
+            assert Kallsyms().exists(what) == value, key
+        else:
+            assert Btf.load().member_offset(*what.split(".")) == value, key
     # and the next start loads what they saved
     rc, lines, err = finish(start(cache, "opensnoop", "-d", "0.3", "--json"))
     assert rc == 0 and lines[0]["program"] == "cached", err
