@@ -13,6 +13,7 @@ has caught up), then reads the tracer's peak RSS (VmHWM) and CPU time from
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import re
@@ -42,6 +43,9 @@ class Run:
     lost: int | None = None           # as the tracer reported it (None: no report)
     live_s: float | None = None
     rss_mb: float | None = None
+    buffers_mb: float | None = None   # of rss_mb: the event buffers' mapped pages
+    tree_rss_mb: float | None = None  # the largest peak of the tracer or a child (TreePeak)
+    getppid_ns: float | None = None   # a getppid() with the tracer attached (collateral)
     cpu_s: float | None = None        # tracer CPU from live to caught-up
     events_total: int | None = None   # every event it output (other processes too)
     error: str | None = None          # the run failed: left out of the medians
@@ -94,9 +98,30 @@ def _hwm_mb(pid: int) -> float | None:
     return int(m.group(1)) / 1024 if m else None
 
 
-def storm(ctx: Context, n: int, path: str) -> float:
-    """Run the workload; ns per open+close."""
-    argv = [ctx.workload, str(n), path]
+# mappings that are a tracer's event buffers (a BPF ring buffer map, perf rings)
+BUFFER_MAPPINGS = ("anon_inode:bpf-map", "anon_inode:[perf_event]", "[perf_event]")
+
+
+def _buffers_mb(pid: int) -> float | None:
+    """Resident pages of the event buffers the tracer has mapped (/proc/PID/smaps)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return None
+    kb, inside = 0, False
+    for line in text.splitlines():
+        head = line.split(maxsplit=5)
+        if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            inside = len(head) == 6 and head[5].strip() in BUFFER_MAPPINGS
+        elif inside and line.startswith("Rss:"):
+            kb += int(line.split()[1])
+    return kb / 1024
+
+
+def storm(ctx: Context, n: int, path: str | None) -> float:
+    """Run the workload; ns per open+close (path None: per getppid())."""
+    argv = [ctx.workload, str(n), path] if path is not None else \
+        [ctx.workload, "getppid", str(n)]
     if ctx.pin is not None:
         argv = ["taskset", "-c", str(ctx.pin), *argv]
     out = subprocess.run(argv, capture_output=True, text=True, check=True)
@@ -106,7 +131,8 @@ def storm(ctx: Context, n: int, path: str) -> float:
 def untraced(ctx: Context, n: int) -> Run:
     path = _target(ctx)
     try:
-        return Run("untraced", n, ns_per_op=storm(ctx, n, path), captured=None)
+        return Run("untraced", n, ns_per_op=storm(ctx, n, path), captured=None,
+                   getppid_ns=storm(ctx, n, None))
     finally:
         os.unlink(path)
 
@@ -157,7 +183,7 @@ class _Tail:
 
 
 def _wait_live(proc: subprocess.Popen, tracer: Tracer, out: Path, ctx: Context,
-               t0: float) -> float:
+               t0: float, peak: TreePeak) -> float:
     markers = _Markers(ctx)
     tail = _Tail(out)
     deadline = t0 + ctx.live_timeout
@@ -166,6 +192,7 @@ def _wait_live(proc: subprocess.Popen, tracer: Tracer, out: Path, ctx: Context,
         if proc.poll() is not None:
             raise RuntimeError(f"exited with {proc.returncode} before going live")
         if tracer.live_by == "begin":
+            peak.sample()
             if re.search(r"^live$", tail.new_text(), re.M):
                 return time.monotonic() - t0
             time.sleep(0.005)
@@ -174,6 +201,7 @@ def _wait_live(proc: subprocess.Popen, tracer: Tracer, out: Path, ctx: Context,
         now = time.monotonic()
         if now - last_read > 0.02:
             last_read = now
+            peak.sample()
             seen = markers.first_seen(tail.new_text())
             if seen is not None:
                 return seen - t0
@@ -208,11 +236,48 @@ def _stop(proc: subprocess.Popen) -> str | None:
     return f"did not stop within {STOP_TIMEOUT:.0f} s of SIGINT (killed)"
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants, as /proc lists them now."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+class TreePeak:
+    """The largest peak RSS (VmHWM) of a tracer or any process it started (BCC's
+    compile child), sampled while it starts and once it has caught up: a child's
+    VmHWM only grows, so a sample shortly before it exits holds its peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.mb: float | None = None
+
+    def sample(self) -> None:
+        for p in _tree(self.pid):
+            mb = _hwm_mb(p)
+            if mb is not None and (self.mb is None or mb > self.mb):
+                self.mb = mb
+
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
 def _default_sigint() -> None:
     """A tracer starts with SIGINT's default action, as from a shell: a bench run
     in the background (nohup, CI) has it ignored, and a Python tracer that relies
-    on KeyboardInterrupt would never stop."""
+    on KeyboardInterrupt would never stop. And it gets SIGTERM if the bench dies
+    without stopping it (killed outright): no tracer outlives its bench to
+    weigh on the next measurement."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def traced(tracer: Tracer, ctx: Context, n: int) -> Run:
@@ -225,18 +290,23 @@ def traced(tracer: Tracer, ctx: Context, n: int) -> Run:
         proc = subprocess.Popen(tracer.command(ctx.python, ctx.root), stdout=fo, stderr=fe,
                                 stdin=subprocess.DEVNULL, env=env, cwd=ctx.root,
                                 preexec_fn=_default_sigint)
+    peak = TreePeak(proc.pid)
     try:
-        run.live_s = _wait_live(proc, tracer, out, ctx, t0)
+        run.live_s = _wait_live(proc, tracer, out, ctx, t0, peak)
         cpu_live = _cpu_seconds(proc.pid)
         run.ns_per_op = storm(ctx, n, target)
         _wait_caught_up(out)
         run.rss_mb = _hwm_mb(proc.pid)
+        run.buffers_mb = _buffers_mb(proc.pid)
+        peak.sample()
         cpu_end = _cpu_seconds(proc.pid)
         if cpu_live is not None and cpu_end is not None:
             run.cpu_s = cpu_end - cpu_live
+        run.getppid_ns = storm(ctx, n, None)      # after the count: no event of its own
     except (RuntimeError, subprocess.CalledProcessError) as e:
         run.error = str(e)
     finally:
+        run.tree_rss_mb = peak.mb
         run.note = _stop(proc)        # its figures stand; only its own loss report is missing
     _count(run, tracer, out, err, target)
     for p in (out, err, Path(target)):

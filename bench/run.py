@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -102,10 +103,12 @@ def summarize(runs: list[tuple[int, Run]], names: list[str],
     """One row per (size, tracer): medians over rounds; ratios within each round."""
     rows = []
     for n in sizes:
-        base = {}
+        base, base_getppid = {}, {}
         for r, run in runs:
             if run.tracer == "untraced" and run.n == n and run.ns_per_op:
                 base.setdefault(r, []).append(run.ns_per_op)
+            if run.tracer == "untraced" and run.n == n and run.getppid_ns:
+                base_getppid.setdefault(r, []).append(run.getppid_ns)
         for name in ["untraced", *names]:
             mine = [(r, x) for r, x in runs if x.tracer == name and x.n == n]
             if not mine:
@@ -114,6 +117,8 @@ def summarize(runs: list[tuple[int, Run]], names: list[str],
             ratios = [x.ns_per_op / statistics.mean(base[r]) for r, x in ok
                       if x.ns_per_op and r in base]
             rss = [x.rss_mb for _, x in ok if x.rss_mb is not None]
+            collateral = [x.getppid_ns / statistics.mean(base_getppid[r]) for r, x in ok
+                          if x.getppid_ns and r in base_getppid]
             row = {"tracer": name, "N": n, "runs": len(ok),
                    "ns_per_open": _median([x.ns_per_op for _, x in ok]),
                    "ratio": _median(ratios),
@@ -125,6 +130,10 @@ def summarize(runs: list[tuple[int, Run]], names: list[str],
                    "lost_max": max([x.lost for _, x in ok if x.lost is not None], default=None),
                    "live_s": _median([x.live_s for _, x in ok]),
                    "rss_mb": _median([x.rss_mb for _, x in ok]),
+                   "buffers_mb": _median([x.buffers_mb for _, x in ok]),
+                   "tree_rss_mb": _median([x.tree_rss_mb for _, x in ok]),
+                   "getppid_ratio": _median(collateral),
+                   "getppid_range": [min(collateral), max(collateral)] if collateral else None,
                    "cpu_per_m": _median([x.cpu_s / x.events_total * 1e6 for _, x in ok
                                          if x.cpu_s is not None and x.events_total]),
                    "errors": [x.error for _, x in mine if x.error]
@@ -140,7 +149,7 @@ def _fmt(value, spec: str, empty: str = "") -> str:
 def table(rows: list[dict], ratios_only: bool = False) -> str:
     from tabulate import tabulate  # noqa: PLC0415 - installed by make setup-test
     head = ["tracer", "N", "ns/open", "x untraced", "capture", "lost", "live s",
-            "peak RSS MB", "CPU s / M events"]
+            "peak RSS MB", "of it buffers", "tree peak MB", "CPU s / M events", "getppid x"]
     body = []
     for r in rows:
         lost = _fmt(r["lost"], ".0f")
@@ -152,7 +161,9 @@ def table(rows: list[dict], ratios_only: bool = False) -> str:
         body.append([r["tracer"], f"{r['N']:,}",
                      "" if ratios_only else _fmt(r["ns_per_open"], ".0f"),
                      _fmt(r["ratio"], ".2f"), capture, lost, _fmt(r["live_s"], ".2f"),
-                     _fmt(r["rss_mb"], ".0f"), _fmt(r["cpu_per_m"], ".2f")])
+                     _fmt(r["rss_mb"], ".0f"), _fmt(r.get("buffers_mb"), ".0f"),
+                     _fmt(r.get("tree_rss_mb"), ".0f"), _fmt(r["cpu_per_m"], ".2f"),
+                     _fmt(r.get("getppid_ratio"), ".2f")])
     if ratios_only:
         head.pop(2)
         for b in body:
@@ -280,18 +291,21 @@ def readme_block(rows: list[dict], info: dict) -> str:
     lines = [f"{info['date']}, kernel {info['kernel']}, commit {info['commit']}, "
              f"{info['rounds']} round(s) of {n:,} opens ({info['cpu']}); "
              "median (range over rounds):", "",
-             "| tracer | x untraced | capture | lost | live after | peak RSS | CPU s / M events |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| tracer | x untraced | capture | lost | live after | peak RSS (of it buffers) "
+             "| process tree peak | CPU s / M events | getppid() x untraced |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if r["N"] != n or r["tracer"] == "untraced":
             continue
         capture = _fmt(r["capture"], ".2%")
         if r["capture"] is not None and "count" in r["tracer"]:
             capture = f">= {r['capture']:.0%} (every openat on the machine)"
+        buffers = f" ({r['buffers_mb']:.0f} MB)" if r.get("buffers_mb") else ""
         lines.append(f"| {r['tracer']} | {_spread(r['ratio'], r.get('ratio_range'), '.2f')} | "
                      f"{capture} | {_fmt(r['lost'], ',.0f')} | {_fmt(r['live_s'], '.2f')} s | "
-                     f"{_spread(r['rss_mb'], r.get('rss_range'), '.0f', ' MB')} | "
-                     f"{_fmt(r['cpu_per_m'], '.2f')} |")
+                     f"{_spread(r['rss_mb'], r.get('rss_range'), '.0f', ' MB')}{buffers} | "
+                     f"{_fmt(r.get('tree_rss_mb'), '.0f')} MB | {_fmt(r['cpu_per_m'], '.2f')} | "
+                     f"{_spread(r.get('getppid_ratio'), r.get('getppid_range'), '.2f')} |")
     return "\n".join(lines)
 
 
@@ -352,8 +366,15 @@ def parse_args(argv=None):
     return a
 
 
+def _exit_on(signum: int, _frame) -> None:
+    # SIGTERM/SIGHUP unwind like Ctrl-C: every `finally` stops its tracer
+    sys.exit(128 + signum)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _exit_on)
     if os.geteuid() != 0:
         print("bench: error: run as root (the tracers load BPF programs)", file=sys.stderr)
         return 1

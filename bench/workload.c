@@ -7,11 +7,18 @@
  * is opened once first and then the program waits for a line on stdin, so the
  * bench can tell when a tracer is live before the storm starts.
  * Prints the elapsed nanoseconds of the N opens on stdout.
+ *
+ * usage: workload getppid N
+ * N getppid() calls instead: a syscall no tracer here traces, to measure what a
+ * tracer costs the rest of the system (a program on every syscall's exit runs
+ * for these too).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -27,6 +34,14 @@ int main(int argc, char **argv)
     if (argc < 3) {
         fprintf(stderr, "usage: %s N PATH\n", argv[0]);
         return 2;
+    }
+    if (strcmp(argv[1], "getppid") == 0) {
+        long n = atol(argv[2]);
+        long long t0 = now_ns();
+        for (long i = 0; i < n; i++)
+            syscall(SYS_getppid);       /* not glibc's wrapper: never cached */
+        printf("%lld\n", now_ns() - t0);
+        return 0;
     }
     long n = atol(argv[1]);
     const char *path = argv[2];
