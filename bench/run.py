@@ -280,8 +280,9 @@ def _spread(median, span, spec: str, unit: str = "") -> str:
     if median is None:
         return ""
     text = f"{format(median, spec)}{unit}"
-    if span and span[0] != span[1]:
-        text += f" ({format(span[0], spec)}-{format(span[1], spec)}{unit})"
+    low, high = (format(x, spec) for x in span) if span else (None, None)
+    if low != high:
+        text += f" ({low}-{high}{unit})"
     return text
 
 
@@ -291,7 +292,7 @@ def readme_block(rows: list[dict], info: dict) -> str:
     lines = [f"{info['date']}, kernel {info['kernel']}, commit {info['commit']}, "
              f"{info['rounds']} round(s) of {n:,} opens ({info['cpu']}); "
              "median (range over rounds):", "",
-             "| tracer | x untraced | capture | lost | live after | peak RSS (of it buffers) "
+             "| tracer | x untraced | capture | lost | live after | peak RSS "
              "| process tree peak | CPU s / M events | getppid() x untraced |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -300,12 +301,19 @@ def readme_block(rows: list[dict], info: dict) -> str:
         capture = _fmt(r["capture"], ".2%")
         if r["capture"] is not None and "count" in r["tracer"]:
             capture = f">= {r['capture']:.0%} (every openat on the machine)"
-        buffers = f" ({r['buffers_mb']:.0f} MB)" if r.get("buffers_mb") else ""
+        mb = r.get("buffers_mb")
+        buffers = "" if not mb else f", {mb:.0f} MB of it buffers" if mb >= 1 else \
+            f", {mb:.1f} MB of it buffers"
         lines.append(f"| {r['tracer']} | {_spread(r['ratio'], r.get('ratio_range'), '.2f')} | "
                      f"{capture} | {_fmt(r['lost'], ',.0f')} | {_fmt(r['live_s'], '.2f')} s | "
                      f"{_spread(r['rss_mb'], r.get('rss_range'), '.0f', ' MB')}{buffers} | "
                      f"{_fmt(r.get('tree_rss_mb'), '.0f')} MB | {_fmt(r['cpu_per_m'], '.2f')} | "
                      f"{_spread(r.get('getppid_ratio'), r.get('getppid_range'), '.2f')} |")
+    lines += ["", "Peak RSS counts the event buffers' resident pages (named after it; a BPF ring "
+              "buffer's data pages are mapped twice and so counted twice). Process tree peak: "
+              "the largest of the tracer and any process it starts (BCC's compile child). "
+              "getppid() x untraced: a syscall no tracer here traces, run with each one "
+              "attached (what it costs the rest of the system)."]
     return "\n".join(lines)
 
 

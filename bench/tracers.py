@@ -69,6 +69,11 @@ OURS = Tracer("bpfprobes opensnoop", ("{root}/.venv/bin/bpfprobes", "opensnoop")
 OURS_JSON = Tracer("bpfprobes opensnoop --json", (*OURS.argv, "--json"),
                    _sum(r'^\{"type":"summary","events":\d+,"lost":(\d+)'),
                    note="JSON lines, the same program cache", env=OURS.env, warm_up=True)
+# a ring that holds a whole 1M storm (16384 pages a CPU: 128 MiB here): what a burst needs when the consumer
+# is slower than the storm; the memory shows in the buffers column
+OURS_BIG = Tracer("bpfprobes opensnoop --buffer-pages 16384", (*OURS.argv, "--buffer-pages", "16384"),
+                  OURS.lost, note="a larger ring, the same program cache", env=OURS.env,
+                  warm_up=True)
 OURS_COLD = Tracer("bpfprobes opensnoop, first start", OURS.argv, OURS.lost,
                    note="empty program cache: BCC compiles", smallest_only=True,
                    env=(("BPFPROBES_CACHE", "{work}/cold-{unique}"),))
@@ -83,7 +88,7 @@ FLOOR = Tracer("kernel floor (count only)", ("bpftrace", "-e", BPFTRACE_COUNT),
                _sum(r"Lost (\d+) events"), events="count", live_by="begin",
                note="bpftrace count(), no output per event")
 
-HOST = (OURS, OURS_JSON, OURS_COLD, LIBBPF, BPFTRACE, BCC_PY, FLOOR)
+HOST = (OURS, OURS_JSON, OURS_BIG, OURS_COLD, LIBBPF, BPFTRACE, BCC_PY, FLOOR)
 
 
 def baseline(checkout: str) -> Tracer:

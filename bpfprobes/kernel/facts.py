@@ -85,7 +85,7 @@ class Facts:
     def _valid(self, raw: bytes | None) -> dict[str, object]:
         try:
             obj = json.loads(raw) if raw else {}
-        except ValueError:
+        except (ValueError, RecursionError):        # not JSON, or nested to exhaust us
             return {}
         if not isinstance(obj, dict) or obj.get("format") != FORMAT \
                 or obj.get("release") != self.release or obj.get("boot") != self.boot \

@@ -114,6 +114,10 @@ class Kallsyms:
     def exists(self, name: str, module: str | None = None) -> bool:
         return bool(self.find(name, module))
 
+    def in_image(self, name: str) -> bool:
+        """`name` is a text symbol of the kernel image itself (not of a module)."""
+        return any(s.module is None for s in self.find(name))
+
     def first_existing(self, names: list[str]) -> str | None:
         return next((n for n in names if self.exists(n)), None)
 

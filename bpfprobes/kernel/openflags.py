@@ -28,7 +28,6 @@ _BY_WIDTH = sorted(((n, v) for n, v in FLAGS.items() if v & ~ACCMODE),
 
 
 @functools.lru_cache(maxsize=1024)   # a storm repeats a handful of flag sets
-@functools.lru_cache(maxsize=1024)        # a storm repeats a few flag sets
 def describe(flags: int) -> str:
     """0o101 -> 'O_WRONLY|O_CREAT'; bits we have no name for stay in octal."""
     names = [_ACCESS.get(flags & ACCMODE, f"0{flags & ACCMODE:o}")]

@@ -24,7 +24,9 @@ class Choice:
 
 def traceable(k: Kernel, symbol: str) -> str | None:
     """None if `symbol` can be kprobed, else the reason it cannot."""
-    if not k.symbol_exists(symbol):
+    # the image's answer is kept for the boot (a syscall entry: no kallsyms read on a
+    # warm start); a module's symbol is looked up now, as modules come and go
+    if not (k.in_image(symbol) or k.kallsyms.exists(symbol)):
         return f"{symbol} is not in /proc/kallsyms"
     if symbol in k.kprobe_blacklist:
         return f"{symbol} is in the kernel's kprobe blacklist"

@@ -132,11 +132,11 @@ class Kernel:
         running = self.proc == Path("/proc") and self.release == os.uname().release
         return Facts(self.release) if running else None
 
-    def symbol_exists(self, name: str) -> bool:
-        """`name` is a symbol of the kernel image (kallsyms; saved for the boot,
-        so never ask it of a module's symbol: modules come and go)."""
+    def in_image(self, name: str) -> bool:
+        """`name` is a text symbol of the kernel image, not of a module (kallsyms;
+        saved for the boot: the image's symbols stay, modules come and go)."""
         def ask() -> bool:
-            return self.kallsyms.exists(name)
+            return self.kallsyms.in_image(name)
         return ask() if self.facts is None else bool(self.facts.ask("symbol", name, ask))
 
     def syscall_symbol(self, syscall: str) -> tuple[str, bool] | None:
@@ -144,7 +144,7 @@ class Kernel:
         behind an inner pt_regs (the arch's wrapper prefix), from kallsyms."""
         for prefix in self.abi.syscall_prefixes:
             name = prefix + syscall
-            if self.symbol_exists(name):
+            if self.in_image(name):
                 return name, prefix in self.abi.wrapped_prefixes
         return None
 
@@ -156,12 +156,12 @@ class Kernel:
         """Offset of a kernel struct member from BTF (never from other kernels'
         headers); saved for the boot (vmlinux's BTF is fixed until a reboot)."""
         def ask() -> int | None:
-            if self.btf is None:
-                return None
             try:
                 return self.btf.member_offset(struct_name, member)
             except BtfError:
-                return None
+                return None             # BTF says it has no such member: an answer
+        if self.btf is None:            # BTF could not be read: no answer to keep
+            return None
         if self.facts is None:
             return ask()
         return self.facts.ask("offset", f"{struct_name}.{member}", ask)  # type: ignore[return-value]

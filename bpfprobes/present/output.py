@@ -195,9 +195,16 @@ class JsonOutput:
 
     def events(self, es: list[dict]) -> None:
         """A batch of event lines in one write; `"type"` put in front of each
-        encoded event rather than copying its dict (an event is never empty)."""
+        encoded event rather than copying its dict (where that is the same line:
+        an event with keys, none of them "type"), as event() would otherwise."""
+        if type(self).event is not JsonOutput.event:
+            for e in es:
+                self.event(e)
+            return
         dumps = self._dumps
-        write_all(self.out, "".join(['{"type":"event",' + dumps(e)[1:] + "\n" for e in es]))
+        write_all(self.out, "".join(['{"type":"event",' + dumps(e)[1:] + "\n"
+                                     if e and "type" not in e else
+                                     dumps({"type": "event", **e}) + "\n" for e in es]))
 
     def lost(self, count: int, total: int) -> None:
         self._line({"type": "lost", "count": count, "total": total})

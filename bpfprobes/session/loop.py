@@ -76,7 +76,7 @@ class Gate:
         if self.many is not None:
             try:
                 self.events += self.many(samples)
-            except BrokenPipeError:         # a batch is one write: none of it was shown
+            except BrokenPipeError:         # its events are not counted (a part may be out)
                 self.stop = "output-closed"
             return
         on_event, shown = self.on_event, 0

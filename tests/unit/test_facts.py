@@ -83,3 +83,42 @@ def test_an_answer_that_fails_its_check_is_returned_but_not_saved(store):
     assert Facts("6.1.0", store).ask("offset", "a.b", lambda: -1) == -1
     saved = json.loads((store / f"{BOOT}.json").read_text())["answers"]
     assert saved == {"offset:task_struct.tgid": None}
+
+
+def test_a_file_nested_to_exhaust_the_parser_is_ignored(store):
+    Facts("6.1.0", store).ask("symbol", "x", lambda: True)
+    path = store / f"{BOOT}.json"
+    path.write_text("[" * 200000)
+    os.chmod(path, 0o600)
+    assert Facts("6.1.0", store).ask("symbol", "x", lambda: False) is False
+
+
+def _kernel(store, kallsyms: bytes):
+    from bpfprobes.kernel.kallsyms import Kallsyms
+    from bpfprobes.kernel.running import Kernel
+    k = Kernel()
+    k.facts = Facts(k.release, store)
+    k.kallsyms = Kallsyms(text=kallsyms)
+    return k
+
+
+def test_only_the_images_symbols_are_kept_a_modules_are_looked_up_each_run(store):
+    from bpfprobes.kernel import policy
+    before = _kernel(store, b"ffffffff81000000 T _stext\nffffffff81000100 T do_sys_openat2\n")
+    assert policy.traceable(before, "e1000_intr") is not None       # not loaded yet
+    assert policy.traceable(before, "do_sys_openat2") is None
+    # the module is loaded now: the same boot's next run sees it
+    after = _kernel(store, b"ffffffff81000000 T _stext\n"
+                           b"ffffffffc0000000 t e1000_intr\t[e1000]\n")
+    assert policy.traceable(after, "e1000_intr") is None
+    # the image's answer came from the saved facts (this kallsyms no longer lists it)
+    assert after.in_image("do_sys_openat2")
+    saved = json.loads((store / f"{BOOT}.json").read_text())["answers"]
+    assert saved["symbol:e1000_intr"] is False and saved["symbol:do_sys_openat2"] is True
+
+
+def test_an_offset_is_not_kept_when_btf_could_not_be_read(store):
+    k = _kernel(store, b"")
+    k.btf = None
+    assert k.struct_offset("task_struct", "tgid") is None
+    assert not (store / f"{BOOT}.json").exists()

@@ -62,6 +62,17 @@ def test_json_batch_is_exact_and_one_object_per_line():
     assert one.getvalue() == lines[2] + "\n" and lines[2].isascii()
 
 
+def test_json_batch_of_an_empty_event_or_one_with_a_type_is_as_one_by_one():
+    odd = [{}, {"type": "x", "pid": 1}]
+    batch, single = io.StringIO(), io.StringIO()
+    JsonOutput("t", out=batch).events(odd)
+    for e in odd:
+        JsonOutput("t", out=single).event(e)
+    assert batch.getvalue() == single.getvalue()
+    assert [json.loads(x) for x in batch.getvalue().splitlines()] == \
+        [{"type": "event"}, {"type": "x", "pid": 1}]
+
+
 def test_dumps_is_jsons_own_compact_ascii_encoding():
     obj = {"a": 1.5, "b": None, "c": [True, "\u00e9\udcff"], "d": {"e": 2**64 - 1}}
     assert dumps(obj) == json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
