@@ -17,6 +17,7 @@ from bpfprobes.kernel.btf import Btf, BtfError
 from bpfprobes.kernel.facts import Facts
 from bpfprobes.kernel.kallsyms import Kallsyms
 
+_UNREAD = object()      # struct_offset: BTF unreadable (fails facts' check: not kept)
 TASK_COMM_LEN = 16      # a task's comm with its NUL, on every architecture
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 DEBUGFS = Path("/sys/kernel/debug")
@@ -155,16 +156,16 @@ class Kernel:
     def struct_offset(self, struct_name: str, member: str) -> int | None:
         """Offset of a kernel struct member from BTF (never from other kernels'
         headers); saved for the boot (vmlinux's BTF is fixed until a reboot)."""
-        def ask() -> int | None:
+        def ask() -> object:
+            if self.btf is None:        # BTF could not be read: no answer (never kept)
+                return _UNREAD
             try:
                 return self.btf.member_offset(struct_name, member)
             except BtfError:
                 return None             # BTF says it has no such member: an answer
-        if self.btf is None:            # BTF could not be read: no answer to keep
-            return None
-        if self.facts is None:
-            return ask()
-        return self.facts.ask("offset", f"{struct_name}.{member}", ask)  # type: ignore[return-value]
+        value = ask() if self.facts is None else \
+            self.facts.ask("offset", f"{struct_name}.{member}", ask)
+        return None if value is _UNREAD else value  # type: ignore[return-value]
 
 
 _current: Kernel | None = None
