@@ -11,6 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 from bpfprobes.kernel import arch, headers
 from bpfprobes.kernel.btf import Btf, BtfError
@@ -133,12 +134,14 @@ class Kernel:
         running = self.proc == Path("/proc") and self.release == os.uname().release
         return Facts(self.release) if running else None
 
+    def _kept(self, kind: str, what: str, ask: Callable[[], object]) -> object:
+        """`ask()`, through this boot's saved answers where they apply (facts.py)."""
+        return ask() if self.facts is None else self.facts.ask(kind, what, ask)
+
     def in_image(self, name: str) -> bool:
         """`name` is a text symbol of the kernel image, not of a module (kallsyms;
         saved for the boot: the image's symbols stay, modules come and go)."""
-        def ask() -> bool:
-            return self.kallsyms.in_image(name)
-        return ask() if self.facts is None else bool(self.facts.ask("symbol", name, ask))
+        return bool(self._kept("symbol", name, lambda: self.kallsyms.in_image(name)))
 
     def syscall_symbol(self, syscall: str) -> tuple[str, bool] | None:
         """The kernel symbol that implements `syscall` and whether its arguments sit
@@ -163,8 +166,7 @@ class Kernel:
                 return self.btf.member_offset(struct_name, member)
             except BtfError:
                 return None             # BTF says it has no such member: an answer
-        value = ask() if self.facts is None else \
-            self.facts.ask("offset", f"{struct_name}.{member}", ask)
+        value = self._kept("offset", f"{struct_name}.{member}", ask)
         return None if value is _UNREAD else value  # type: ignore[return-value]
 
 
