@@ -98,27 +98,30 @@ def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
+def _ratios(ok: list[tuple[int, Run]], untraced: list[tuple[int, Run]], attr: str) -> list[float]:
+    """Each run's `attr` over the mean of the untraced runs' in its own round."""
+    base: dict[int, list[float]] = {}
+    for r, x in untraced:
+        if getattr(x, attr):
+            base.setdefault(r, []).append(getattr(x, attr))
+    return [getattr(x, attr) / statistics.mean(base[r]) for r, x in ok
+            if getattr(x, attr) and r in base]
+
+
 def summarize(runs: list[tuple[int, Run]], names: list[str],
               sizes: tuple[int, ...]) -> list[dict]:
     """One row per (size, tracer): medians over rounds; ratios within each round."""
     rows = []
     for n in sizes:
-        base, base_getppid = {}, {}
-        for r, run in runs:
-            if run.tracer == "untraced" and run.n == n and run.ns_per_op:
-                base.setdefault(r, []).append(run.ns_per_op)
-            if run.tracer == "untraced" and run.n == n and run.getppid_ns:
-                base_getppid.setdefault(r, []).append(run.getppid_ns)
+        untraced = [(r, x) for r, x in runs if x.tracer == "untraced" and x.n == n]
         for name in ["untraced", *names]:
             mine = [(r, x) for r, x in runs if x.tracer == name and x.n == n]
             if not mine:
                 continue
             ok = [(r, x) for r, x in mine if not x.error]
-            ratios = [x.ns_per_op / statistics.mean(base[r]) for r, x in ok
-                      if x.ns_per_op and r in base]
+            ratios = _ratios(ok, untraced, "ns_per_op")
             rss = [x.rss_mb for _, x in ok if x.rss_mb is not None]
-            collateral = [x.getppid_ns / statistics.mean(base_getppid[r]) for r, x in ok
-                          if x.getppid_ns and r in base_getppid]
+            collateral = _ratios(ok, untraced, "getppid_ns")
             row = {"tracer": name, "N": n, "runs": len(ok),
                    "ns_per_open": _median([x.ns_per_op for _, x in ok]),
                    "ratio": _median(ratios),
