@@ -118,20 +118,33 @@ def _buffers_mb(pid: int) -> float | None:
     return kb / 1024
 
 
-def storm(ctx: Context, n: int, path: str | None) -> float:
-    """Run the workload; ns per open+close (path None: per getppid())."""
-    argv = [ctx.workload, str(n), path] if path is not None else \
-        [ctx.workload, "getppid", str(n)]
+# The storms: the workload's arguments for N operations on a unique token (open:
+# the path it opens; exec: an argument of the program it executes), and a marker
+# op the tracers see the same way (an open of, or an exec naming, a fresh path).
+STORMS = {
+    "open": lambda exe, n, token: [exe, str(n), token],
+    "exec": lambda exe, n, token: [exe, "exec", str(n), token],
+    "call": lambda exe, n, token: [exe, "call", str(n), token],
+    "getppid": lambda exe, n, token: [exe, "getppid", str(n)],
+}
+# what a captured event's output line holds: the token, as the storm's program
+# was given it (exec: not the storm's own start, which names it too)
+NEEDLES = {"open": "{}", "exec": "exit {}", "call": "{}"}
+
+
+def storm(ctx: Context, n: int, token: str | None, kind: str = "open") -> float:
+    """Run the workload; ns per operation (token None: per getppid())."""
+    argv = STORMS[kind if token is not None else "getppid"](ctx.workload, n, token)
     if ctx.pin is not None:
         argv = ["taskset", "-c", str(ctx.pin), *argv]
     out = subprocess.run(argv, capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1]) / n
 
 
-def untraced(ctx: Context, n: int) -> Run:
+def untraced(ctx: Context, n: int, kind: str = "open") -> Run:
     path = _target(ctx)
     try:
-        return Run("untraced", n, ns_per_op=storm(ctx, n, path), captured=None,
+        return Run("untraced", n, ns_per_op=storm(ctx, n, path, kind), captured=None,
                    getppid_ns=storm(ctx, n, None))
     finally:
         os.unlink(path)
@@ -145,16 +158,24 @@ def _target(ctx: Context) -> str:
 
 
 class _Markers:
-    """Numbered marker opens, and the search for them in the tracer's output."""
+    """Numbered marker ops (opens, or execs naming the path), and the search for
+    them in the tracer's output."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, kind: str) -> None:
         self.prefix = str(ctx.work / f"m-{uuid.uuid4().hex[:8]}-")
         self.times: list[float] = []
         self._rx = re.compile(re.escape(self.prefix) + r"(\d+)")
+        self._exe, self._kind = ctx.workload, kind
 
     def open_next(self) -> None:
         path = f"{self.prefix}{len(self.times)}"
         self.times.append(time.monotonic())
+        if self._kind in ("exec", "call"):     # a process that execs, or calls once
+            argv = [self._exe, "exit", path] if self._kind == "exec" else \
+                [self._exe, "call", "1", path]
+            quiet = [(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)]   # its ns figure
+            os.waitpid(os.posix_spawn(self._exe, argv, os.environ, file_actions=quiet), 0)
+            return
         try:
             os.close(os.open(path, os.O_RDONLY))
         except FileNotFoundError:
@@ -184,7 +205,7 @@ class _Tail:
 
 def _wait_live(proc: subprocess.Popen, tracer: Tracer, out: Path, ctx: Context,
                t0: float, peak: TreePeak) -> float:
-    markers = _Markers(ctx)
+    markers = _Markers(ctx, tracer.storm)
     tail = _Tail(out)
     deadline = t0 + ctx.live_timeout
     last_read = 0.0
@@ -294,7 +315,7 @@ def traced(tracer: Tracer, ctx: Context, n: int) -> Run:
     try:
         run.live_s = _wait_live(proc, tracer, out, ctx, t0, peak)
         cpu_live = _cpu_seconds(proc.pid)
-        run.ns_per_op = storm(ctx, n, target)
+        run.ns_per_op = storm(ctx, n, target, tracer.storm)
         _wait_caught_up(out)
         run.rss_mb = _hwm_mb(proc.pid)
         run.buffers_mb = _buffers_mb(proc.pid)
@@ -314,15 +335,55 @@ def traced(tracer: Tracer, ctx: Context, n: int) -> Run:
     return run
 
 
+@dataclass
+class Step:
+    rate: int                         # opens a second asked of the workload
+    achieved: float                   # opens a second it made
+    n: int
+    captured: int
+
+
+def sustained(tracer: Tracer, ctx: Context, rates: tuple[int, ...], seconds: float) -> list[Step]:
+    """One run of `tracer` under paced open storms of rising rate, `seconds` each,
+    until one is not captured whole: the rate it keeps up with, nothing lost."""
+    out, err = ctx.work / "tracer.out", ctx.work / "tracer.err"
+    steps: list[Step] = []
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(tracer.command(ctx.python, ctx.root), stdout=fo, stderr=fe,
+                                stdin=subprocess.DEVNULL, cwd=ctx.root,
+                                env={**clean_env(), **tracer.environment(str(ctx.work))},
+                                preexec_fn=_default_sigint)
+    try:
+        _wait_live(proc, tracer, out, ctx, t0, TreePeak(proc.pid))
+        tail = _Tail(out)
+        tail.new_text()
+        for rate in rates:
+            target, n = _target(ctx), int(rate * seconds)
+            argv = [ctx.workload, "paced", str(n), str(rate), target]
+            ns = int(subprocess.run(argv, capture_output=True, text=True,
+                                    check=True).stdout.split()[-1])
+            _wait_caught_up(out)
+            steps.append(Step(rate, n / ns * 1e9, n, tail.new_text().count(target)))
+            os.unlink(target)
+            if steps[-1].captured < n:
+                break
+    finally:
+        _stop(proc)
+        out.unlink(missing_ok=True)
+        err.unlink(missing_ok=True)
+    return steps
+
+
 def _count(run: Run, tracer: Tracer, out: Path, err: Path, target: str) -> None:
     data = out.read_bytes()
     text_err = err.read_text(errors="replace")
     if tracer.events == "count":
-        m = re.search(rb"^@opens: (\d+)", data, re.M)
+        m = re.search(rb"^@\w+: (\d+)", data, re.M)
         run.events_total = int(m.group(1)) if m else None
-        run.captured = run.events_total      # every openat on the machine: >= the storm
+        run.captured = run.events_total      # every one on the machine: >= the storm
     else:
-        run.captured = data.count(target.encode())
+        run.captured = data.count(NEEDLES[tracer.storm].format(target).encode())
         run.events_total = data.count(b"\n")
     run.lost = tracer.lost(data.decode(errors="replace") + "\n" + text_err)
     if run.lost == 0 and (run.error or run.note):

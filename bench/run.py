@@ -1,13 +1,16 @@
-"""`make bench`: bpfprobes opensnoop against its peers on one open() storm, side by side.
+"""`make bench`: bpfprobes against its peers, side by side, on three storms:
+open() (opensnoop), fork+exec (execsnoop) and calls of a user function (probe
+with a uprobe).
 
 Every round runs the untraced workload and each tracer in turn (the order
 rotates between rounds) for each storm size, so slow drifts of a shared, noisy
 machine fall on every tracer alike; ratios are taken within a round, then the
-median over rounds is shown, with the range. It prints a table and writes
-bench/RESULTS.md and the README's cost table (between its cost markers).
+median over rounds is shown, with the range. It prints a table per storm and
+writes bench/RESULTS.md and the README's cost tables (between its cost markers).
 
-    .venv/bin/python bench/run.py            # 3 rounds, N = 200,000 and 1,000,000 (~8 min)
-    .venv/bin/python bench/run.py --quick    # 1 round, N = 200,000 (~1 min)
+    .venv/bin/python bench/run.py            # 3 rounds: 200,000 and 1,000,000 opens,
+                                             # 20,000 execs, 200,000 calls
+    .venv/bin/python bench/run.py --quick    # 1 round, smaller storms (under 2 min)
     .venv/bin/python bench/run.py --vm       # the kprobe path in the test VM, ratios only
 """
 from __future__ import annotations
@@ -37,6 +40,13 @@ import tracers  # noqa: E402
 from measure import Context, Run  # noqa: E402
 
 SIZES = (200_000, 1_000_000)
+EXEC_SIZES = (20_000,)          # fork+exec: ~0.7 ms each here
+CALL_SIZES = (200_000,)         # a uprobe hit: a few us
+SUSTAINED_RATES = (100_000, 200_000, 300_000, 400_000, 500_000, 600_000, 800_000)
+SUSTAINED_SECONDS = 3.0
+STORM_TITLES = {"open": "open() storm: opensnoop and its peers",
+                "exec": "fork+exec storm: execsnoop and its peers",
+                "call": "uprobe storm: probe and bpftrace on a user function"}
 
 
 def build_workload() -> str:
@@ -59,8 +69,10 @@ def available(ts: tuple[tracers.Tracer, ...]) -> tuple[list[tracers.Tracer], lis
 
 def rounds(ctx: Context, ts: list[tracers.Tracer], sizes: tuple[int, ...], n_rounds: int,
            log=None) -> list[tuple[int, Run]]:
-    """(round, run) for every run; untraced opens and closes each round and size."""
+    """(round, run) for every run; untraced opens and closes each round and size.
+    The tracers share one storm (Tracer.storm)."""
     log = log or (lambda line: print(line, flush=True))
+    kind = ts[0].storm if ts else "open"
     runs: list[tuple[int, Run]] = []
     for t in ts:
         if t.warm_up:
@@ -68,11 +80,11 @@ def rounds(ctx: Context, ts: list[tracers.Tracer], sizes: tuple[int, ...], n_rou
     for r in range(n_rounds):
         order = ts[r % len(ts):] + ts[:r % len(ts)]
         for n in sizes:
-            batch = [measure.untraced(ctx, n)]
+            batch = [measure.untraced(ctx, n, kind)]
             for t in order:
                 if n == min(sizes) or not t.smallest_only:
                     batch.append(measure.traced(t, ctx, n))
-            batch.append(measure.untraced(ctx, n))
+            batch.append(measure.untraced(ctx, n, kind))
             for run in batch:
                 log(_progress(r, run))
                 runs.append((r, run))
@@ -81,7 +93,7 @@ def rounds(ctx: Context, ts: list[tracers.Tracer], sizes: tuple[int, ...], n_rou
 
 def _progress(r: int, run: Run) -> str:
     bits = [f"round {r + 1}", f"N={run.n:,}", run.tracer,
-            f"{run.ns_per_op:.0f} ns/open" if run.ns_per_op else "-"]
+            f"{run.ns_per_op:.0f} ns/op" if run.ns_per_op else "-"]
     if run.captured is not None:
         bits.append(f"captured {run.captured:,} lost {run.lost}")
     if run.live_s is not None:
@@ -109,7 +121,7 @@ def _ratios(ok: list[tuple[int, Run]], untraced: list[tuple[int, Run]], attr: st
 
 
 def summarize(runs: list[tuple[int, Run]], names: list[str],
-              sizes: tuple[int, ...]) -> list[dict]:
+              sizes: tuple[int, ...], storm: str = "open") -> list[dict]:
     """One row per (size, tracer): medians over rounds; ratios within each round."""
     rows = []
     for n in sizes:
@@ -122,7 +134,7 @@ def summarize(runs: list[tuple[int, Run]], names: list[str],
             ratios = _ratios(ok, untraced, "ns_per_op")
             rss = [x.rss_mb for _, x in ok if x.rss_mb is not None]
             collateral = _ratios(ok, untraced, "getppid_ns")
-            row = {"tracer": name, "N": n, "runs": len(ok),
+            row = {"tracer": name, "storm": storm, "N": n, "runs": len(ok),
                    "ns_per_open": _median([x.ns_per_op for _, x in ok]),
                    "ratio": _median(ratios),
                    "ratio_range": [min(ratios), max(ratios)] if ratios else None,
@@ -151,7 +163,7 @@ def _fmt(value, spec: str, empty: str = "") -> str:
 
 def table(rows: list[dict], ratios_only: bool = False) -> str:
     from tabulate import tabulate  # noqa: PLC0415 - installed by make setup-test
-    head = ["tracer", "N", "ns/open", "x untraced", "capture", "lost", "live s",
+    head = ["tracer", "N", "ns/op", "x untraced", "capture", "lost", "live s",
             "peak RSS MB", "of it buffers", "tree peak MB", "CPU s / M events", "getppid x"]
     body = []
     for r in rows:
@@ -190,21 +202,66 @@ def machine() -> dict:
 def run_host(args) -> tuple[list[dict], dict]:
     exe = build_workload()
     host = tracers.HOST + ((tracers.baseline(args.baseline),) if args.baseline else ())
-    ts, missing = available(host if not args.tracers else
-                            tuple(t for t in host if any(s in t.name for s in args.tracers)))
+    chosen = host + tracers.EXEC + tracers.CALL
+    ts, missing = available(chosen if not args.tracers else
+                            tuple(t for t in chosen if any(s in t.name for s in args.tracers)))
     for name in missing:
         print(f"bench: {name} is not installed here: skipped", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="bpfbench-", dir="/tmp"))
     ctx = Context(exe, sys.executable, str(ROOT), work, pin=args.pin)
     info = machine()
     t0 = time.monotonic()
+    rows: list[dict] = []
     try:
-        runs = rounds(ctx, ts, args.sizes, args.rounds)
+        for storm, sizes in (("open", args.sizes), ("exec", args.exec_sizes),
+                             ("call", args.call_sizes)):
+            mine = [t for t in ts if t.storm == storm]
+            if mine:
+                runs = rounds(ctx, mine, sizes, args.rounds)
+                rows += summarize(runs, [t.name for t in mine], sizes, storm)
+        if args.sustained:
+            info["sustained"] = [_sustained_row(t, measure.sustained(t, ctx, SUSTAINED_RATES,
+                                                                     SUSTAINED_SECONDS))
+                                 for t in tracers.SUSTAINED if t in ts]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     info.update(minutes=round((time.monotonic() - t0) / 60, 1), load_end=os.getloadavg()[0],
                 rounds=args.rounds, skipped=missing)
-    return summarize(runs, [t.name for t in ts], args.sizes), info
+    return rows, info
+
+
+def _sustained_row(t: tracers.Tracer, steps: list[measure.Step]) -> dict:
+    kept = [s for s in steps if s.captured >= s.n]
+    first_loss = next((s for s in steps if s.captured < s.n), None)
+    row = {"tracer": t.name, "kept_up": kept[-1].achieved if kept else None,
+           "loss_at": first_loss.achieved if first_loss else None,
+           "capture_there": first_loss.captured / first_loss.n if first_loss else None}
+    print(f"sustained: {t.name}: " + ", ".join(f"{s.achieved:,.0f}/s {s.captured / s.n:.2%}"
+                                               for s in steps), flush=True)
+    return row
+
+
+def sustained_table(rows: list[dict]) -> str:
+    """Markdown: the highest paced rate each tracer took whole, and where it lost."""
+    lines = ["| tracer | kept up with, nothing lost | first rate with loss | captured there |",
+             "| --- | --- | --- | --- |"]
+    top = f"{SUSTAINED_RATES[-1]:,}/s (the top of the ladder)"
+    for r in rows:
+        lines.append(f"| {r['tracer']} | {_fmt(r['kept_up'], ',.0f', 'none')} opens/s | "
+                     f"{_fmt(r['loss_at'], ',.0f', top)}{'/s' if r['loss_at'] else ''} | "
+                     f"{_fmt(r['capture_there'], '.2%', '')} |")
+    return "\n".join(lines)
+
+
+SUSTAINED_TITLE = (f"Sustained rate: paced open() storms rising {SUSTAINED_RATES[0]:,} to "
+                   f"{SUSTAINED_RATES[-1]:,} a second, {SUSTAINED_SECONDS:.0f} s each, one "
+                   "tracer run; the highest taken whole (every event printed, none lost)")
+
+
+def by_storm(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """The rows of each storm, in STORM_TITLES' order (a VM row has no storm: open)."""
+    return [(k, mine) for k in STORM_TITLES
+            if (mine := [r for r in rows if r.get("storm", "open") == k])]
 
 
 def run_in_vm(args) -> tuple[list[dict], dict]:
@@ -261,8 +318,12 @@ def results_md(host: tuple[list[dict], dict] | None, vm: tuple[list[dict], dict]
                   f"untraced runs of the same round; {info['minutes']} min in all", ""]
         if info.get("skipped"):
             parts += [f"- not installed, skipped: {', '.join(info['skipped'])}", ""]
-        parts += [table(rows), "", "\\* the floor counts every openat on the machine, "
+        for storm, mine in by_storm(rows):
+            parts += [f"### {STORM_TITLES[storm]}", "", table(mine), ""]
+        parts += ["\\* a floor counts every such call on the machine, "
                   "so its capture is at least the storm's.", ""]
+        if info.get("sustained"):
+            parts += [f"### {SUSTAINED_TITLE}", "", sustained_table(info["sustained"]), ""]
         parts += _errors(rows)
     if vm:
         rows, info = vm
@@ -290,34 +351,39 @@ def _spread(median, span, spec: str, unit: str = "") -> str:
 
 
 def readme_block(rows: list[dict], info: dict) -> str:
-    """The README's cost table: the largest storm of this run, medians with the range."""
-    n = max(r["N"] for r in rows)
+    """The README's cost tables: each storm's largest size in this run, medians
+    with the range over rounds."""
     lines = [f"{info['date']}, kernel {info['kernel']}, commit {info['commit']}, "
-             f"{info['rounds']} round(s) of {n:,} opens ({info['cpu']}); "
-             "median (range over rounds):", "",
-             "| tracer | x untraced | capture | lost | live after | peak RSS "
-             "| process tree peak | CPU s / M events | getppid() x untraced |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        if r["N"] != n or r["tracer"] == "untraced":
-            continue
-        capture = _fmt(r["capture"], ".2%")
-        if r["capture"] is not None and "count" in r["tracer"]:
-            capture = f">= {r['capture']:.0%} (every openat on the machine)"
-        mb = r.get("buffers_mb")
-        buffers = "" if not mb else f", {mb:.0f} MB of it buffers" if mb >= 1 else \
-            f", {mb:.1f} MB of it buffers"
-        lines.append(f"| {r['tracer']} | {_spread(r['ratio'], r.get('ratio_range'), '.2f')} | "
-                     f"{capture} | {_fmt(r['lost'], ',.0f')} | {_fmt(r['live_s'], '.2f')} s | "
-                     f"{_spread(r['rss_mb'], r.get('rss_range'), '.0f', ' MB')}{buffers} | "
-                     f"{_fmt(r.get('tree_rss_mb'), '.0f')} MB | {_fmt(r['cpu_per_m'], '.2f')} | "
-                     f"{_spread(r.get('getppid_ratio'), r.get('getppid_range'), '.2f')} |")
+             f"{info['rounds']} round(s) ({info['cpu']}); median (range over rounds)."]
+    for storm, mine in by_storm(rows):
+        n = max(r["N"] for r in mine)
+        lines += ["", f"{STORM_TITLES[storm].capitalize()}, N = {n:,}:", "",
+                  "| tracer | x untraced | capture | lost | live after | peak RSS "
+                  "| process tree peak | CPU s / M events | getppid() x untraced |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [_readme_row(r) for r in mine if r["N"] == n and r["tracer"] != "untraced"]
+    if info.get("sustained"):
+        lines += ["", SUSTAINED_TITLE + ":", "", sustained_table(info["sustained"])]
     lines += ["", "Peak RSS counts the event buffers' resident pages (named after it; a BPF ring "
               "buffer's data pages are mapped twice and so counted twice). Process tree peak: "
               "the largest of the tracer and any process it starts (BCC's compile child). "
               "getppid() x untraced: a syscall no tracer here traces, run with each one "
               "attached (what it costs the rest of the system)."]
     return "\n".join(lines)
+
+
+def _readme_row(r: dict) -> str:
+    capture = _fmt(r["capture"], ".2%")
+    if r["capture"] is not None and "count" in r["tracer"]:
+        capture = f">= {r['capture']:.0%} (every such call on the machine)"
+    mb = r.get("buffers_mb")
+    buffers = "" if not mb else f", {mb:.0f} MB of it buffers" if mb >= 1 else \
+        f", {mb:.1f} MB of it buffers"
+    return (f"| {r['tracer']} | {_spread(r['ratio'], r.get('ratio_range'), '.2f')} | "
+            f"{capture} | {_fmt(r['lost'], ',.0f')} | {_fmt(r['live_s'], '.2f')} s | "
+            f"{_spread(r['rss_mb'], r.get('rss_range'), '.0f', ' MB')}{buffers} | "
+            f"{_fmt(r.get('tree_rss_mb'), '.0f')} MB | {_fmt(r['cpu_per_m'], '.2f')} | "
+            f"{_spread(r.get('getppid_ratio'), r.get('getppid_range'), '.2f')} |")
 
 
 def write_readme(path: Path, block: str) -> bool:
@@ -354,9 +420,16 @@ def _errors(rows: list[dict]) -> list[str]:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="1 round, N = 200,000 only")
+    p.add_argument("--quick", action="store_true",
+                   help="1 round; 200,000 opens, 5,000 execs, 50,000 calls")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--sizes", type=lambda s: tuple(int(x) for x in s.split(",")), default=SIZES)
+    p.add_argument("--exec-sizes", type=lambda s: tuple(int(x) for x in s.split(",")),
+                   default=EXEC_SIZES)
+    p.add_argument("--call-sizes", type=lambda s: tuple(int(x) for x in s.split(",")),
+                   default=CALL_SIZES)
+    p.add_argument("--no-sustained", dest="sustained", action="store_false",
+                   help="leave out the sustained-rate ladder (~2-3 min)")
     p.add_argument("--tracers", nargs="*", help="only tracers whose name contains one of these")
     p.add_argument("--pin", type=int, help="pin the workload to this CPU")
     p.add_argument("--vm", action="store_true", help="also run the kprobe table in the test VM")
@@ -373,7 +446,8 @@ def parse_args(argv=None):
     p.add_argument("--in-vm", metavar="JSON", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.quick:
-        a.rounds, a.sizes = 1, (200_000,)
+        a.rounds, a.sizes, a.exec_sizes, a.call_sizes = 1, (200_000,), (5_000,), (50_000,)
+        a.sustained = False
     return a
 
 
@@ -394,7 +468,10 @@ def main(argv=None) -> int:
         return 0
     host = None if args.vm_only else run_host(args)
     if host:
-        print("\n" + table(host[0]))
+        for storm, mine in by_storm(host[0]):
+            print(f"\n{STORM_TITLES[storm]}\n" + table(mine))
+        if host[1].get("sustained"):
+            print(f"\n{SUSTAINED_TITLE}\n" + sustained_table(host[1]["sustained"]))
     vm = run_in_vm(args) if args.vm or args.vm_only else None
     if vm:
         print("\n" + table(vm[0], ratios_only=True))

@@ -38,6 +38,7 @@ class Tracer:
     env: tuple[tuple[str, str], ...] = ()   # extra environment ({work}: the run's scratch dir)
     smallest_only: bool = False        # run at the smallest storm size only
     warm_up: bool = False              # one unmeasured run first (fills a cache)
+    storm: str = "open"                # the workload it traces: measure.STORMS
 
     def command(self, python: str, root: str) -> list[str]:
         return [a.replace("{python}", python).replace("{root}", root) for a in self.argv]
@@ -64,7 +65,7 @@ BPFTRACE_KPROBE_COUNT = ('BEGIN { printf("live\\n"); } '
 # from an empty cache every time (a BCC compile in the process).
 OURS = Tracer("bpfprobes opensnoop", ("{root}/.venv/bin/bpfprobes", "opensnoop"),
               _sum(r"^opensnoop: \d+ events, (\d+) lost"),
-              note="raw_syscalls:sys_exit, direct perf ring reader, program cache",
+              note="syscalls:sys_exit_open* alone, direct ring reader, program cache",
               env=(("BPFPROBES_CACHE", "{work}/cache"),), warm_up=True)
 OURS_JSON = Tracer("bpfprobes opensnoop --json", (*OURS.argv, "--json"),
                    _sum(r'^\{"type":"summary","events":\d+,"lost":(\d+)'),
@@ -89,6 +90,47 @@ FLOOR = Tracer("kernel floor (count only)", ("bpftrace", "-e", BPFTRACE_COUNT),
                note="bpftrace count(), no output per event")
 
 HOST = (OURS, OURS_JSON, OURS_BIG, OURS_COLD, LIBBPF, BPFTRACE, BCC_PY, FLOOR)
+# the sustained-rate ladder (paced opens, rising): who keeps up with what, nothing lost
+SUSTAINED = (OURS, OURS_JSON, LIBBPF, BPFTRACE)
+
+# The exec storm (fork + execve of a program that exits at once): execsnoop and
+# its peers, each printing the program's arguments (where the storm's token is)
+BPFTRACE_EXEC = ('BEGIN { printf("live\\n"); } '
+                 'tracepoint:syscalls:sys_enter_execve '
+                 '{ printf("%d %s ", pid, comm); join(args->argv); }')
+BPFTRACE_EXEC_COUNT = ('BEGIN { printf("live\\n"); } '
+                       'tracepoint:syscalls:sys_enter_execve { @execs = count(); }')
+EXEC = (Tracer("bpfprobes execsnoop", ("{root}/.venv/bin/bpfprobes", "execsnoop"),
+               _sum(r"^execsnoop: \d+ events, (\d+) lost"), storm="exec", warm_up=True,
+               note="syscalls:sys_{enter,exit}_execve, program cache",
+               env=(("BPFPROBES_CACHE", "{work}/cache"),)),
+        Tracer("libbpf-tools execsnoop", ("/usr/sbin/execsnoop",), LIBBPF.lost, storm="exec",
+               note="C, perf buffer, a wakeup per event"),
+        Tracer("bpftrace one-liner (exec)", ("bpftrace", "-e", BPFTRACE_EXEC), BPFTRACE.lost,
+               storm="exec", note="tracepoint printf and join(argv)"),
+        Tracer("kernel floor (exec count)", ("bpftrace", "-e", BPFTRACE_EXEC_COUNT),
+               BPFTRACE.lost, events="count", live_by="begin", storm="exec",
+               note="bpftrace count(), no output per event"))
+
+# The uprobe storm: N calls of the workload's bench_call(i, n, token), a probe
+# on it reading two numbers and the string (the token)
+WORKLOAD = "{root}/bench/out/workload"
+BPFTRACE_CALL = ('BEGIN { printf("live\\n"); } '
+                 f'uprobe:{WORKLOAD}:bench_call '
+                 '{ printf("%d %d %s\\n", arg0, arg1, str(arg2)); }')
+BPFTRACE_CALL_COUNT = ('BEGIN { printf("live\\n"); } '
+                       f'uprobe:{WORKLOAD}:bench_call {{ @calls = count(); }}')
+CALL = (Tracer("bpfprobes probe (uprobe)",
+               ("{root}/.venv/bin/bpfprobes", "probe",
+                f"p:{WORKLOAD}:bench_call a=$arg1 b=$arg2 s=+0($arg3):string"),
+               _sum(r"^probe: \d+ events, (\d+) lost"), storm="call", warm_up=True,
+               note="two registers and a string, ftrace-style lines, program cache",
+               env=(("BPFPROBES_CACHE", "{work}/cache"),)),
+        Tracer("bpftrace one-liner (uprobe)", ("bpftrace", "-e", BPFTRACE_CALL), BPFTRACE.lost,
+               storm="call", note="uprobe printf with str()"),
+        Tracer("kernel floor (uprobe count)", ("bpftrace", "-e", BPFTRACE_CALL_COUNT),
+               BPFTRACE.lost, events="count", live_by="begin", storm="call",
+               note="bpftrace count(), no output per event"))
 
 
 def baseline(checkout: str) -> Tracer:

@@ -1,8 +1,11 @@
 /* opensnoop: open, openat, openat2 with their return value.
  *
- * Entry stashes the arguments per thread; return builds the event, because
- * only then is the fd (or errno) known. Built with either ATTACH_KPROBE
- * (syscall entry symbols) or ATTACH_TRACEPOINT (syscalls:sys_*_open*).
+ * The event is built at the syscall's return, because only then is the fd (or
+ * errno) known. Built one of four ways: ATTACH_SYSCALL_EXIT (syscalls:sys_exit_
+ * open* alone, the arguments from the task's saved registers), ATTACH_RAW_SYSCALLS
+ * (raw_syscalls:sys_exit, the same from its pt_regs), or an entry that stashes the
+ * arguments per thread and a return that finds them: ATTACH_KPROBE (syscall entry
+ * symbols) or ATTACH_TRACEPOINT (the syscalls:sys_{enter,exit}_open* pairs).
  */
 #include <uapi/linux/ptrace.h>
 #include "opensnoop.h"
@@ -175,6 +178,41 @@ int tp_exit_open(struct sys_exit_ctx *ctx)
 }
 #endif
 
+#if defined(ATTACH_RAW_SYSCALLS) || defined(ATTACH_SYSCALL_EXIT)
+/* The arguments of one open syscall, read from the user's saved registers at its
+ * exit (they still hold them), then its event: shared by both exit-only paths. */
+static __always_inline int from_regs(void *ctx, const struct pt_regs *uregs, u16 syscall,
+                                     long ret)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    const struct opensnoop_config *c = settings();
+    if (!c || task_filtered(id, RUN(c)))
+        return 0;
+    struct open_args a = {.syscall = syscall};
+    struct pt_regs r;                   /* one copy, rather than a read per argument */
+    bpf_probe_read_kernel(&r, sizeof(r), uregs);
+    if (syscall == SC_OPEN) {
+        a.path = (const char *)r.SYSCALL_ARG1;
+        a.flags = r.SYSCALL_ARG2;
+        a.mode = r.SYSCALL_ARG3;
+    } else {
+        a.dirfd = (s32)r.SYSCALL_ARG1;
+        a.path = (const char *)r.SYSCALL_ARG2;
+        a.flags = r.SYSCALL_ARG3;
+        a.mode = r.SYSCALL_ARG4;
+    }
+    if (syscall == SC_OPENAT2) {
+        u64 fm[2] = {};
+        bpf_probe_read_user(&fm, sizeof(fm), (const void *)a.flags);
+        a.flags = fm[0];
+        a.mode = (u32)fm[1];
+    }
+    if (!flags_wanted(a.flags, c))
+        return 0;
+    return emit(ctx, id, ret, &a, c);
+}
+#endif
+
 #ifdef ATTACH_RAW_SYSCALLS
 /* raw_syscalls:sys_exit: one program at every syscall's return, instead of an
  * entry/exit pair of syscalls:* tracepoints and a map between them. The user's
@@ -196,43 +234,37 @@ int tp_raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
     long nr = -1;
     /* every syscall's exit comes here: the number alone decides, cheaply */
     bpf_probe_read_kernel(&nr, sizeof(nr), &uregs->SYSCALL_NR);
-    struct open_args a = {};
+    u16 syscall;
     if (nr == NR_OPENAT)
-        a.syscall = SC_OPENAT;
+        syscall = SC_OPENAT;
 #ifdef NR_OPEN
     else if (nr == NR_OPEN)
-        a.syscall = SC_OPEN;
+        syscall = SC_OPEN;
 #endif
     else if (nr == NR_OPENAT2)
-        a.syscall = SC_OPENAT2;
+        syscall = SC_OPENAT2;
     else
         return 0;
     if (compat_syscall())
         return 0;
-    u64 id = bpf_get_current_pid_tgid();
-    const struct opensnoop_config *c = settings();
-    if (!c || task_filtered(id, RUN(c)))
-        return 0;
-    struct pt_regs r;                   /* one copy, rather than a read per argument */
-    bpf_probe_read_kernel(&r, sizeof(r), uregs);
-    if (a.syscall == SC_OPEN) {
-        a.path = (const char *)r.SYSCALL_ARG1;
-        a.flags = r.SYSCALL_ARG2;
-        a.mode = r.SYSCALL_ARG3;
-    } else {
-        a.dirfd = (s32)r.SYSCALL_ARG1;
-        a.path = (const char *)r.SYSCALL_ARG2;
-        a.flags = r.SYSCALL_ARG3;
-        a.mode = r.SYSCALL_ARG4;
-    }
-    if (a.syscall == SC_OPENAT2) {
-        u64 fm[2] = {};
-        bpf_probe_read_user(&fm, sizeof(fm), (const void *)a.flags);
-        a.flags = fm[0];
-        a.mode = (u32)fm[1];
-    }
-    if (!flags_wanted(a.flags, c))
-        return 0;
-    return emit(ctx, id, (long)ctx->args[1], &a, c);
+    return from_regs(ctx, uregs, syscall, (long)ctx->args[1]);
 }
+#endif
+
+#ifdef ATTACH_SYSCALL_EXIT
+/* syscalls:sys_exit_open* alone: the kernel runs these only at the open syscalls'
+ * exits (no program at every other syscall's), and the task's saved registers
+ * (bpf_task_pt_regs, 5.15+) give the arguments: one program per open, no map.
+ * The syscalls:* tracepoints skip compat (32-bit) syscalls themselves. An exit
+ * with no entry is reported too (a seccomp filter that failed the open): the
+ * open returned that errno. */
+static __always_inline int exit_regs(struct sys_exit_ctx *ctx, u16 syscall)
+{
+    struct task_struct *task = bpf_get_current_task_btf();
+    return from_regs(ctx, (const struct pt_regs *)bpf_task_pt_regs(task), syscall, ctx->ret);
+}
+
+int tp_exit_regs_open(struct sys_exit_ctx *ctx) { return exit_regs(ctx, SC_OPEN); }
+int tp_exit_regs_openat(struct sys_exit_ctx *ctx) { return exit_regs(ctx, SC_OPENAT); }
+int tp_exit_regs_openat2(struct sys_exit_ctx *ctx) { return exit_regs(ctx, SC_OPENAT2); }
 #endif

@@ -35,8 +35,9 @@ class Tool:
     """A running tool. JSON mode is used by most tests: the meta line says 'live'."""
 
     def __init__(self, *args: str, live_timeout: float = 120.0,
-                 env: dict | None = None) -> None:
-        self.argv = [PYTHON, "-m", "bpfprobes.cli.main", *args]
+                 env: dict | None = None, main: tuple[str, ...] = ("-m", "bpfprobes.cli.main")) -> None:
+        # main: what Python runs (a test's own script that starts a tool another way)
+        self.argv = [PYTHON, *main, *args]
         self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, errors="replace",
                                      env={**os.environ, **env} if env else None)
@@ -86,7 +87,7 @@ class Tool:
         if not self._live.wait(self.live_timeout) or self.proc.poll() is not None \
                 and not self.lines:
             self.stop()
-            raise AssertionError(f"{self.argv[3:]} did not start: {self.stderr}")
+            raise AssertionError(f"{self.argv[1:]} did not start: {self.stderr}")
         return self
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:

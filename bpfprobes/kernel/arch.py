@@ -50,10 +50,14 @@ class Abi:
     link_register: str | None = None
     # the bit of the per-CPU preempt_count that means "no reschedule needed" (x86)
     inverted_resched_bit: int = 0
-    # a program on raw_syscalls:sys_exit (opensnoop's cheapest path): the pt_regs
+    # a program on raw_syscalls:sys_exit (opensnoop's path without bpf_task_pt_regs): the pt_regs
     # member holding the syscall number, the open syscalls' numbers, the
     # thread_info status flag of a compat syscall; None: use syscalls:* instead
     raw_syscalls: Mapping[str, object] | None = None
+    # the syscall argument registers (syscall_args) still hold the arguments in
+    # the user's saved pt_regs at the syscall's exit (opensnoop reads them there);
+    # set where checked on that arch's kernel (x86-64: only ax, cx, r11 change)
+    args_kept_at_exit: bool = False
 
     def canonical(self, reg: str) -> str | None:
         """The table's own name for a register name or alias, or None."""
@@ -115,6 +119,7 @@ X86_64 = Abi(
     compat_elf_machines=(3,),          # EM_386
     nr_bpf=321, nr_perf_event_open=298, tso=True, non_overlapping=True,
     inverted_resched_bit=0x80000000,
+    args_kept_at_exit=True,
     raw_syscalls={"SYSCALL_NR": "orig_ax", "NR_OPEN": 2, "NR_OPENAT": 257, "NR_OPENAT2": 437,
                   "TS_COMPAT": 0x0002},
 )

@@ -18,7 +18,7 @@ class Attach:
     pid: int = -1               # uprobe: only this process
     kernel_path: str | None = None  # uprobe: /proc/self/fd/N of the checked binary (`path` shown)
     # a USDT site: attached at `file_offset` by our own perf_event_open, counting up the
-    # semaphore at file offset `ref_ctr` (0: none); None: any other uprobe (BCC's attach)
+    # semaphore at file offset `ref_ctr` (0: none); None: any other uprobe
     ref_ctr: int | None = None
     file_offset: int = 0
     # a kprobe whose program tells targets apart by bpf_get_attach_cookie (their index)

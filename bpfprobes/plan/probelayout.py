@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 from bpfprobes.base.errors import UsageError
@@ -32,7 +33,7 @@ class Slot:
     offset: int              # bytes into the payload
     size: int                # 8 for scalars; the slot's capacity for strings
 
-    @property
+    @cached_property            # asked per slot per event: computed once
     def is_string(self) -> bool:
         return self.type.is_string
 
@@ -56,14 +57,19 @@ class PayloadLayout:
         last = max(self.slots, key=lambda s: s.offset, default=None)
         return last if last is not None and last.is_string else None
 
+    @cached_property
+    def _reading(self) -> tuple[struct.Struct, int, tuple[tuple[int, int] | None, ...]]:
+        """How unpack reads a payload, worked out once: the scalars' struct, their
+        bytes, and each slot's string span (None: the next scalar)."""
+        n = len(self.scalars)
+        return (struct.Struct(f"<{n}Q"), n * SCALAR_SIZE,
+                tuple((s.offset, s.offset + s.size) if s.is_string else None for s in self.slots))
+
     def unpack(self, payload: bytes) -> list[int | bytes]:
         """Raw values in argument order: ints for scalars, bytes for strings."""
-        n = len(self.scalars)
-        ints = iter(struct.unpack_from(f"<{n}Q", payload.ljust(n * SCALAR_SIZE, b"\0")))
-        out: list[int | bytes] = []
-        for s in self.slots:
-            out.append(payload[s.offset:s.offset + s.size] if s.is_string else next(ints))
-        return out
+        scalars, size, spans = self._reading
+        ints = iter(scalars.unpack_from(payload.ljust(size, b"\0")))
+        return [payload[span[0]:span[1]] if span else next(ints) for span in spans]
 
 
 def _align(n: int) -> int:

@@ -153,7 +153,7 @@ class Decoder:
     """Raw samples -> Events (None when the userspace part of --filter says no).
 
     `stack_walk(id)` lists a stack's addresses, `usym(addr, pid)` names a user
-    address; both come from the loaded program (BCC), so this module needs none.
+    address; both come from the loaded program's backend, so this module needs none.
     """
 
     def __init__(self, plan: Plan, kallsyms: Kallsyms,

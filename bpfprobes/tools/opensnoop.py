@@ -11,7 +11,7 @@ from bpfprobes.backends.bpf import perfbuffer
 from bpfprobes.backends.bpf.backend import BpfBackend
 from bpfprobes.base.errors import KernelError, UsageError
 from bpfprobes.gen import codegen
-from bpfprobes.kernel import openflags, policy
+from bpfprobes.kernel import btf, openflags, policy
 from bpfprobes.kernel.running import current
 from bpfprobes.plan import runconfig
 from bpfprobes.plan.attach import Attach
@@ -67,11 +67,22 @@ def _flag_filter(names: list[str]) -> tuple[int | None, bool]:
     return (mask or None) if names else None, rdonly
 
 
-# raw_syscalls:sys_exit instead of syscalls:sys_{enter,exit}_open*: one BPF run
-# per open instead of two plus a map (bench/: ~1.4x untraced against ~1.8x in
-# an open storm), where the arch table has the numbers (Abi.raw_syscalls) and
-# BTF the offset of the compat flag; else the pair of tracepoints.
+# The cheapest paths read the arguments at the syscall's exit from the user's
+# saved registers: one BPF run per open, no map between entry and exit.
+# syscalls:sys_exit_open* with bpf_task_pt_regs (5.15+) runs only at the open
+# syscalls' exits; raw_syscalls:sys_exit runs at every syscall's (a getppid()
+# storm pays for it) and is kept for kernels without the helper; else the
+# entry/exit pairs and a map (bench/: about 1.8x untraced in an open storm).
 RAW_TP = "raw_syscalls:sys_exit"
+
+
+def _syscall_exit_defs(k) -> dict | None:
+    """-D defines of the syscalls:sys_exit_open*-only path, or None. Its helpers
+    take the kernel's BTF task type: no BTF, no path (the verifier would refuse it)."""
+    if not k.abi.args_kept_at_exit or not btf.VMLINUX.exists() \
+            or not k.in_image("bpf_task_pt_regs"):
+        return None
+    return {"ATTACH_SYSCALL_EXIT": True, **codegen.abi_defines(k.abi, False)}
 
 
 def _raw_syscalls_defs(k) -> dict | None:
@@ -89,14 +100,20 @@ def _raw_syscalls_defs(k) -> dict | None:
 
 def _plan(o: Options, k):
     entries = shared.syscall_entries(k, SYSCALLS)
-    raw = _raw_syscalls_defs(k)
-    tps = [RAW_TP] if raw else shared.syscall_tracepoints(k, SYSCALLS)
+    pairs = shared.syscall_tracepoints(k, SYSCALLS)
+    exits = [tp for tp in pairs if ":sys_exit_" in tp]
+    regs = _syscall_exit_defs(k) if exits else None
+    raw = None if regs else _raw_syscalls_defs(k)
+    tps = exits if regs else [RAW_TP] if raw else pairs
     choice = policy.choose(k, o.attach, [s for s, _ in entries.values()], tps)
     if choice.mechanism == policy.KPROBE:
         return (choice, *shared.syscall_kprobes(k, entries, "kr_open"))
+    if regs:
+        return choice, [Attach("tracepoint", tp, "tp_exit_regs_" + tp.split("sys_exit_")[1])
+                        for tp in exits], regs
     if raw:
         return choice, [Attach("raw_tracepoint", RAW_TP.split(":")[1], "tp_raw_sys_exit")], raw
-    return (choice, *shared.syscall_tracepoint_attaches(tps, "tp_exit_open"))
+    return (choice, *shared.syscall_tracepoint_attaches(pairs, "tp_exit_open"))
 
 
 # -F: where the kernel keeps a task's cwd, its open files and a path's dentries and

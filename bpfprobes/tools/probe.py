@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass, field, replace
 
 from bpfprobes import __version__
+from bpfprobes.backends.bpf import loader
 from bpfprobes.backends.bpf.backend import BpfBackend
 from bpfprobes.backends.bpf.loaded import LoadedProgram
 from bpfprobes.base.errors import CompileError, UsageError
@@ -129,8 +130,12 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[Attach], o: Options,
     stats = probefmt.Stats(plan)
     render = (lambda ev: probefmt.json_event(ev, clock.wall)) if o.json else \
         probefmt.ftrace_text
-    # BCC loads it: uprobes, kretprobe maxactive and stack maps are BCC's to attach and read
-    backend = BpfBackend(k, probegen.probe_program(plan, k.abi), attaches, cacheable=False,
+    # the program cache loads it unless a stack is asked for (BCC reads its stack map);
+    # kretprobes with maxactive it leaves to BCC itself (progcache.usable)
+    stacks = plan.options.kstack or plan.options.ustack
+    if any(p.spec.is_uprobe for p in plan.probes):
+        loader.prepare_user_symbols()           # callers are named: before going live
+    backend = BpfBackend(k, probegen.probe_program(plan, k.abi), attaches, cacheable=not stacks,
                          pages=o.buffer_pages, kretprobe_misses=True)
 
     def consumer(backend: BpfBackend):

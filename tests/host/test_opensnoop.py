@@ -14,9 +14,23 @@ import pytest
 
 from tooling import Tool, Workload, run_tool, settle, unique
 
-def run_ops(tool_args: list[str], comm: str, *ops: str) -> tuple[list[dict], list[int], Tool]:
+# the path opensnoop takes here, and the two it falls back to elsewhere (forced by
+# opensnoop_path.py): each sees every kind of open the tests check
+PATHS = {"exit": ("tracepoint syscalls:sys_exit_openat", None),
+         "raw": ("raw_tracepoint sys_exit", "raw"),
+         "pairs": ("tracepoint syscalls:sys_enter_openat", "pairs")}
+# what each path attaches nothing of (the exit-only path is no pair, no raw program)
+NOT_ON = {"exit": ("sys_enter_", "raw_tracepoint"), "raw": ("tracepoint syscalls:",),
+          "pairs": ("raw_tracepoint",)}
+
+
+def run_ops(tool_args: list[str], comm: str, *ops: str,
+            path: str = "exit") -> tuple[list[dict], list[int], Tool]:
     w = Workload(comm, *ops)
-    with Tool("opensnoop", "--json", *tool_args) as t:
+    forced = PATHS[path][1]
+    main = (str(Path(__file__).with_name("opensnoop_path.py")), forced) if forced else \
+        ("-m", "bpfprobes.cli.main", "opensnoop")
+    with Tool("--json", *tool_args, main=main) as t:
         results = w.go()
         settle()
     return [e for e in t.json() if e["pid"] == w.pid], results, t
@@ -37,16 +51,16 @@ def paths(tmp_path_factory):
             "created": str(d / unique("created")), "at2": str(spaced)}
 
 
-@pytest.fixture(scope="module")
-def events(paths):
-    """One opensnoop run over every kind of open the tests check."""
+@pytest.fixture(scope="module", params=sorted(PATHS))
+def events(paths, request):
+    """One opensnoop run over every kind of open the tests check, on each path."""
     ops = [f"open:{paths['spaced']}:O_RDONLY:", f"open:{paths['long']}:O_RDONLY:",
            f"open:{paths['missing']}:O_RDONLY:",
            f"open:{paths['created']}:O_WRONLY|O_CREAT:0640",
            f"openat2:{paths['at2']}:O_RDONLY|O_CLOEXEC:"]
-    evs, results, tool = run_ops([], "bpfp-opener", *ops)
+    evs, results, tool = run_ops([], "bpfp-opener", *ops, path=request.param)
     assert tool.proc.returncode == 0, tool.stderr
-    return {"events": evs, "results": results, "tool": tool}
+    return {"events": evs, "results": results, "tool": tool, "path": request.param}
 
 
 def only(events: list[dict], path: str, syscall: str = "openat") -> dict:
@@ -60,6 +74,9 @@ def test_meta_line_says_tracepoint_and_why(events):
     assert meta["attach"] == "tracepoint"
     assert "kprobes unavailable" in meta["why"] or "forced" in meta["why"]
     assert meta["transport"] in ("perf_buffer", "ring_buffer")
+    assert PATHS[events["path"]][0] in meta["probes"], meta["probes"]
+    assert not any(other in probe for probe in meta["probes"]
+                   for other in NOT_ON[events["path"]]), meta["probes"]
     [summary] = events["tool"].json("summary")
     # system-wide: another process's storm may overflow the buffer, never silently
     assert summary["lost"] == sum(x["count"] for x in events["tool"].json("lost"))

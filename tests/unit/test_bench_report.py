@@ -27,11 +27,24 @@ def test_the_block_shows_the_largest_storm_with_its_range():
             row("libbpf-tools opensnoop", 1_000_000, 3.4, [3.4, 3.4])]
     block = run.readme_block(rows, INFO)
     lines = block.splitlines()
-    assert "commit abc1234" in lines[0] and "3 round(s) of 1,000,000 opens" in lines[0]
+    assert "commit abc1234" in lines[0] and "3 round(s)" in lines[0]
+    assert "Open() storm: opensnoop and its peers, N = 1,000,000:" in lines
     assert "| bpfprobes opensnoop | 1.18 (1.15-1.22) | 100.00% | 0 | 0.12 s | 31 MB (30-33 MB) |" \
         in block
     assert "| libbpf-tools opensnoop | 3.40 |" in block          # one value: no range
     assert "| untraced |" not in block and "1.50" not in block
+
+
+def test_each_storm_has_its_own_table_at_its_own_largest_size():
+    rows = [row("bpfprobes opensnoop", 1_000_000, 1.18, [1.15, 1.22]),
+            {**row("bpfprobes execsnoop", 20_000, 1.02, [1.01, 1.04]), "storm": "exec"},
+            {**row("bpfprobes execsnoop", 5_000, 1.5, [1.5, 1.5]), "storm": "exec"}]
+    lines = run.readme_block(rows, INFO).splitlines()
+    heads = [ln for ln in lines if ln.endswith(":") and "N = " in ln]
+    assert heads == ["Open() storm: opensnoop and its peers, N = 1,000,000:",
+                     "Fork+exec storm: execsnoop and its peers, N = 20,000:"]
+    exec_rows = [ln for ln in lines if ln.startswith("| bpfprobes execsnoop")]
+    assert len(exec_rows) == 1 and "| 1.02 (1.01-1.04) |" in exec_rows[0]
 
 
 def test_only_the_text_between_the_markers_is_replaced(tmp_path):

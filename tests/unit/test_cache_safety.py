@@ -422,3 +422,21 @@ def test_kheaders_are_unpacked_privately_and_only_files_and_directories(base, mo
     assert not (cache / "kheaders" / "escape.h").exists() and not (base / "escape.h").exists()
     assert h == headers.find("6.18.44-custom", lib_modules=base / "none",
                              usr_src=base / "src", cache=cache)       # the second time: as is
+
+
+def test_the_least_recently_used_entries_go_past_the_cap(tmp_path):
+    """Every distinct probe is a program of its own: the cache keeps the most
+    recently used MAX_ENTRIES, a hit counts as a use, and nothing else is touched."""
+    for i in range(5):
+        (tmp_path / f"k{i}.json").write_text("{}")
+        os.utime(tmp_path / f"k{i}.json", (1000 + i, 1000 + i))
+    (tmp_path / progcache.TOOLCHAIN).write_text("{}")
+    (tmp_path / f"k9.json{safefs.TEMP_MARK}1-ab").write_text("{}")     # a writer's temporary
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        progcache._touch(fd, "k0.json")            # the oldest, just used
+        progcache._prune(fd, 3)
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["k0.json", "k3.json", "k4.json", progcache.TOOLCHAIN, f"k9.json{safefs.TEMP_MARK}1-ab"])

@@ -2,7 +2,8 @@
 compiled by BCC), read through its events map (perfbuffer.PerfBuffer), attached.
 
 `cacheable`: whether the program cache may load it (BCC must, for what it
-alone can attach or read: uprobes, kretprobe maxactive, stack maps). A
+alone can read: the tools that read stack maps or tables through BCC say so;
+a kretprobe with maxactive the cache itself leaves to BCC). A
 kretprobe with maxactive that the kernel refuses (kprobe_events out of reach)
 is attached again without it, and -v says so.
 """

@@ -172,9 +172,7 @@ class Loaded:
         return list(self.bpf[name].walk(stack_id))
 
     def user_symbol(self, addr: int, pid: int, module: bool) -> str:
-        name = self.bpf.sym(addr, pid, show_module=module, show_offset=True)
-        text = decode_exact(name) if isinstance(name, bytes) else str(name)
-        return f"0x{addr:x}" + text[len("[unknown]"):] if text.startswith("[unknown]") else text
+        return user_symbol(addr, pid, module)
 
     def table_items(self, name: str) -> list[tuple[bytes, list[int]]]:
         return [(bytes(key), list(values)) for key, values in self.bpf[name].items()]
@@ -282,6 +280,41 @@ class Loaded:
 def _uaddr(how: Attach) -> dict:
     return {"addr": how.offset} if not how.target else {"sym_off": how.offset} \
         if how.offset else {}
+
+
+_NAMED: dict[tuple, str] = {}
+NAMED_MAX = 8192
+
+
+def prepare_user_symbols() -> None:
+    """Load libbcc's symbolizer before tracing starts: a cached program never
+    imported BCC, and naming the first user address mid-run would stall the
+    reader and grow the process unannounced."""
+    _import_bcc()
+
+
+def user_symbol(addr: int, pid: int, module: bool) -> str:
+    """`sym+off [module]` of a user address in process pid, or `0x...`: libbcc's
+    symbol cache (BPF.sym needs no compiled program, so a cached one uses it too).
+    A name found is remembered per address, process and executable (the inode
+    libbcc itself checks to notice an exec), so a storm from one call site is
+    named once, not once per event; an address not found is asked again."""
+    try:
+        exe = os.stat(f"/proc/{pid}/exe")
+        key: tuple | None = (addr, pid, module, exe.st_dev, exe.st_ino)
+    except OSError:
+        key = None
+    if key is not None and (known := _NAMED.get(key)) is not None:
+        return known
+    name = _import_bcc().BPF.sym(addr, pid, show_module=module, show_offset=True)
+    text = decode_exact(name) if isinstance(name, bytes) else str(name)
+    if text.startswith("[unknown]"):
+        return f"0x{addr:x}" + text[len("[unknown]"):]
+    if key is not None:
+        if len(_NAMED) >= NAMED_MAX:
+            _NAMED.clear()
+        _NAMED[key] = text
+    return text
 
 
 class CompileInterrupted(Exception):

@@ -5,7 +5,8 @@ of a tool's start (~1 s here) and of its memory (LLVM: ~150 MB peak RSS).
 What BCC makes of a program depends only on the C text, its -D flags, the
 headers, BCC and the kernel, so the first start compiles it in a short-lived
 child process and saves it, and every start loads it directly: live in
-~0.4 s, ~50 MB, and no LLVM in a long tracing session.
+~0.2 s, ~25 MB, and no LLVM in a long tracing session (naming user addresses
+loads libbcc's symbolizer: a uprobe's caller, ~60 MB more).
 
 Saved per program (JSON, keyed by a hash of all of the above): each attached
 function's instructions with the places that hold a map fd, each map's
@@ -14,9 +15,10 @@ Loading creates the maps, writes their new fds into those places, writes the
 run's settings into the config map and loads each function. What changes from
 run to run (the tool's own PID, a -p filter) is in that map, not in the code
 (runconfig.py), so one entry serves every run of a program's shape and no
-instruction is ever patched. Attaching without BCC covers tracepoints, raw tracepoints and
-kprobes/kretprobes through the kprobe PMU; anything else (uprobes, kretprobe
-maxactive) goes through BCC as before. A cached program's events are read by
+instruction is ever patched. Attaching without BCC covers tracepoints, raw tracepoints,
+kprobes/kretprobes and uprobes/uretprobes (USDT semaphores too) through their
+perf PMUs; a kretprobe with maxactive goes through BCC as before. User addresses
+are named by libbcc's symbol cache, which needs no compiled program. A cached program's events are read by
 perfring's direct reader where it is offered (x86-64), else by libbcc's C
 reader on the map (loader.MapPerfReader: arm64 needs its barriers). A cached program
 the kernel refuses is dropped and compiled again by BCC.
@@ -72,11 +74,17 @@ from bpfprobes.plan.attach import Attach
 FORMAT = 3                          # 3: settings in a config map, no patched values
 DIR = CACHE / "programs"
 TOOLCHAIN = "toolchain.stamp"       # which BCC and LLVM compile here (beside the entries)
+# entries kept: every distinct probe spec or filter is a program of its own, so the
+# least recently used go past this many (a hit marks its entry used)
+MAX_ENTRIES = 256
 RACY_NS = 2_000_000_000             # a header changed this close to a compile: not cached
 STALE_TEMP_S = 600                  # a temporary entry older than this was left by a killed run
 DISABLE_ENV = "BPFPROBES_NO_PROGRAM_CACHE"
 
-PROG_TYPES = {"kprobe": 2, "kretprobe": 2, "tracepoint": 5, "raw_tracepoint": 17}
+PROG_TYPES = {"kprobe": 2, "kretprobe": 2, "uprobe": 2, "uretprobe": 2, "tracepoint": 5,
+              "raw_tracepoint": 17}
+# the perf PMU each probe kind is attached through (perf_event_open, no tracefs)
+PMU_OF = {"kprobe": "kprobe", "kretprobe": "kprobe", "uprobe": "uprobe", "uretprobe": "uprobe"}
 BPF_PSEUDO_MAP_FD = 1
 BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN = 0, 5, 17
 LOG_SIZE = 1 << 16
@@ -86,7 +94,10 @@ def usable(attaches: list[Attach]) -> bool:
     """True when a program with these attaches can be cached and loaded directly."""
     return (perfring.syscalls_known() and not os.environ.get(DISABLE_ENV)
             and all(a.kind in PROG_TYPES and not a.maxactive for a in attaches)
-            and all(a.kind not in ("kprobe", "kretprobe") or pmu.pmu("kprobe") for a in attaches))
+            # a uprobe only at a place probeplan checked, in the file it holds open
+            and all(a.kind not in ("uprobe", "uretprobe") or (a.kernel_path and a.file_offset)
+                    for a in attaches)
+            and all(a.kind not in PMU_OF or pmu.pmu(PMU_OF[a.kind]) for a in attaches))
 
 
 def load(program: Program, headers: Headers, attaches: list[Attach]) -> LoadedProgram:
@@ -115,6 +126,7 @@ def _load_cached(dir_fd: int, program: Program, headers: Headers,
     name = f"{cache_key(generic, headers, tools)}.json" if tools is not None else None
     obj = _read_entry(dir_fd, name, headers) if name is not None else None
     if obj is not None:
+        _touch(dir_fd, name)
         try:
             return DirectLoaded(obj, program, origin="cached")
         except (OSError, KeyError, ValueError, TypeError):
@@ -408,6 +420,28 @@ def _save(dir_fd: int, program: Program, headers: Headers, obj: dict, listed: by
     entry["headers"] = fingerprints
     safefs.write_file(dir_fd, f"{cache_key(program, headers, tools)}.json",
                       json.dumps(entry).encode())
+    _prune(dir_fd, MAX_ENTRIES)
+
+
+def _touch(dir_fd: int, name: str) -> None:
+    """Mark an entry used now (its mtime: what _prune orders by)."""
+    try:
+        os.utime(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        pass
+
+
+def _prune(dir_fd: int, keep: int) -> None:
+    """Remove the least recently used entries past `keep`."""
+    aged = []
+    for name in os.listdir(dir_fd):
+        if name.endswith(".json") and safefs.TEMP_MARK not in name:
+            try:
+                aged.append((os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime, name))
+            except FileNotFoundError:
+                pass
+    for _, name in sorted(aged)[:max(0, len(aged) - keep)]:
+        _discard(dir_fd, name)
 
 
 def _parse_entry(data: bytes | None) -> dict | None:
@@ -565,7 +599,7 @@ class DirectLoaded:
         return list(addrs[:addrs.index(0)] if 0 in addrs else addrs)
 
     def user_symbol(self, addr: int, pid: int, module: bool) -> str:
-        return f"0x{addr:x}"            # no symbolizer without BCC: the address, as BCC's unknown
+        return loader.user_symbol(addr, pid, module)
 
     def table_items(self, name: str) -> list[tuple[bytes, list[int]]]:
         fd, info = self._maps[name], bpfsys.map_info(self._maps[name])
@@ -604,6 +638,10 @@ class DirectLoaded:
         if how.kind == "tracepoint":
             attr = pmu.perf_attr(pmu.PERF_TYPE_TRACEPOINT, _tracepoint_id(how.target))
             fd = perfring.perf_event_open(attr, -1, 0)
+        elif how.kind in ("uprobe", "uretprobe"):
+            # at the offset probeplan placed and checked, in the file it holds open
+            return pmu.attach_uprobe(prog, how.kernel_path, how.file_offset,
+                                     how.ref_ctr or 0, how.pid, how.kind == "uretprobe")
         else:
             fd = pmu.open_kprobe(how.target, how.offset, how.kind == "kretprobe")
         return pmu.with_program(fd, prog)
