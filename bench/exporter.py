@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE)]
 
-from run import machine  # noqa: E402  - the same header as RESULTS.md
+from run import ROOT, machine, write_readme  # noqa: E402  - the same header as RESULTS.md
 from soak import _proc_stats  # noqa: E402  - (RSS MB, CPU s) from /proc
 
 BPFPROBES = str(ROOT / ".venv/bin/bpfprobes")
@@ -146,6 +146,9 @@ def measure(c: Config, rate: int, seconds: float) -> Result:
     return r
 
 
+README_MARKERS = ("<!-- exporter: written by make bench -->", "<!-- exporter: end -->")
+
+
 def table(results: list[Result], rate: int) -> str:
     base = next((x.cpu_per_s for x in results if x.cpu_per_s), None)
     rows = [(x.name, f"{x.cpu_per_s:.3f}" if x.cpu_per_s is not None else "-",
@@ -164,6 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--rate", type=int, default=20_000)
     p.add_argument("--out", default=str(HERE / "EXPORTER.md"))
+    p.add_argument("--readme", default=str(ROOT / "README.md"))
     args = p.parse_args(argv)
     info = machine()
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,12 +179,14 @@ def main(argv=None) -> int:
             results.append(measure(c, args.rate, args.seconds))
     text = table(results, args.rate)
     print(text)
+    header = (f"{info['date']}, kernel {info['kernel']}, commit {info['commit']}, {info['cpu']}, "
+              f"load {info['load']:.2f} at start. {args.seconds:g} s each at {args.rate:,} "
+              "opens/s (bench/exporter.py; CPU and RSS of the tracer's process from /proc).")
     Path(args.out).write_text("\n".join([
         "# Exporter cost: bpfprobes serve against the other ways of watching opens", "",
-        f"{info['date']}, kernel {info['kernel']}, commit {info['commit']}, {info['cpu']}, "
-        f"load {info['load']:.2f} at start. {args.seconds:g} s each at {args.rate:,} opens/s "
-        "(bench/exporter.py; CPU and RSS of the tracer's process from /proc).", "",
-        text, ""]))
+        header, "", text, ""]))
+    if write_readme(Path(args.readme), header + "\n\n" + text, README_MARKERS):
+        print(f"exporter bench: wrote its table in {args.readme}")
     return 1 if any(x.error for x in results) else 0
 
 

@@ -245,9 +245,11 @@ def sustained_table(rows: list[dict]) -> str:
     """Markdown: the highest paced rate each tracer took whole, and where it lost."""
     lines = ["| tracer | kept up with, nothing lost | first rate with loss | captured there |",
              "| --- | --- | --- | --- |"]
-    top = f"{SUSTAINED_RATES[-1]:,}/s (the top of the ladder)"
+    top = f"none up to {SUSTAINED_RATES[-1]:,}/s (the top of the ladder)"
     for r in rows:
-        lines.append(f"| {r['tracer']} | {_fmt(r['kept_up'], ',.0f', 'none')} opens/s | "
+        kept = f"{r['kept_up']:,.0f} opens/s" if r["kept_up"] else \
+            f"none (below {SUSTAINED_RATES[0]:,}/s)"
+        lines.append(f"| {r['tracer']} | {kept} | "
                      f"{_fmt(r['loss_at'], ',.0f', top)}{'/s' if r['loss_at'] else ''} | "
                      f"{_fmt(r['capture_there'], '.2%', '')} |")
     return "\n".join(lines)
@@ -297,7 +299,7 @@ def inside_vm(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="bpfbench-", dir="/mnt"))
     # the emulated CPU is ~20x slower: markers every 20 ms are resolution enough
     ctx = Context(exe, sys.executable, str(ROOT), work, live_timeout=300.0, marker_every=0.02)
-    info = machine()
+    info = {**machine(), "rounds": args.rounds}
     runs = rounds(ctx, ts, args.sizes, args.rounds)
     rows = summarize(runs, [t.name for t in ts], args.sizes)
     Path(args.in_vm).write_text(json.dumps({"rows": rows, "info": info,
@@ -337,6 +339,8 @@ def results_md(host: tuple[list[dict], dict] | None, vm: tuple[list[dict], dict]
 
 VM_TITLE = "## Kprobe path in the test VM"
 README_START, README_END = "<!-- cost: written by make bench -->", "<!-- cost: end -->"
+# the kprobe path's table, written by a run with --vm (or --vm-only)
+VM_MARKERS = ("<!-- cost-vm: written by make bench --vm -->", "<!-- cost-vm: end -->")
 
 
 def _spread(median, span, spec: str, unit: str = "") -> str:
@@ -358,13 +362,17 @@ def readme_block(rows: list[dict], info: dict) -> str:
     for storm, mine in by_storm(rows):
         n = max(r["N"] for r in mine)
         lines += ["", f"{STORM_TITLES[storm].capitalize()}, N = {n:,}:", "",
-                  "| tracer | x untraced | capture | lost | live after | peak RSS "
+                  "| tracer | ns per op | x untraced | capture | lost | live after | peak RSS "
                   "| process tree peak | CPU s / M events | getppid() x untraced |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        lines += [_readme_row(r) for r in mine if r["N"] == n and r["tracer"] != "untraced"]
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [_readme_row(r) if r["tracer"] != "untraced" else
+                  f"| untraced | {_fmt(r.get('ns_per_open'), ',.0f')} | 1.00 | | | | | | | |"
+                  for r in mine if r["N"] == n]
     if info.get("sustained"):
         lines += ["", SUSTAINED_TITLE + ":", "", sustained_table(info["sustained"])]
-    lines += ["", "Peak RSS counts the event buffers' resident pages (named after it; a BPF ring "
+    lines += ["", "ns per op: the storm's time per operation (an open+close, a fork+exec+wait, "
+              "a call) with the tracer attached, median; untraced: the workload alone. "
+              "Peak RSS counts the event buffers' resident pages (named after it; a BPF ring "
               "buffer's data pages are mapped twice and so counted twice). Process tree peak: "
               "the largest of the tracer and any process it starts (BCC's compile child). "
               "getppid() x untraced: a syscall no tracer here traces, run with each one "
@@ -379,21 +387,38 @@ def _readme_row(r: dict) -> str:
     mb = r.get("buffers_mb")
     buffers = "" if not mb else f", {mb:.0f} MB of it buffers" if mb >= 1 else \
         f", {mb:.1f} MB of it buffers"
-    return (f"| {r['tracer']} | {_spread(r['ratio'], r.get('ratio_range'), '.2f')} | "
+    return (f"| {r['tracer']} | {_fmt(r.get('ns_per_open'), ',.0f')} | "
+            f"{_spread(r['ratio'], r.get('ratio_range'), '.2f')} | "
             f"{capture} | {_fmt(r['lost'], ',.0f')} | {_fmt(r['live_s'], '.2f')} s | "
             f"{_spread(r['rss_mb'], r.get('rss_range'), '.0f', ' MB')}{buffers} | "
             f"{_fmt(r.get('tree_rss_mb'), '.0f')} MB | {_fmt(r['cpu_per_m'], '.2f')} | "
             f"{_spread(r.get('getppid_ratio'), r.get('getppid_range'), '.2f')} |")
 
 
-def write_readme(path: Path, block: str) -> bool:
-    """Put `block` between the README's cost markers; False when they are missing."""
+def write_readme(path: Path, block: str,
+                 markers: tuple[str, str] = (README_START, README_END)) -> bool:
+    """Put `block` between the README's markers; False when they are missing."""
     text = path.read_text()
-    start, end = text.find(README_START), text.find(README_END)
+    start, end = text.find(markers[0]), text.find(markers[1])
     if start < 0 or end < start:
         return False
-    path.write_text(text[:start + len(README_START)] + "\n" + block + "\n" + text[end:])
+    path.write_text(text[:start + len(markers[0])] + "\n" + block + "\n" + text[end:])
     return True
+
+
+def vm_readme_block(rows: list[dict], info: dict) -> str:
+    """The README's kprobe-path table from the test VM: ratios only (emulated CPU)."""
+    lines = [f"{info['date']}, kernel {info['kernel']} under QEMU without KVM (emulated "
+             f"CPU: ratios only), commit {info['commit']}, {info.get('rounds', '?')} round(s) "
+             f"of {max(r['N'] for r in rows):,} opens:", "",
+             "| tracer | x untraced | capture | lost | peak RSS | CPU s / M events |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if r["tracer"] != "untraced":
+            lines.append(f"| {r['tracer']} | {_spread(r['ratio'], r.get('ratio_range'), '.2f')} "
+                         f"| {_fmt(r['capture'], '.2%')} | {_fmt(r['lost'], ',.0f')} | "
+                         f"{_fmt(r['rss_mb'], '.0f')} MB | {_fmt(r['cpu_per_m'], '.2f')} |")
+    return "\n".join(lines)
 
 
 
@@ -480,6 +505,8 @@ def main(argv=None) -> int:
         print(f"\nbench: wrote {args.results}")
         if host and write_readme(Path(args.readme), readme_block(*host)):
             print(f"bench: wrote the cost table in {args.readme}")
+        if vm and write_readme(Path(args.readme), vm_readme_block(*vm), VM_MARKERS):
+            print(f"bench: wrote the VM's kprobe table in {args.readme}")
     return 0
 
 
