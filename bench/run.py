@@ -380,10 +380,14 @@ def readme_block(rows: list[dict], info: dict) -> str:
     return "\n".join(lines)
 
 
-def _readme_row(r: dict) -> str:
-    capture = _fmt(r["capture"], ".2%")
+def _capture_text(r: dict) -> str:
     if r["capture"] is not None and "count" in r["tracer"]:
-        capture = f">= {r['capture']:.0%} (every such call on the machine)"
+        return f">= {r['capture']:.0%} (every such call on the machine)"
+    return _fmt(r["capture"], ".2%")
+
+
+def _readme_row(r: dict) -> str:
+    capture = _capture_text(r)
     mb = r.get("buffers_mb")
     buffers = "" if not mb else f", {mb:.0f} MB of it buffers" if mb >= 1 else \
         f", {mb:.1f} MB of it buffers"
@@ -416,7 +420,7 @@ def vm_readme_block(rows: list[dict], info: dict) -> str:
     for r in rows:
         if r["tracer"] != "untraced":
             lines.append(f"| {r['tracer']} | {_spread(r['ratio'], r.get('ratio_range'), '.2f')} "
-                         f"| {_fmt(r['capture'], '.2%')} | {_fmt(r['lost'], ',.0f')} | "
+                         f"| {_capture_text(r)} | {_fmt(r['lost'], ',.0f')} | "
                          f"{_fmt(r['rss_mb'], '.0f')} MB | {_fmt(r['cpu_per_m'], '.2f')} |")
     return "\n".join(lines)
 
