@@ -170,7 +170,7 @@ def test_with_a_pid_the_process_must_see_the_file_that_was_checked(target, tmp_p
 # every check. That is the reviewer's race (issue 11, F1) with no timing luck.
 SWAP_HOOK = """
 import os
-from bpfprobes.backends.bpf import loader
+from bpfprobes.backends.bpf import loader, progcache
 from bpfprobes.backends.tracefs import dynevents
 
 def _swapping(orig):
@@ -184,6 +184,7 @@ def _swapping(orig):
 
 dynevents.Session.add = _swapping(dynevents.Session.add)
 loader.Loaded.attach = _swapping(loader.Loaded.attach)
+progcache.DirectLoaded.attach = _swapping(progcache.DirectLoaded.attach)   # a cached program
 """
 
 
