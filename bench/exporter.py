@@ -168,6 +168,8 @@ def main(argv=None) -> int:
     p.add_argument("--rate", type=int, default=20_000)
     p.add_argument("--out", default=str(HERE / "EXPORTER.md"))
     p.add_argument("--readme", default=str(ROOT / "README.md"))
+    p.add_argument("--no-write", action="store_true",
+                   help="print only; leave EXPORTER.md and the README")
     args = p.parse_args(argv)
     info = machine()
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,6 +184,8 @@ def main(argv=None) -> int:
     header = (f"{info['date']}, kernel {info['kernel']}, commit {info['commit']}, {info['cpu']}, "
               f"load {info['load']:.2f} at start. {args.seconds:g} s each at {args.rate:,} "
               "opens/s (bench/exporter.py; CPU and RSS of the tracer's process from /proc).")
+    if args.no_write:
+        return 1 if any(x.error for x in results) else 0
     Path(args.out).write_text("\n".join([
         "# Exporter cost: bpfprobes serve against the other ways of watching opens", "",
         header, "", text, ""]))

@@ -450,7 +450,7 @@ def _errors(rows: list[dict]) -> list[str]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
-                   help="1 round; 200,000 opens, 5,000 execs, 50,000 calls")
+                   help="1 round; 200,000 opens, 5,000 execs, 50,000 calls; print only")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--sizes", type=lambda s: tuple(int(x) for x in s.split(",")), default=SIZES)
     p.add_argument("--exec-sizes", type=lambda s: tuple(int(x) for x in s.split(",")),
@@ -477,6 +477,7 @@ def parse_args(argv=None):
     if a.quick:
         a.rounds, a.sizes, a.exec_sizes, a.call_sizes = 1, (200_000,), (5_000,), (50_000,)
         a.sustained = False
+        a.no_write = True           # a quick check: the README keeps the full run's figures
     return a
 
 
