@@ -301,16 +301,22 @@ def _default_sigint() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def traced(tracer: Tracer, ctx: Context, n: int) -> Run:
-    run = Run(tracer.name, n)
-    target = _target(ctx)
+def _launch(tracer: Tracer, ctx: Context) -> tuple[subprocess.Popen, Path, Path, float]:
+    """Start `tracer` as a user would, its output to files: (process, stdout, stderr, start)."""
     out, err = ctx.work / "tracer.out", ctx.work / "tracer.err"
     with open(out, "wb") as fo, open(err, "wb") as fe:
         t0 = time.monotonic()
-        env = {**clean_env(), **tracer.environment(str(ctx.work))}
         proc = subprocess.Popen(tracer.command(ctx.python, ctx.root), stdout=fo, stderr=fe,
-                                stdin=subprocess.DEVNULL, env=env, cwd=ctx.root,
+                                stdin=subprocess.DEVNULL, cwd=ctx.root,
+                                env={**clean_env(), **tracer.environment(str(ctx.work))},
                                 preexec_fn=_default_sigint)
+    return proc, out, err, t0
+
+
+def traced(tracer: Tracer, ctx: Context, n: int) -> Run:
+    run = Run(tracer.name, n)
+    target = _target(ctx)
+    proc, out, err, t0 = _launch(tracer, ctx)
     peak = TreePeak(proc.pid)
     try:
         run.live_s = _wait_live(proc, tracer, out, ctx, t0, peak)
@@ -346,14 +352,8 @@ class Step:
 def sustained(tracer: Tracer, ctx: Context, rates: tuple[int, ...], seconds: float) -> list[Step]:
     """One run of `tracer` under paced open storms of rising rate, `seconds` each,
     until one is not captured whole: the rate it keeps up with, nothing lost."""
-    out, err = ctx.work / "tracer.out", ctx.work / "tracer.err"
     steps: list[Step] = []
-    with open(out, "wb") as fo, open(err, "wb") as fe:
-        t0 = time.monotonic()
-        proc = subprocess.Popen(tracer.command(ctx.python, ctx.root), stdout=fo, stderr=fe,
-                                stdin=subprocess.DEVNULL, cwd=ctx.root,
-                                env={**clean_env(), **tracer.environment(str(ctx.work))},
-                                preexec_fn=_default_sigint)
+    proc, out, err, t0 = _launch(tracer, ctx)
     try:
         _wait_live(proc, tracer, out, ctx, t0, TreePeak(proc.pid))
         tail = _Tail(out)
