@@ -21,7 +21,7 @@ OPEN_EVENT = Layout("open_event", (
 OPEN_SYSCALLS = ("open", "openat", "openat2")
 
 
-class _Texts(dict):
+class Texts(dict):
     """C string bytes -> text, remembered: comms and hot paths come back again and
     again, and a dict hit is cheaper than split + decode (the storm path)."""
 
@@ -34,7 +34,7 @@ class _Texts(dict):
         return text
 
 
-_texts = _Texts()
+_texts = Texts()
 _OPEN_HEAD = OPEN_EVENT.head
 _OPEN_PATH = _OPEN_HEAD.size
 # open_event() spells the fields out (a dict display costs half of dict(zip(...)));

@@ -224,6 +224,17 @@ class JsonOutput:
         self.out.flush()
 
 
+class EncodedJson(JsonOutput):
+    """JSON lines whose events come encoded, "type" first (proberows: a storm's
+    lines are built from a template per probe, not from a dict each)."""
+
+    def event(self, e: str) -> None:                 # type: ignore[override]
+        self.out.write(e + "\n")
+
+    def events(self, es: list[str]) -> None:         # type: ignore[override]
+        write_all(self.out, "\n".join(es) + "\n")
+
+
 class Quiet:
     """--quiet: a sink's meta, loss, tables and summary, but no event lines."""
 

@@ -53,7 +53,7 @@ class Event:
         return self.head["latency_ns"]
 
 
-def _is_return_value(probe: Probe, slot: Slot) -> bool:
+def is_return_value(probe: Probe, slot: Slot) -> bool:
     a = probe.spec.args[slot.index]
     return isinstance(a.fetch, Retval) or (
         isinstance(a.fetch, Field) and a.fetch.name == "ret" and probe.spec.event.startswith("sys_exit"))
@@ -61,7 +61,7 @@ def _is_return_value(probe: Probe, slot: Slot) -> bool:
 
 def errno_of(probe: Probe, slot: Slot, value) -> str | None:
     """ENOENT for a return value of -2 (signed), or an ERR_PTR (pointer-sized hex)."""
-    if not isinstance(value, int) or not _is_return_value(probe, slot):
+    if not isinstance(value, int) or not is_return_value(probe, slot):
         return None
     if slot.type.kind == "x" and slot.type.bits >= 32:
         value -= (1 << slot.type.bits) if value >> (slot.type.bits - 1) else 0
@@ -81,11 +81,13 @@ class Stats:
         self.latencies = {p.index: Reservoir() for p in plan.probes}
 
     def add(self, ev: Event) -> None:
-        i = ev.probe.index
-        self.counts[i] += 1
-        lat = ev.latency_ns
-        if lat is not None:
-            self.latencies[i].add(lat)
+        self.note(ev.probe.index, ev.latency_ns)
+
+    def note(self, index: int, latency_ns: int | None) -> None:
+        """An event of probe `index` shown (proberows counts with no Event)."""
+        self.counts[index] += 1
+        if latency_ns is not None:
+            self.latencies[index].add(latency_ns)
 
     def rows(self) -> list[dict]:
         out = []
@@ -238,7 +240,7 @@ class Decoder:
 
 # ---------------------------------------------------------------- rendering
 
-def _quote(text: str) -> str:
+def quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
 
 
@@ -246,7 +248,7 @@ def value_text(probe: Probe, slot: Slot, value, truncated: bool) -> str:
     if value is None:
         return "(fault)"
     if slot.is_string:
-        return f'"{_quote(value)}{"..." if truncated else ""}"'
+        return f'"{quote(value)}{"..." if truncated else ""}"'
     if slot.type.kind == "x":
         return f"0x{value:x}"
     if slot.type.kind == "symbol":

@@ -1,7 +1,6 @@
 """opensnoop: trace open(), openat() and openat2() system-wide, with their result."""
 from __future__ import annotations
 
-import errno
 import os
 import sys
 from dataclasses import dataclass, field
@@ -15,8 +14,9 @@ from bpfprobes.kernel import btf, openflags, policy
 from bpfprobes.kernel.running import current
 from bpfprobes.plan import runconfig
 from bpfprobes.plan.attach import Attach
+from bpfprobes.present import openjson
 from bpfprobes.present.decode import open_event
-from bpfprobes.present.output import Column, JsonOutput, TextOutput
+from bpfprobes.present.output import Column, EncodedJson, TextOutput
 from bpfprobes.session import loop
 from bpfprobes.session.core import Session, decoding, standard_meta
 from bpfprobes.tools import shared
@@ -167,29 +167,17 @@ def _columns(o: Options) -> list[Column]:
 
 
 def _decoder(o: Options, clock: Clock):
+    """raw sample -> its event (columns) or its encoded JSON line; None: not shown."""
+    if o.json:
+        return openjson.lines(clock.wall, o.name)
     name = o.name
+    if name is None:
+        return open_event                   # one call less per event
 
     def decode(raw: bytes) -> dict | None:
         e = open_event(raw)
-        if name is not None and name not in e["comm"]:
-            return None
-        return e
-
-    if not o.json:
-        return decode if name is not None else open_event    # one call less per event
-
-    def decode_json(raw: bytes) -> dict | None:
-        e = decode(raw)
-        if e is None:
-            return None
-        ret = e["ret"]
-        return {"pid": e["pid"], "tid": e["tid"], "uid": e["uid"], "comm": e["comm"],
-                "fd": e["fd"], "err": e["err"],
-                "errno": errno.errorcode.get(-ret) if ret < 0 else None,
-                "flags": e["flags"], "flags_names": openflags.describe(e["flags"]),
-                "mode": e["mode"], "syscall": e["syscall"], "path": e["path"],
-                "truncated": e["truncated"], "ts": clock.wall(e["ts_ns"])}
-    return decode_json
+        return e if name in e["comm"] else None
+    return decode
 
 
 def run(o: Options) -> int:
@@ -207,7 +195,7 @@ def run(o: Options) -> int:
         "flags": flags_mask, "rdonly": int(rdonly), "failed_only": int(o.failed)})
     if o.verbose:
         print(f"opensnoop: attach {choice.mechanism}: {choice.why}", file=sys.stderr)
-    sink = JsonOutput("opensnoop") if o.json else TextOutput("opensnoop", _columns(o))
+    sink = EncodedJson("opensnoop") if o.json else TextOutput("opensnoop", _columns(o))
     meta = {"version": __version__, "kernel": k.release, "arch": k.abi.name,
             "attach": choice.mechanism, "why": choice.why, "transport": "perf_buffer",
             "filters": {key: v for key, v in (("pid", o.pid), ("tid", o.tid),

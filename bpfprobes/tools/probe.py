@@ -19,10 +19,10 @@ from bpfprobes.plan import (countplan, probefilter, probelayout, probeplan, runc
                             sessionfile, spec)
 from bpfprobes.plan.attach import Attach
 from bpfprobes.plan.probeattach import attach_for, attachments, default_maxactive  # noqa: F401
-from bpfprobes.present import probefmt
-from bpfprobes.present.output import Column, JsonOutput, Quiet, TextOutput
+from bpfprobes.present import probefmt, proberows
+from bpfprobes.present.output import Column, EncodedJson, Quiet, TextOutput
 from bpfprobes.session import loop
-from bpfprobes.session.core import Session
+from bpfprobes.session.core import Session, decoding
 from bpfprobes.tools import (count, folded, metricparts, probehist, probe_tracefs, serve,
                              shared)
 from bpfprobes.tools.shared import Clock, SessionOptions
@@ -122,14 +122,12 @@ def _usym(loaded: LoadedProgram, module: bool = True):
 def trace(k: Kernel, plan: probeplan.Plan, attaches: list[Attach], o: Options,
           prog: str) -> loop.Summary:
     clock = Clock()
-    sink = JsonOutput(prog) if o.json else \
+    sink = EncodedJson(prog) if o.json else \
         TextOutput(prog, [Column(probefmt.FTRACE_HEADER, 0, lambda text: text,
                                  escape=False)],         # ftrace_text escapes each line
                    header=o.header)
     shown = Quiet(sink) if o.quiet else sink
     stats = probefmt.Stats(plan)
-    render = (lambda ev: probefmt.json_event(ev, clock.wall)) if o.json else \
-        probefmt.ftrace_text
     # the program cache loads it unless a stack is asked for (BCC reads its stack map);
     # kretprobes with maxactive it leaves to BCC itself (progcache.usable)
     stacks = plan.options.kstack or plan.options.ustack
@@ -140,20 +138,14 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[Attach], o: Options,
 
     def consumer(backend: BpfBackend):
         loaded = backend.loaded
-        stacks = plan.options.kstack or plan.options.ustack
         decoder = probefmt.Decoder(plan, k.kallsyms,
                                    (lambda sid: loaded.stack("stacks", sid)) if stacks else None,
                                    _usym(loaded), _usym(loaded, module=False),
                                    tracectx.Decoder(k.abi.name) if o.context else None)
-
-        def on_event(raw: bytes) -> bool:
-            ev = decoder(raw)
-            if ev is None:
-                return False
-            stats.add(ev)
-            shown.event(render(ev))
-            return True
-        return on_event
+        # samples -> lines or JSON events, a batch in one pass (proberows: the storm path)
+        rows = proberows.Rows(plan, decoder, k.kallsyms, _usym(loaded, module=False),
+                              clock.wall, stats.note if o.summary else None)
+        return decoding(rows.json if o.json else rows.text, shown)(backend)
 
     def meta(live) -> dict:
         return {"version": __version__, "kernel": k.release, "arch": k.abi.name,
