@@ -2,6 +2,8 @@
 bpf_c/*.h struct once, as data (cstruct.Layout)."""
 from __future__ import annotations
 
+from typing import Callable
+
 from bpfprobes.base.cstruct import Layout
 from bpfprobes.base.safetext import decode_exact
 
@@ -22,15 +24,25 @@ OPEN_SYSCALLS = ("open", "openat", "openat2")
 
 
 class Texts(dict):
-    """C string bytes -> text, remembered: comms and hot paths come back again and
-    again, and a dict hit is cheaper than split + decode (the storm path)."""
+    """C string bytes -> text (by `make`: cstr, or a line's own quoting), remembered:
+    comms and hot paths come back again and again, and a dict hit is cheaper than
+    split + decode (the storm path). Bounded in entries, and in bytes: a string
+    longer than KEPT_MAX is made each time (any user names files as long and as
+    many as they like; a 4 KiB one would pin ~28 KiB here as JSON)."""
 
     LIMIT = 4096
+    KEPT_MAX = 256
+
+    def __init__(self, make: Callable[[bytes], str] | None = None) -> None:
+        super().__init__()
+        self.make = make or cstr
 
     def __missing__(self, raw: bytes) -> str:
-        if len(self) >= self.LIMIT:
-            self.clear()
-        text = self[raw] = cstr(raw)
+        text = self.make(raw)
+        if len(raw) <= self.KEPT_MAX:
+            if len(self) >= self.LIMIT:
+                self.clear()
+            self[raw] = text
         return text
 
 

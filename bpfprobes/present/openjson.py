@@ -21,18 +21,8 @@ _HEAD = OPEN_EVENT.head
 _PATH = _HEAD.size
 
 
-class _Encoded(Texts):
-    """A C string's bytes -> its JSON string (quotes included)."""
-
-    def __missing__(self, raw: bytes) -> str:
-        if len(self) >= self.LIMIT:
-            self.clear()
-        text = self[raw] = enc(cstr(raw))
-        return text
-
-
 class _Memo(dict):
-    """A value -> its JSON text by `make`, remembered (bounded as Texts is)."""
+    """A number -> its JSON text by `make`, remembered (bounded as Texts is)."""
 
     def __init__(self, make: Callable[[int], str]) -> None:
         super().__init__()
@@ -52,7 +42,7 @@ def _errno(ret: int) -> str:
 
 def lines(wall: Callable[[int], float], name: str | None = None) -> Callable[[bytes], str | None]:
     """raw sample -> its JSON line (None: its comm lacks `name`, opensnoop -n)."""
-    texts, encoded = Texts(), _Encoded()
+    texts, encoded = Texts(), Texts(lambda raw: enc(cstr(raw)))   # JSON strings, quoted
     errnos = _Memo(_errno)
     flag_names = _Memo(lambda flags: enc(openflags.describe(flags)))
     syscalls = _Memo(lambda sc: enc(OPEN_SYSCALLS[sc] if sc < len(OPEN_SYSCALLS) else str(sc)))

@@ -48,26 +48,6 @@ def _pct(text: str) -> str:
     return text.replace("%", "%%")
 
 
-class _Quoted(Texts):
-    """A string slot's bytes -> its text as the line shows it (probefmt's quoting)."""
-
-    def __missing__(self, raw: bytes) -> str:
-        if len(self) >= self.LIMIT:
-            self.clear()
-        text = self[raw] = probefmt.quote(probefmt.cstr(raw))
-        return text
-
-
-class _Encoded(Texts):
-    """A C string's bytes -> its JSON string, quotes included (output.dumps's)."""
-
-    def __missing__(self, raw: bytes) -> str:
-        if len(self) >= self.LIMIT:
-            self.clear()
-        text = self[raw] = enc(probefmt.cstr(raw))
-        return text
-
-
 def _errno_text(value: int) -> str:
     name = errnos.name(value)
     return f"{value} ({name})" if name else str(value)
@@ -156,8 +136,8 @@ class Rows:
         self.wall = wall
         self.note = note
         self.texts = Texts()
-        self.quoted = _Quoted()
-        self.encoded = _Encoded()
+        self.quoted = Texts(lambda raw: probefmt.quote(probefmt.cstr(raw)))   # as lines show them
+        self.encoded = Texts(lambda raw: enc(probefmt.cstr(raw)))             # JSON strings
         self.callers: dict[int, str | None] = {}
         # stacks and --context are read per sample: those runs take the decoder's way;
         # so does a probe with a userspace filter

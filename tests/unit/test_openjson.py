@@ -63,3 +63,14 @@ def test_the_name_filter_reads_the_comm():
     raw = bytes(h)[:decode.OPEN_EVENT.head.size] + b"/x\0"
     assert openjson.lines(wall, "worker")(raw) is not None
     assert openjson.lines(wall, "apache")(raw) is None
+
+
+def test_remembered_texts_are_bounded_in_entries_and_bytes():
+    """Any user can name files as long and as many as they like: a string past
+    KEPT_MAX bytes is made each time, and the table is cleared at LIMIT entries."""
+    texts = decode.Texts(lambda raw: raw.hex())
+    long = b"\xff" * (decode.Texts.KEPT_MAX + 1)
+    assert texts[long] == long.hex() and long not in texts
+    for i in range(decode.Texts.LIMIT + 10):
+        assert texts[b"%d" % i] == (b"%d" % i).hex()
+    assert len(texts) <= decode.Texts.LIMIT
