@@ -154,4 +154,10 @@ VM_FLOOR = Tracer("kernel floor (kprobe count)", ("bpftrace", "-e", BPFTRACE_KPR
                   _sum(r"Lost (\d+) events"), events="count", live_by="begin",
                   note="bpftrace count() on do_sys_openat2")
 # BCC's Python peer compiles for ~25 s in the emulated VM: left out there
-VM = (OURS, LIBBPF, VM_BPFTRACE, VM_FLOOR)
+# the host's default path, asked for where kprobes exist: one program on each
+# syscalls:sys_exit_open* (no kretprobe), what a user can choose under a storm
+VM_TRACEPOINT = Tracer("bpfprobes opensnoop --attach tracepoint",
+                       (*OURS.argv, "--attach", "tracepoint"), OURS.lost,
+                       note="syscalls:sys_exit_open* alone, program cache", env=OURS.env,
+                       warm_up=True)
+VM = (OURS, VM_TRACEPOINT, LIBBPF, VM_BPFTRACE, VM_FLOOR)
