@@ -186,10 +186,16 @@ def table(rows: list[dict], ratios_only: bool = False) -> str:
     return tabulate(body, head, tablefmt="github", disable_numparse=True)
 
 
+# what `make bench` writes (its figures), relative to the checkout
+FIGURE_FILES = ("README.md", "bench/RESULTS.md", "bench/EXPORTER.md")
+
+
 def machine() -> dict:
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or "unknown"
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+    # the figures' own files do not count: a run writes them before the exporter's starts
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no",
+                            "--", ".", *(f":!{f}" for f in FIGURE_FILES)],
                            capture_output=True, text=True).stdout.strip()
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
                 if ln.startswith("model name")), platform.processor())

@@ -27,7 +27,7 @@ from bpfprobes.kernel.kallsyms import Kallsyms
 from bpfprobes.plan.probelayout import SCALAR_SIZE, Slot
 from bpfprobes.plan.probeplan import Plan, Probe
 from bpfprobes.present import probefmt
-from bpfprobes.present.decode import PROBE_EVENT, Texts
+from bpfprobes.present.decode import PROBE_EVENT, Texts, cstr
 from bpfprobes.present.output import dumps
 
 HEADER = PROBE_EVENT.head.size
@@ -60,14 +60,12 @@ def _sign(bits: int) -> Callable[[int], int]:
 
 
 class _Probe:
-    """One probe's plan for the storm path (None from `of` where it has none)."""
+    """One probe's plan for the storm path, worked out when the run starts."""
 
     def __init__(self, probe: Probe, kallsyms: Kallsyms) -> None:
         slots = probe.layout.slots
         scalars = [s for s in slots if not s.is_string]
         strings = [s for s in slots if s.is_string]
-        self.probe = probe
-        self.index = probe.index
         self.scalars = struct.Struct("<" + "".join(_CODES[s.type.kind, s.type.bits]
                                                     for s in scalars))
         self.need = HEADER + len(scalars) * SCALAR_SIZE
@@ -85,7 +83,7 @@ class _Probe:
         # text: what each argument becomes (None: as the template formats it)
         self.text_of: tuple = tuple(self._text_of(probe, s, kallsyms) for s in slots)
         self.converted = any(f is not None for f in self.text_of)
-        self.template = " ".join(f"{_pct(s.name)}={self._directive(probe, s)}" for s in slots)
+        self.template = " ".join(f"{_pct(s.name)}={self._directive(s)}" for s in slots)
         # JSON: the line up to the arguments' end, a template of their values
         self.json_of: tuple = tuple((lambda v: enc(kallsyms.format(v)))
                                     if s.type.kind == "symbol" else None for s in slots)
@@ -96,15 +94,16 @@ class _Probe:
                           ',"pid":%d,"tid":%d,"comm":%s,"cpu":%d,"ts":%r,"ts_ns":%d,"args":{' +
                           args + "}")
         self.json_where = ',"where":' + enc(self.where) if self.where is not None else ""
-        self.errno_slots = tuple((i, enc(s.name), _sign(s.type.bits) if s.type.kind == "x" else None)
-                                 for i, s in enumerate(slots)
-                                 if s.type.kind in ("s", "x") and
-                                 probefmt.is_return_value(probe, s) and
-                                 (s.type.kind == "s" or s.type.bits >= 32))
+        # JSON names the errno of an sN return value, and of an xN one (an ERR_PTR)
+        self.errno_slots = tuple(
+            (i, enc(s.name), _sign(s.type.bits) if s.type.kind == "x" else None)
+            for i, s in enumerate(slots)
+            if probefmt.is_return_value(probe, s) and
+            (s.type.kind == "s" or (s.type.kind == "x" and s.type.bits >= 32)))
         self.no_minus_one = probe.spec.is_uprobe        # probefmt.errno_of's exception
 
     @staticmethod
-    def _directive(probe: Probe, s: Slot) -> str:
+    def _directive(s: Slot) -> str:
         if s.is_string:
             return '"%s"'
         if s.type.kind == "x":
@@ -136,8 +135,8 @@ class Rows:
         self.wall = wall
         self.note = note
         self.texts = Texts()
-        self.quoted = Texts(lambda raw: probefmt.quote(probefmt.cstr(raw)))   # as lines show them
-        self.encoded = Texts(lambda raw: enc(probefmt.cstr(raw)))             # JSON strings
+        self.quoted = Texts(lambda raw: probefmt.quote(cstr(raw)))    # as lines show them
+        self.encoded = Texts(lambda raw: enc(cstr(raw)))              # JSON strings
         self.callers: dict[int, str | None] = {}
         # stacks and --context are read per sample: those runs take the decoder's way;
         # so does a probe with a userspace filter
