@@ -155,6 +155,25 @@ class TextOutput:
         self.out.flush()
 
 
+class TextLines(TextOutput):
+    """Columns' header, loss and summary as TextOutput's; the events come as their
+    lines already, escaped (proberows: the probe tool's ftrace lines)."""
+
+    def __init__(self, tool: str, header: str, out: TextIO = sys.stdout,
+                 err: TextIO = sys.stderr, show_header: bool = True) -> None:
+        super().__init__(tool, [Column(header, 0, "line", escape=False)], out, err, show_header)
+
+    def event(self, e: str) -> None:                 # type: ignore[override]
+        write_line(self.out, e)
+
+    def events(self, es: list[str]) -> None:         # type: ignore[override]
+        try:
+            write_all(self.out, "\n".join(es) + "\n")
+        except UnicodeEncodeError:      # nothing was written: each line as the stream can
+            for e in es:
+                write_line(self.out, e)
+
+
 def _json_dumps() -> Callable[[object], str]:
     """A compact JSON encoder, ASCII out: whatever the text holds (controls, bidi
     overrides, surrogate escapes of non-UTF-8 bytes) it is never an encoding

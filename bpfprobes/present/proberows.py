@@ -59,6 +59,31 @@ def _sign(bits: int) -> Callable[[int], int]:
     return lambda v: v - span if v & top else v
 
 
+def _reader(unpack: Callable, spans: tuple, order: Callable | None) -> Callable:
+    """`(raw, strings) -> the arguments in order`: typed scalars, then each string
+    (to its NUL) through `strings`. Made once per probe, for its shape: one string
+    (the usual last argument) read without a loop."""
+    def cut(raw: bytes, a: int, b: int) -> bytes:
+        end = raw.find(b"\0", a, b)
+        return raw[a:end] if end >= 0 else raw[a:b]
+
+    if not spans:
+        def read(raw: bytes, strings: dict) -> tuple:
+            return unpack(raw, HEADER)
+    elif len(spans) == 1:
+        (a, b), = spans
+
+        def read(raw: bytes, strings: dict) -> tuple:
+            end = raw.find(b"\0", a, b)
+            return unpack(raw, HEADER) + (strings[raw[a:end] if end >= 0 else raw[a:b]],)
+    else:
+        def read(raw: bytes, strings: dict) -> tuple:
+            return unpack(raw, HEADER) + tuple([strings[cut(raw, a, b)] for a, b in spans])
+    if order is None:
+        return read
+    return lambda raw, strings: order(read(raw, strings))
+
+
 class _Probe:
     """One probe's plan for the storm path, worked out when the run starts."""
 
@@ -69,11 +94,12 @@ class _Probe:
         self.scalars = struct.Struct("<" + "".join(_CODES[s.type.kind, s.type.bits]
                                                     for s in scalars))
         self.need = HEADER + len(scalars) * SCALAR_SIZE
-        self.spans = tuple((HEADER + s.offset, HEADER + s.offset + s.size) for s in strings)
-        # (scalars..., strings...) -> in argument order
+        spans = tuple((HEADER + s.offset, HEADER + s.offset + s.size) for s in strings)
+        # (scalars..., strings...) -> in argument order (None: already in it)
         where = {id(s): i for i, s in enumerate([*scalars, *strings])}
-        self.order = itemgetter(*[where[id(s)] for s in slots]) if len(slots) > 1 else \
-            (lambda vs: (vs[0],)) if slots else (lambda vs: ())
+        picks = [where[id(s)] for s in slots]
+        order = None if picks == sorted(picks) else itemgetter(*picks)
+        self.values = _reader(self.scalars.unpack_from, spans, order)
         self.names = tuple(s.name for s in slots)
         self.is_return = probe.spec.is_return
         self.uprobe = probe.spec.is_uprobe
@@ -163,14 +189,6 @@ class Rows:
             return None
         return self.ucaller(ip, pid) if p.uprobe else self._kernel_caller(ip)
 
-    def _values(self, p: _Probe, raw: bytes, strings: dict) -> tuple:
-        """The arguments in order: typed scalars, strings through `strings`."""
-        vs = p.scalars.unpack_from(raw, HEADER)
-        if p.spans:
-            vs += tuple(strings[raw[a:end] if (end := raw.find(b"\0", a, b)) >= 0 else raw[a:b]]
-                        for a, b in p.spans)
-        return p.order(vs)
-
     def _slow(self, raw: bytes):
         ev = self.decoder(raw)
         if ev is not None and self.note is not None:
@@ -187,7 +205,7 @@ class Rows:
         if p is None or faults or truncated or len(raw) < p.need:
             ev = self._slow(raw)
             return None if ev is None else probefmt.ftrace_text(ev)
-        values = self._values(p, raw, self.quoted)
+        values = p.values(raw, self.quoted)
         if p.converted:
             values = tuple(v if f is None else f(v) for f, v in zip(p.text_of, values))
         body = p.template % values
@@ -217,7 +235,7 @@ class Rows:
             ev = self._slow(raw)
             return None if ev is None else \
                 dumps({"type": "event", **probefmt.json_event(ev, self.wall)})
-        values = self._values(p, raw, self.encoded)
+        values = p.values(raw, self.encoded)
         shown = tuple(v if f is None else f(v) for f, v in zip(p.json_of, values)) \
             if p.symbols else values
         line = p.json_head % (pid, tid, self.encoded[comm], cpu, self.wall(ts), ts, *shown)

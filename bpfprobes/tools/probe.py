@@ -20,7 +20,7 @@ from bpfprobes.plan import (countplan, probefilter, probelayout, probeplan, runc
 from bpfprobes.plan.attach import Attach
 from bpfprobes.plan.probeattach import attach_for, attachments, default_maxactive  # noqa: F401
 from bpfprobes.present import probefmt, proberows
-from bpfprobes.present.output import Column, EncodedJson, Quiet, TextOutput
+from bpfprobes.present.output import EncodedJson, Quiet, TextLines
 from bpfprobes.session import loop
 from bpfprobes.session.core import Session, decoding
 from bpfprobes.tools import (count, folded, metricparts, probehist, probe_tracefs, serve,
@@ -123,9 +123,7 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[Attach], o: Options,
           prog: str) -> loop.Summary:
     clock = Clock()
     sink = EncodedJson(prog) if o.json else \
-        TextOutput(prog, [Column(probefmt.FTRACE_HEADER, 0, lambda text: text,
-                                 escape=False)],         # ftrace_text escapes each line
-                   header=o.header)
+        TextLines(prog, probefmt.FTRACE_HEADER, show_header=o.header)   # lines come escaped
     shown = Quiet(sink) if o.quiet else sink
     stats = probefmt.Stats(plan)
     # the program cache loads it unless a stack is asked for (BCC reads its stack map);
