@@ -16,8 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from tabulate import tabulate
-
 from bpfprobes.base.safetext import for_terminal
 from bpfprobes.kernel import errnos, tracectx
 from bpfprobes.kernel.kallsyms import Kallsyms
@@ -105,6 +103,7 @@ class Stats:
             cells = [human_ns(lat[k]) for k in ("p50", "p90", "p99", "max")] if lat else \
                 ["-"] * 4
             rows.append([r["probe"], r["count"], *cells])
+        from tabulate import tabulate       # here: ~30 ms of imports a trace needs only at exit
         text = tabulate(rows, headers=["PROBE", "COUNT", "P50", "P90", "P99", "MAX"],
                         colalign=("left", "right", "right", "right", "right", "right"))
         return "\n".join(map(for_terminal, text.split("\n")))
@@ -162,8 +161,11 @@ class Decoder:
                  stack_walk: Callable[[int], list[int]] | None = None,
                  usym: Callable[[int, int], str] | None = None,
                  ucaller: Callable[[int, int], str] | None = None,
-                 context: tracectx.Decoder | None = None) -> None:
+                 context: tracectx.Decoder | None = None, entry_callers: bool = True) -> None:
         self.plan = plan
+        # an entry probe's caller is in its JSON, not in its line: naming a user
+        # address needs libbcc's symbolizer (~60 MB), so a line-only run asks none
+        self.entry_callers = entry_callers
         self.context = context
         self.kallsyms = kallsyms
         self.stack_walk = stack_walk
@@ -201,7 +203,8 @@ class Decoder:
                    "comm": head["comm"], "latency_ns": ev.latency_ns}
             if not probefilter.evaluate(probe.user_filter, env):
                 return None
-        ev.caller = self._caller(probe, head)
+        ev.caller = self._caller(probe, head) \
+            if self.entry_callers or probe.spec.is_return else None
         self._stacks(ev)
         if self.context is not None:
             ev.context = self.context(head["ctx"])

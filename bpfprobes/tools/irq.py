@@ -31,7 +31,7 @@ from bpfprobes.present.latency import Reservoir, human_ns
 from bpfprobes.present.output import Column, JsonOutput, Quiet, TextOutput
 from bpfprobes.session import loop
 from bpfprobes.session.core import Session, decoding, standard_meta
-from bpfprobes.tools import folded, probehist, shared
+from bpfprobes.tools import folded, probehist, probeoptions, shared
 from bpfprobes.tools.shared import Clock, SessionOptions
 
 # include/linux/interrupt.h: the vectors in order, the same on every kernel since 5.x
@@ -406,7 +406,7 @@ def run(o: Options) -> int:
     p = plan(o, k)
     if o.hist:
         return hist(o, p, k)
-    probehist.check_unused(o)
+    probeoptions.check_unused(o)
     if o.folded:
         return stacks(o, p, k)
     rate_meta = {"rate_limit": o.rate_limit.meta()} if o.rate_limit else {}

@@ -15,16 +15,14 @@ from bpfprobes.base.safetext import for_terminal
 from bpfprobes.gen import codegen, probegen
 from bpfprobes.kernel import binaries, features, tracectx
 from bpfprobes.kernel.running import Kernel, current
-from bpfprobes.plan import (countplan, probefilter, probelayout, probeplan, runconfig,
-                            sessionfile, spec)
+from bpfprobes.plan import countplan, probefilter, probelayout, probeplan, runconfig, spec
 from bpfprobes.plan.attach import Attach
 from bpfprobes.plan.probeattach import attach_for, attachments, default_maxactive  # noqa: F401
 from bpfprobes.present import probefmt, proberows
 from bpfprobes.present.output import EncodedJson, Quiet, TextLines
 from bpfprobes.session import loop
 from bpfprobes.session.core import Session, decoding
-from bpfprobes.tools import (count, folded, metricparts, probehist, probe_tracefs, serve,
-                             shared)
+from bpfprobes.tools import probe_tracefs, probeoptions, shared
 from bpfprobes.tools.shared import Clock, SessionOptions
 
 BACKENDS = ("auto", "bpf", "tracefs")
@@ -129,8 +127,11 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[Attach], o: Options,
     # the program cache loads it unless a stack is asked for (BCC reads its stack map);
     # kretprobes with maxactive it leaves to BCC itself (progcache.usable)
     stacks = plan.options.kstack or plan.options.ustack
-    if any(p.spec.is_uprobe for p in plan.probes):
-        loader.prepare_user_symbols()           # callers are named: before going live
+    # user addresses are named (libbcc's symbolizer, imported before going live) for a
+    # uprobe's caller where it is shown (JSON; a return's line) and for user stacks
+    if plan.options.ustack or any(p.spec.is_uprobe and (o.json or p.spec.is_return)
+                                  for p in plan.probes):
+        loader.prepare_user_symbols()
     backend = BpfBackend(k, probegen.probe_program(plan, k.abi), attaches, cacheable=not stacks,
                          pages=o.buffer_pages, kretprobe_misses=True)
 
@@ -139,7 +140,8 @@ def trace(k: Kernel, plan: probeplan.Plan, attaches: list[Attach], o: Options,
         decoder = probefmt.Decoder(plan, k.kallsyms,
                                    (lambda sid: loaded.stack("stacks", sid)) if stacks else None,
                                    _usym(loaded), _usym(loaded, module=False),
-                                   tracectx.Decoder(k.abi.name) if o.context else None)
+                                   tracectx.Decoder(k.abi.name) if o.context else None,
+                                   entry_callers=o.json)
         # samples -> lines or JSON events, a batch in one pass (proberows: the storm path)
         rows = proberows.Rows(plan, decoder, k.kallsyms, _usym(loaded, module=False),
                               clock.wall, stats.note if o.summary else None)
@@ -201,11 +203,13 @@ NOT_WITH_PROMETHEUS = {"count": "--count", "stack": "-s", "user_stack": "-U",
 
 def prometheus(k: Kernel, o: Options, prog: str) -> int:
     """--prometheus: the specs as one metric part, served until a stop."""
+    from bpfprobes.tools import metricparts, serve      # only here (prometheus_client, http)
     given = [flag for name, flag in NOT_WITH_PROMETHEUS.items() if getattr(o, name)]
     if given or o.backend == "tracefs" or o.pid or o.tid or o.comm:
         raise UsageError(f"--prometheus counts in the kernel and sends no events: not with "
                          f"{', '.join(given) or '--backend tracefs, -p, -L or --comm'}",
                          "a session file's [[probe]] part labels by comm or pid (serve)")
+    from bpfprobes.plan import sessionfile             # only here (tomllib)
     decl = sessionfile.Part("probe", "probe", 0, specs=tuple(o.specs), filter=o.filter,
                             latency=o.latency, rate_limit=o.rate_limit)
     serve.serve(k, [metricparts.plan_part(k, decl, strict=True)], o.prometheus,
@@ -214,7 +218,7 @@ def prometheus(k: Kernel, o: Options, prog: str) -> int:
 
 
 def run(o: Options, prog: str = "bpfprobes probe") -> int:
-    probehist.check(o)               # options that go together, before anything is done
+    probeoptions.check(o)            # options that go together, before anything is done
     if o.by == "probe":              # every count and histogram is per probe already
         o = replace(o, by=None)
     if not o.dry_run:
@@ -227,7 +231,10 @@ def run(o: Options, prog: str = "bpfprobes probe") -> int:
         print(f"{prog}: {for_terminal(warning)}", file=sys.stderr)
     if o.dry_run:
         return dry_run(k, plan, attaches)
+    # the other modes' modules are imported when asked for: a trace needs none of
+    # them, and they bring their own (count: prometheus_client, http.server)
     if o.count:
+        from bpfprobes.tools import count
         targets = [countplan.Target(p.spec.kind, p.event,
                                     attach_for(k, p.spec, f"count_{i}", p.uprobe, o.pid))
                    for i, p in enumerate(plan.probes)]
@@ -235,9 +242,11 @@ def run(o: Options, prog: str = "bpfprobes probe") -> int:
             by=o.by, interval=o.interval, pid=o.pid, duration=o.duration, json=o.json,
             verbose=o.verbose), prog)
     if o.hist:
+        from bpfprobes.tools import probehist
         probehist.run(k, plan, o, prog.split()[-1])
         return 0
     if o.folded:
+        from bpfprobes.tools import folded
         folded.run_probe(k, plan, o, prog.split()[-1])
         return 0
     if o.backend == "tracefs":

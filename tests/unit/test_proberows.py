@@ -129,6 +129,12 @@ def test_the_storm_path_writes_what_the_decoder_writes(sample):
     assert rows.text(raw) == (None if ev is None else probefmt.ftrace_text(ev))
     assert rows.json(raw) == (None if ev is None else
                               dumps({"type": "event", **probefmt.json_event(ev, wall)}))
+    # a line-only run names no entry's caller (probe.py): the same lines
+    lines_only = probefmt.Decoder(BUILT[name], KSYMS, usym=ucaller, ucaller=ucaller,
+                                  entry_callers=False)(raw)
+    assert (lines_only is None) == (ev is None)
+    if ev is not None:
+        assert probefmt.ftrace_text(lines_only) == probefmt.ftrace_text(ev)
     # --summary: each shown event counted once, with its latency (text, then JSON)
     assert NOTED == ([] if ev is None else [(ev.probe.index, ev.latency_ns)] * 2)
 
@@ -183,3 +189,19 @@ def test_stacks_and_context_runs_take_the_decoders_way():
     assert rows.probes == (None,)
     assert [p is not None for p in pair("filtered")[1].probes] == [False, True]
     assert decode.PROBE_EVENT.head.size == proberows.HEADER
+
+
+def test_a_line_only_run_names_no_entrys_user_caller():
+    """Naming a user address loads libbcc's symbolizer: a run whose lines never
+    show an entry's caller must not ask for one (a return's it does)."""
+    asked = []
+
+    def named(addr: int, pid: int) -> str:
+        asked.append(addr)
+        return "main+0x1"
+    plan = BUILT["uprobes"]
+    dec = probefmt.Decoder(plan, KSYMS, usym=named, ucaller=named, entry_callers=False)
+    entry = raw_event(0, b"\0" * 8 + b"x\0" + b"cat\0", ret_ip=0x401235)
+    assert dec(entry).caller is None and asked == []
+    assert dec(raw_event(1, b"\0" * 8, ret_ip=0x401235)).caller == "main+0x1"
+    assert asked == [0x401235]
