@@ -8,7 +8,8 @@ from typing import Sequence
 
 from bpfprobes.backends.bpf import perfbuffer
 from bpfprobes.plan import probelayout
-from bpfprobes.tools import count, probe
+from bpfprobes.plan import countplan
+from bpfprobes.tools import probe
 from . import common
 
 EXAMPLES = """\
@@ -81,7 +82,7 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", action="store_true",
                    help="count calls per probe in the kernel instead of printing events "
                         "(arguments are not read); see also bpfprobes count")
-    p.add_argument("--by", choices=sorted([*count.BY, "probe"]),
+    p.add_argument("--by", choices=sorted([*countplan.BY, "probe"]),
                    help="with --count or --hist: per process too (probe: per probe only, "
                         "the default)")
     p.add_argument("-i", "--interval", type=common.seconds_arg, metavar="SECONDS",

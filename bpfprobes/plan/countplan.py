@@ -31,6 +31,11 @@ DEFAULT_LIMIT = 1000          # as funccount: beyond this, a per-call cost nobod
 _NOT_PROBEABLE = re.compile(r"^__pfx_|\.")      # padding symbols, compiler clones (.isra, .cold)
 
 
+# --by: what a count is kept per besides the target, as the program's defines
+BY = {"pid": ("COUNT_BY_PID",), "comm": ("COUNT_BY_COMM",),
+      "pid,comm": ("COUNT_BY_PID", "COUNT_BY_COMM")}
+
+
 @dataclass(frozen=True)
 class Target:
     kind: str                 # kprobe | tracepoint | uprobe

@@ -29,8 +29,7 @@ from bpfprobes.tools import shared
 
 PROG = "bpfprobes count"
 COUNT_KEYS = 10240            # (target, pid, comm) rows kept with --by; beyond: `other` rows
-BY = {"pid": ("COUNT_BY_PID",), "comm": ("COUNT_BY_COMM",),
-      "pid,comm": ("COUNT_BY_PID", "COUNT_BY_COMM")}
+BY = countplan.BY          # --by's keys (the plan's, read by the CLI without this module)
 
 
 @dataclass(frozen=True)
