@@ -23,27 +23,39 @@ OPEN_EVENT = Layout("open_event", (
 OPEN_SYSCALLS = ("open", "openat", "openat2")
 
 
-class Texts(dict):
+class Memo(dict):
+    """key -> `make(key)`, remembered, at most LIMIT entries (then cleared): the
+    storm path's texts of values that come back again and again."""
+
+    LIMIT = 4096
+
+    def __init__(self, make: Callable) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key):
+        if len(self) >= self.LIMIT:
+            self.clear()
+        value = self[key] = self.make(key)
+        return value
+
+
+class Texts(Memo):
     """C string bytes -> text (by `make`: cstr, or a line's own quoting), remembered:
     comms and hot paths come back again and again, and a dict hit is cheaper than
     split + decode (the storm path). Bounded in entries, and in bytes: a string
     longer than KEPT_MAX is made each time (any user names files as long and as
     many as they like; a 4 KiB one would pin ~28 KiB here as JSON)."""
 
-    LIMIT = 4096
     KEPT_MAX = 256
 
     def __init__(self, make: Callable[[bytes], str] | None = None) -> None:
-        super().__init__()
-        self.make = make or cstr
+        super().__init__(make or cstr)
 
     def __missing__(self, raw: bytes) -> str:
-        text = self.make(raw)
-        if len(raw) <= self.KEPT_MAX:
-            if len(self) >= self.LIMIT:
-                self.clear()
-            self[raw] = text
-        return text
+        if len(raw) > self.KEPT_MAX:
+            return self.make(raw)
+        return super().__missing__(raw)
 
 
 _texts = Texts()

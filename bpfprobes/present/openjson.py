@@ -12,27 +12,13 @@ from json.encoder import encode_basestring_ascii as enc
 from typing import Callable
 
 from bpfprobes.kernel import openflags
-from bpfprobes.present.decode import OPEN_EVENT, OPEN_SYSCALLS, Texts, cstr
+from bpfprobes.present.decode import OPEN_EVENT, OPEN_SYSCALLS, Memo, Texts, cstr
 
 # the keys of an opensnoop JSON event, in order (README: JSON lines)
 LINE = ('{"type":"event","pid":%d,"tid":%d,"uid":%d,"comm":%s,"fd":%d,"err":%d,"errno":%s,'
         '"flags":%d,"flags_names":%s,"mode":%d,"syscall":%s,"path":%s,"truncated":%s,"ts":%r}')
 _HEAD = OPEN_EVENT.head
 _PATH = _HEAD.size
-
-
-class _Memo(dict):
-    """A number -> its JSON text by `make`, remembered (bounded as Texts is)."""
-
-    def __init__(self, make: Callable[[int], str]) -> None:
-        super().__init__()
-        self.make = make
-
-    def __missing__(self, key: int) -> str:
-        if len(self) >= Texts.LIMIT:
-            self.clear()
-        text = self[key] = self.make(key)
-        return text
 
 
 def _errno(ret: int) -> str:
@@ -43,9 +29,9 @@ def _errno(ret: int) -> str:
 def lines(wall: Callable[[int], float], name: str | None = None) -> Callable[[bytes], str | None]:
     """raw sample -> its JSON line (None: its comm lacks `name`, opensnoop -n)."""
     texts, encoded = Texts(), Texts(lambda raw: enc(cstr(raw)))   # JSON strings, quoted
-    errnos = _Memo(_errno)
-    flag_names = _Memo(lambda flags: enc(openflags.describe(flags)))
-    syscalls = _Memo(lambda sc: enc(OPEN_SYSCALLS[sc] if sc < len(OPEN_SYSCALLS) else str(sc)))
+    errnos = Memo(_errno)
+    flag_names = Memo(lambda flags: enc(openflags.describe(flags)))
+    syscalls = Memo(lambda sc: enc(OPEN_SYSCALLS[sc] if sc < len(OPEN_SYSCALLS) else str(sc)))
     unpack = _HEAD.unpack_from
 
     def line(raw: bytes) -> str | None:
